@@ -1,0 +1,311 @@
+// ISA selection, query packing and the backward gathers of the CPU MaxSim kernels.
+// Compiled for the baseline ISA; the vector forward kernels live in maxsim_<isa>.cpp.
+#include "maxsim_core.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace lateint {
+namespace detail {
+
+float bf16_to_f32(uint16_t v) {
+  uint32_t u = (uint32_t)v << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: renormalize
+      exp = 127 - 15 + 1;
+      while ((man & 0x400u) == 0) {
+        man <<= 1;
+        --exp;
+      }
+      man &= 0x3ffu;
+      u = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float* thread_scratch_f32(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+}  // namespace detail
+
+namespace {
+
+Isa detect_isa() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq");
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  if (bf16) return Isa::Avx512Bf16;
+  if (avx512) return Isa::Avx512;
+  if (avx2) return Isa::Avx2;
+#endif
+  return Isa::Scalar;
+}
+
+int isa_from_env(Isa best) {
+  const char* s = std::getenv("LATEINT_CPU_ISA");
+  if (!s || !*s) return -1;
+  std::string v(s);
+  int want = -1;
+  if (v == "scalar") want = 0;
+  else if (v == "avx2") want = 1;
+  else if (v == "avx512") want = 2;
+  else if (v == "avx512bf16") want = 3;
+  if (want < 0) return -1;
+  return want > (int)best ? (int)best : want;
+}
+
+std::atomic<int>& active_slot() {
+  static std::atomic<int> slot{[] {
+    const Isa best = cpu_best_isa();
+    const int env = isa_from_env(best);
+    return env >= 0 ? env : (int)best;
+  }()};
+  return slot;
+}
+
+}  // namespace
+
+Isa cpu_best_isa() {
+  static const Isa best = detect_isa();
+  return best;
+}
+
+Isa cpu_active_isa() { return (Isa)active_slot().load(); }
+
+Isa set_cpu_isa(int isa) {
+  const int best = (int)cpu_best_isa();
+  const int v = isa < 0 ? best : (isa > best ? best : isa);
+  active_slot().store(v);
+  return (Isa)v;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx512Bf16: return "avx512bf16";
+  }
+  return "unknown";
+}
+
+void pack_queries(const MaxSimProblem& p, Isa isa, PackedQueries* out) {
+  PackedQueries& pq = *out;
+  pq.isa = isa;
+  pq.rows_per_block = (isa == Isa::Avx512 || isa == Isa::Avx512Bf16) ? 32 : 16;
+  const int64_t RB = pq.rows_per_block;
+  pq.dim = p.dim;
+  pq.bf16 = isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
+  pq.dim_pad = p.dim + (p.dim % 2);
+  pq.n_rows.assign(p.nq, 0);
+  pq.row_map.assign(p.nq * p.lq, -1);
+  pq.block_off.assign(p.nq + 1, 0);
+  for (int64_t q = 0; q < p.nq; ++q) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < p.lq; ++r) {
+      if (!p.query_mask || p.query_mask[q * p.lq + r]) pq.row_map[q * p.lq + n++] = r;
+    }
+    pq.n_rows[q] = n;
+    pq.block_off[q + 1] = pq.block_off[q] + (n + RB - 1) / RB;
+  }
+  const int64_t nblocks = pq.block_off[p.nq];
+  const int64_t block_elems = pq.dim_pad * RB;
+  auto qval = [&](int64_t q, int64_t r, int64_t k) -> float {
+    const int64_t i = (q * p.lq + r) * p.dim + k;
+    switch (p.dtype) {
+      case DType::F32: return static_cast<const float*>(p.queries)[i];
+      case DType::F16: return detail::f16_to_f32(static_cast<const uint16_t*>(p.queries)[i]);
+      case DType::BF16: return detail::bf16_to_f32(static_cast<const uint16_t*>(p.queries)[i]);
+    }
+    return 0.0f;
+  };
+  if (pq.bf16) {
+    pq.f32.clear();
+    pq.b16.assign(nblocks * block_elems + 32, 0);  // + slack for 64-byte alignment
+    pq.f32.shrink_to_fit();
+  } else {
+    pq.b16.clear();
+    pq.f32.assign(nblocks * block_elems + 16, 0.0f);
+  }
+  // Align the packed storage to 64 bytes (aligned vector loads).
+  auto align_off = [](const void* ptr) {
+    return (size_t)((64 - ((uintptr_t)ptr & 63)) & 63);
+  };
+  pq.align_f32 = pq.bf16 ? 0 : align_off(pq.f32.data()) / sizeof(float);
+  pq.align_b16 = pq.bf16 ? align_off(pq.b16.data()) / sizeof(uint16_t) : 0;
+  float* f = pq.f32.data() + pq.align_f32;
+  uint16_t* h = pq.b16.data() + pq.align_b16;
+  const uint16_t* qraw = static_cast<const uint16_t*>(p.queries);
+  for (int64_t q = 0; q < p.nq; ++q) {
+    const int64_t n = pq.n_rows[q];
+    for (int64_t b = 0; b < pq.block_off[q + 1] - pq.block_off[q]; ++b) {
+      const int64_t blk = pq.block_off[q] + b;
+      for (int64_t rr = 0; rr < RB && b * RB + rr < n; ++rr) {
+        const int64_t r = pq.row_map[q * p.lq + b * RB + rr];
+        for (int64_t k = 0; k < p.dim; ++k) {
+          if (pq.bf16) {
+            // [dim/2][RB][2]
+            h[blk * block_elems + ((k / 2) * RB + rr) * 2 + (k % 2)] =
+                qraw[(q * p.lq + r) * p.dim + k];
+          } else {
+            f[blk * block_elems + k * RB + rr] = qval(q, r, k);
+          }
+        }
+      }
+    }
+  }
+}
+
+detail::PackedView view_of(const PackedQueries& pq) {
+  detail::PackedView v;
+  v.n_rows = pq.n_rows.data();
+  v.row_map = pq.row_map.data();
+  v.block_off = pq.block_off.data();
+  v.f32 = pq.f32.empty() ? nullptr : pq.f32.data() + pq.align_f32;
+  v.b16 = pq.b16.empty() ? nullptr : pq.b16.data() + pq.align_b16;
+  v.dim_pad = pq.dim_pad;
+  v.bf16 = pq.bf16;
+  return v;
+}
+
+bool maxsim_forward_range(const MaxSimProblem& p, const PackedQueries& pq, int64_t q0, int64_t q1,
+                          int64_t s0, int64_t s1, float* scores, int32_t* argmax) {
+  detail::FwdArgs a{&p, view_of(pq), q0, q1, s0, s1, scores, argmax};
+  switch (pq.isa) {
+    case Isa::Avx512Bf16: return detail::forward_avx512bf16(a);
+    case Isa::Avx512: return detail::forward_avx512(a);
+    case Isa::Avx2: return detail::forward_avx2(a);
+    case Isa::Scalar: return detail::forward_scalar(a);
+  }
+  return detail::forward_scalar(a);
+}
+
+namespace {
+inline float load_as_f32(DType t, const void* base, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F16: return detail::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: return detail::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  }
+  return 0.0f;
+}
+
+// dst[0..dim) += g * row (row of dtype t starting at element i0)
+inline void axpy_row(DType t, const void* base, int64_t i0, int64_t dim, float g, float* dst) {
+  if (t == DType::F32) {
+    const float* s = static_cast<const float*>(base) + i0;
+    for (int64_t k = 0; k < dim; ++k) dst[k] += g * s[k];
+  } else {
+    for (int64_t k = 0; k < dim; ++k) dst[k] += g * load_as_f32(t, base, i0 + k);
+  }
+}
+}  // namespace
+
+void maxsim_grad_queries_range(const MaxSimProblem& p, const int32_t* argmax, const float* grad,
+                               int64_t r0, int64_t r1, float* dq) {
+  const int64_t ns = n_slots(p);
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t q = row / p.lq;
+    float* out = dq + row * p.dim;
+    for (int64_t k = 0; k < p.dim; ++k) out[k] = 0.0f;
+    const int32_t* am = argmax + row * ns;
+    const float* g = grad + q * ns;
+    for (int64_t s = 0; s < ns; ++s) {
+      const int32_t t = am[s];
+      if (t < 0 || g[s] == 0.0f) continue;
+      axpy_row(p.dtype, p.docs, (int64_t)t * p.dim, p.dim, g[s], out);
+    }
+  }
+}
+
+void build_doc_pairs(const MaxSimProblem& p, DocPairs* out) {
+  DocPairs& dp = *out;
+  dp.ptr.assign(p.nd + 1, 0);
+  if (p.cand == nullptr) {
+    // all pairs: document s meets every query in slot s
+    dp.q.resize(p.nd * p.nq);
+    dp.slot.resize(p.nd * p.nq);
+    for (int64_t d = 0; d < p.nd; ++d) {
+      dp.ptr[d + 1] = dp.ptr[d] + p.nq;
+      for (int64_t q = 0; q < p.nq; ++q) {
+        dp.q[d * p.nq + q] = q;
+        dp.slot[d * p.nq + q] = d;
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < p.nq * p.ncand; ++i) {
+    const int64_t d = p.cand[i];
+    if (d >= 0) dp.ptr[d + 1]++;
+  }
+  for (int64_t d = 0; d < p.nd; ++d) dp.ptr[d + 1] += dp.ptr[d];
+  dp.q.resize(dp.ptr[p.nd]);
+  dp.slot.resize(dp.ptr[p.nd]);
+  std::vector<int64_t> fill(dp.ptr.begin(), dp.ptr.end() - 1);
+  for (int64_t q = 0; q < p.nq; ++q) {  // (query, slot) order -> fixed summation order
+    for (int64_t c = 0; c < p.ncand; ++c) {
+      const int64_t d = p.cand[q * p.ncand + c];
+      if (d < 0) continue;
+      dp.q[fill[d]] = q;
+      dp.slot[fill[d]] = c;
+      fill[d]++;
+    }
+  }
+}
+
+void maxsim_grad_docs_range(const MaxSimProblem& p, const DocPairs& pairs, const int32_t* argmax,
+                            const float* grad, int64_t d0, int64_t d1, float* dd) {
+  const int64_t ns = n_slots(p);
+  for (int64_t d = d0; d < d1; ++d) {
+    const int64_t t0 = p.offsets[d], t1 = p.offsets[d + 1];
+    for (int64_t i = t0 * p.dim; i < t1 * p.dim; ++i) dd[i] = 0.0f;
+    for (int64_t e = pairs.ptr[d]; e < pairs.ptr[d + 1]; ++e) {
+      const int64_t q = pairs.q[e], s = pairs.slot[e];
+      const float g = grad[q * ns + s];
+      if (g == 0.0f) continue;
+      for (int64_t r = 0; r < p.lq; ++r) {
+        const int32_t t = argmax[(q * p.lq + r) * ns + s];
+        if (t < 0) continue;
+        axpy_row(p.dtype, p.queries, (q * p.lq + r) * p.dim, p.dim, g, dd + (int64_t)t * p.dim);
+      }
+    }
+  }
+}
+
+}  // namespace lateint

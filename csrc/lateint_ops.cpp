@@ -1,0 +1,39 @@
+// Every lateint_kernels op schema, defined once. Implementations register per dispatch key
+// in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); Triton kernels are registered for CUDA
+// from Python (lateint_kernels/ops.py) when no CUDA C++ kernel was built. Fake kernels and
+// autograd are registered in Python.
+#include <Python.h>
+#include <torch/library.h>
+
+int64_t lateint_cpu_isa(int64_t request);  // csrc/cpu/maxsim.cpp
+
+TORCH_LIBRARY(lateint_kernels, m) {
+  // Late-interaction score of every query against every packed document:
+  // scores[q, d] = sum over unmasked query tokens i of max over tokens t of doc d of <Q[q,i], D[t]>.
+  // mask_mode "ignore": masked query tokens add nothing; "zero": PyLate's multiplicative
+  // masking (doc_padded[d] floors each per-token max of doc d at 0). Output float32 [nq, nd].
+  m.def("maxsim(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
+        "Tensor? doc_padded, str mask_mode) -> Tensor");
+  // Each query against its own candidate documents (candidates int64 [nq, k], -1 = none,
+  // scored -inf). Output float32 [nq, k].
+  m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor candidates, Tensor? doc_padded, str mask_mode) -> Tensor");
+  // Forward that also returns the winning token of each query token: argmax int32
+  // [nq, Lq, nd or k] (global token index, -1 where none wins). Used by tests and backward.
+  m.def("maxsim_argmax(Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
+        "-> (Tensor, Tensor)");
+  // Gradients of maxsim / maxsim_candidates (candidates=None for all pairs) w.r.t. queries
+  // and doc_tokens, given grad [nq, nd or k]. Recomputes the argmax (no [nq, Lq, nd] state is
+  // kept between forward and backward); reductions run in a fixed order (deterministic).
+  m.def("maxsim_backward(Tensor grad, Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
+        "-> (Tensor, Tensor)");
+  // CPU instruction set of the kernels: request -1 queries, 0..3 forces scalar / avx2 /
+  // avx512 / avx512bf16 (clamped to what the processor has), -2 restores the best.
+  m.def("_cpu_isa(int request) -> int", &lateint_cpu_isa);
+}
+
+// Importing lateint_kernels._C runs the static initializers above; the module itself is empty.
+static struct PyModuleDef lateint_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&lateint_module); }

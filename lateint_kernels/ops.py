@@ -1,0 +1,351 @@
+"""Public ops: argument validation, fake kernels, autograd and backend registration.
+
+Registration chain: `lateint_kernels.maxsim(...)` -> `torch.ops.lateint_kernels.maxsim` ->
+dispatcher -> CPU C++ kernel (csrc/cpu) | CUDA C++ kernel (csrc/cuda) or, where none was
+built, the Triton kernel registered below | the reference (no native build).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from . import reference as _ref
+from ._loader import NATIVE_LOADED
+
+_NS = "lateint_kernels"
+_OPS = ("maxsim", "maxsim_candidates", "maxsim_argmax", "maxsim_backward")
+_SCHEMAS = {
+    "maxsim": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
+              "Tensor? doc_padded, str mask_mode) -> Tensor",
+    "maxsim_candidates": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
+                         "Tensor candidates, Tensor? doc_padded, str mask_mode) -> Tensor",
+    "maxsim_argmax": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
+                     "Tensor? candidates, Tensor? doc_padded, str mask_mode) -> (Tensor, Tensor)",
+    "maxsim_backward": "(Tensor grad, Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+                       "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
+                       "-> (Tensor, Tensor)",
+}
+_FORCE_ENV = "LATEINT_BACKEND"  # "reference" forces the pure-torch path everywhere
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NS}::{op}", key)
+
+
+# ---------------------------------------------------------------------------------------
+# Reference implementations in the op calling convention (fallback backend).
+def _argmax_ref(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+    s, a = _ref.maxsim_argmax_ref(queries.float(), doc_tokens.float(), doc_offsets, candidates,
+                                  query_mask=query_mask, mask_mode=mask_mode, doc_padded=doc_padded)
+    return s.float(), a.to(torch.int32)
+
+
+def _maxsim_ref_op(queries, query_mask, doc_tokens, doc_offsets, doc_padded, mask_mode):
+    return _argmax_ref(queries, query_mask, doc_tokens, doc_offsets, None, doc_padded, mask_mode)[0]
+
+
+def _cand_ref_op(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+    return _argmax_ref(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode)[0]
+
+
+def _backward_ref_op(grad, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded,
+                     mask_mode):
+    with torch.enable_grad():
+        q = queries.detach().float().requires_grad_(True)
+        d = doc_tokens.detach().float().requires_grad_(True)
+        s, _ = _ref.maxsim_argmax_ref(q, d, doc_offsets, candidates, query_mask=query_mask,
+                                      mask_mode=mask_mode, doc_padded=doc_padded)
+        s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+        dq, dd = torch.autograd.grad(s, (q, d), grad.float(), allow_unused=True)
+    dq = torch.zeros_like(q) if dq is None else dq
+    dd = torch.zeros_like(d) if dd is None else dd
+    return dq.to(queries.dtype), dd.to(doc_tokens.dtype)
+
+
+_REF_IMPLS = {"maxsim": _maxsim_ref_op, "maxsim_candidates": _cand_ref_op,
+              "maxsim_argmax": _argmax_ref, "maxsim_backward": _backward_ref_op}
+
+# Backend chosen per (op, device type) at import; see backend_for().
+_BACKENDS: dict = {}
+
+if not NATIVE_LOADED:
+    # No native build: define the schemas here and serve them with the references.
+    for _name, _schema in _SCHEMAS.items():
+        torch.library.define(f"{_NS}::{_name}", _schema)
+        torch.library.impl(f"{_NS}::{_name}", "CompositeExplicitAutograd")(_REF_IMPLS[_name])
+    for _name in _OPS:
+        _BACKENDS[(_name, "cpu")] = "reference"
+else:
+    for _name in _OPS:
+        _BACKENDS[(_name, "cpu")] = "cpp"
+
+# CUDA: the C++ kernel when it was built; else Triton when importable; else the reference.
+_TRITON_IMPLS = None
+try:
+    from .triton import maxsim as _tmaxsim
+
+    _TRITON_IMPLS = {"maxsim": _tmaxsim.maxsim_triton,
+                     "maxsim_candidates": _tmaxsim.maxsim_candidates_triton,
+                     "maxsim_argmax": _tmaxsim.maxsim_argmax_triton,
+                     "maxsim_backward": _tmaxsim.maxsim_backward_triton}
+except Exception:  # triton missing or broken: the CUDA key falls back below
+    _TRITON_IMPLS = None
+
+for _name in _OPS:
+    if NATIVE_LOADED and _has_kernel(_name, "CUDA"):
+        _BACKENDS[(_name, "cuda")] = "cuda"
+    elif NATIVE_LOADED:
+        if _TRITON_IMPLS is not None:
+            torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _TRITON_IMPLS[_name])
+            _BACKENDS[(_name, "cuda")] = "triton"
+        else:
+            torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _REF_IMPLS[_name])
+            _BACKENDS[(_name, "cuda")] = "reference"
+    else:
+        _BACKENDS[(_name, "cuda")] = "reference"
+
+
+def _forced_reference() -> bool:
+    return os.environ.get(_FORCE_ENV, "").lower() == "reference"
+
+
+def backend_for(op: str, device) -> str:
+    """Which implementation runs `op` on `device`: "cpp", "cuda", "triton" or "reference"."""
+    if op not in _OPS:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(_OPS)}")
+    dev = torch.device(device).type
+    if _forced_reference():
+        return "reference"
+    return _BACKENDS.get((op, dev), "reference")
+
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels (shape/dtype propagation for torch.compile, export and opcheck).
+def _fake_common(queries, doc_tokens, doc_offsets):
+    torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
+    torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
+    torch._check(doc_tokens.shape[1] == queries.shape[2],
+                 lambda: "`doc_tokens` and `queries` must have the same dim")
+    torch._check(doc_offsets.dim() == 1, lambda: "`doc_offsets` must be 1-D [n_docs + 1]")
+
+
+@torch.library.register_fake(f"{_NS}::maxsim")
+def _(queries, query_mask, doc_tokens, doc_offsets, doc_padded, mask_mode):
+    _fake_common(queries, doc_tokens, doc_offsets)
+    return queries.new_empty(queries.shape[0], doc_offsets.shape[0] - 1, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{_NS}::maxsim_candidates")
+def _(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+    _fake_common(queries, doc_tokens, doc_offsets)
+    return queries.new_empty(queries.shape[0], candidates.shape[1], dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{_NS}::maxsim_argmax")
+def _(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+    _fake_common(queries, doc_tokens, doc_offsets)
+    ns = candidates.shape[1] if candidates is not None else doc_offsets.shape[0] - 1
+    return (queries.new_empty(queries.shape[0], ns, dtype=torch.float32),
+            queries.new_empty(queries.shape[0], queries.shape[1], ns, dtype=torch.int32))
+
+
+@torch.library.register_fake(f"{_NS}::maxsim_backward")
+def _(grad, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+    _fake_common(queries, doc_tokens, doc_offsets)
+    return torch.empty_like(queries), torch.empty_like(doc_tokens)
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd: gradients w.r.t. queries and doc_tokens through maxsim_backward (which
+# recomputes the argmax instead of keeping [nq, Lq, nd] indices alive between passes).
+def _maxsim_setup(ctx, inputs, output):
+    queries, query_mask, doc_tokens, doc_offsets, doc_padded, mask_mode = inputs
+    ctx.save_for_backward(queries, doc_tokens)
+    ctx.extra = (query_mask, doc_offsets, None, doc_padded, mask_mode)
+
+
+def _cand_setup(ctx, inputs, output):
+    queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode = inputs
+    ctx.save_for_backward(queries, doc_tokens)
+    ctx.extra = (query_mask, doc_offsets, candidates, doc_padded, mask_mode)
+
+
+def _grads(ctx, grad):
+    queries, doc_tokens = ctx.saved_tensors
+    query_mask, doc_offsets, candidates, doc_padded, mask_mode = ctx.extra
+    dq, dd = torch.ops.lateint_kernels.maxsim_backward(grad, queries, query_mask, doc_tokens,
+                                                       doc_offsets, candidates, doc_padded, mask_mode)
+    return (dq if ctx.needs_input_grad[0] else None), (dd if ctx.needs_input_grad[2] else None)
+
+
+def _maxsim_bwd(ctx, grad):
+    dq, dd = _grads(ctx, grad)
+    return dq, None, dd, None, None, None
+
+
+def _cand_bwd(ctx, grad):
+    dq, dd = _grads(ctx, grad)
+    return dq, None, dd, None, None, None, None
+
+
+torch.library.register_autograd(f"{_NS}::maxsim", _maxsim_bwd, setup_context=_maxsim_setup)
+torch.library.register_autograd(f"{_NS}::maxsim_candidates", _cand_bwd, setup_context=_cand_setup)
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+class PackedDocs(NamedTuple):
+    """Documents in the packed (CSR) layout.
+
+    tokens  [T, dim]     every real token of every document, documents back to back
+    offsets int64 [n+1]  document i is tokens[offsets[i]:offsets[i+1]]
+    padded  bool [n]     whether the document had padding (or masked tokens) in its padded
+                         batch: needed by mask_mode="zero" to reproduce PyLate's scores
+    """
+    tokens: torch.Tensor
+    offsets: torch.Tensor
+    padded: torch.Tensor
+
+
+def pack(padded_docs: torch.Tensor, doc_mask: Optional[torch.Tensor] = None) -> PackedDocs:
+    """[n, L, dim] padded documents (+ bool/0-1 mask [n, L]) -> PackedDocs.
+
+    Masked tokens are dropped wherever they are (PyLate masks skiplist tokens inside a
+    document too); a document with any masked token is marked `padded`."""
+    if padded_docs.dim() != 3:
+        raise ValueError(f"pack: `padded_docs` must be 3-D [n_docs, doc_len, dim], got shape {tuple(padded_docs.shape)}")
+    n, L, _ = padded_docs.shape
+    if doc_mask is None:
+        doc_mask = torch.ones(n, L, dtype=torch.bool, device=padded_docs.device)
+    if doc_mask.shape != (n, L):
+        raise ValueError(f"pack: `doc_mask` must have shape [n_docs, doc_len] = [{n}, {L}], got {tuple(doc_mask.shape)}")
+    if doc_mask.device != padded_docs.device:
+        raise ValueError(f"pack: `doc_mask` must be on {padded_docs.device}, got {doc_mask.device}")
+    m = doc_mask.bool()
+    lens = m.sum(1)
+    offsets = torch.zeros(n + 1, dtype=torch.int64, device=padded_docs.device)
+    offsets[1:] = torch.cumsum(lens, 0)
+    return PackedDocs(padded_docs[m], offsets, lens < L)
+
+
+def pack_list(docs: Sequence[torch.Tensor]) -> PackedDocs:
+    """List of [L_i, dim] tensors -> PackedDocs (no document is padded)."""
+    if len(docs) == 0:
+        raise ValueError("pack_list: `docs` is empty")
+    dim = docs[0].shape[-1]
+    for i, t in enumerate(docs):
+        if t.dim() != 2 or t.shape[1] != dim:
+            raise ValueError(f"pack_list: docs[{i}] must be [L, {dim}], got shape {tuple(t.shape)}")
+    lens = torch.tensor([t.shape[0] for t in docs], dtype=torch.int64)
+    offsets = torch.zeros(len(docs) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lens, 0)
+    dev = docs[0].device
+    return PackedDocs(torch.cat(list(docs), 0), offsets.to(dev),
+                      torch.zeros(len(docs), dtype=torch.bool, device=dev))
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
+              candidates=None):
+    """Checks with messages naming the argument. The data-dependent ones (offsets, ids, NaN)
+    are skipped while compiling; the kernels check those too (CPU: in C++)."""
+    if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
+        raise ValueError(f"{op}: `queries` must be a 3-D tensor [n_queries, query_len, dim], got "
+                         f"{tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
+    if queries.dtype not in _FLOATS:
+        raise TypeError(f"{op}: `queries` must be float32, float16 or bfloat16, got {queries.dtype}")
+    if not isinstance(doc_tokens, torch.Tensor) or doc_tokens.dim() != 2:
+        raise ValueError(f"{op}: `doc_tokens` must be a 2-D tensor [total_tokens, dim]")
+    if doc_tokens.shape[1] != queries.shape[2]:
+        raise ValueError(f"{op}: `doc_tokens` has dim {doc_tokens.shape[1]} but `queries` has dim {queries.shape[2]}")
+    if doc_tokens.dtype != queries.dtype:
+        raise TypeError(f"{op}: `doc_tokens` must have the dtype of `queries` ({queries.dtype}), got {doc_tokens.dtype}")
+    if not isinstance(doc_offsets, torch.Tensor) or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
+        raise ValueError(f"{op}: `doc_offsets` must be a 1-D int64 tensor [n_docs + 1]")
+    if mask_mode not in ("ignore", "zero"):
+        raise ValueError(f'{op}: `mask_mode` must be "ignore" or "zero", got {mask_mode!r}')
+    dev = queries.device
+    for name, t in (("doc_tokens", doc_tokens), ("doc_offsets", doc_offsets), ("query_mask", query_mask),
+                    ("doc_padded", doc_padded), ("candidates", candidates)):
+        if t is not None and t.device != dev:
+            raise ValueError(f"{op}: `{name}` must be on {dev} like `queries`, got {t.device}")
+    nq, lq = queries.shape[:2]
+    nd = doc_offsets.shape[0] - 1
+    if query_mask is not None and (query_mask.shape != (nq, lq) or query_mask.dtype != torch.bool):
+        raise ValueError(f"{op}: `query_mask` must be a bool tensor [n_queries, query_len] = [{nq}, {lq}], "
+                         f"got {query_mask.dtype} {tuple(query_mask.shape)}")
+    if doc_padded is not None and (doc_padded.shape != (nd,) or doc_padded.dtype != torch.bool):
+        raise ValueError(f"{op}: `doc_padded` must be a bool tensor [n_docs] = [{nd}], "
+                         f"got {doc_padded.dtype} {tuple(doc_padded.shape)}")
+    if candidates is not None and (candidates.dim() != 2 or candidates.shape[0] != nq
+                                   or candidates.dtype != torch.int64):
+        raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, k] with n_queries = {nq}, "
+                         f"got {candidates.dtype} {tuple(candidates.shape)}")
+    if torch.compiler.is_compiling() or dev.type == "cpu":
+        return  # the C++ CPU kernel checks the data-dependent conditions itself
+    if nd < 0 or int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0]:
+        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = {doc_tokens.shape[0]}")
+    if nd and bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
+        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing")
+    if candidates is not None and candidates.numel() and (
+            int(candidates.min()) < -1 or int(candidates.max()) >= nd):
+        raise ValueError(f"{op}: `candidates` must hold document ids in [0, {nd}) or -1 for none")
+    qv = queries if query_mask is None else queries[query_mask]
+    if not bool(torch.isfinite(qv).all()):
+        raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
+    if not bool(torch.isfinite(doc_tokens).all()):
+        raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
+
+
+def maxsim(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, *,
+           query_mask: Optional[torch.Tensor] = None, mask_mode: str = "ignore",
+           doc_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Late-interaction scores of every query against every packed document.
+
+    queries [nq, Lq, dim], doc_tokens [T, dim] (same float dtype), doc_offsets int64 [nd+1]
+    -> float32 [nq, nd]. An empty document scores 0. mask_mode "ignore" (default): masked
+    query tokens add nothing; "zero": PyLate's multiplicative masking, with `doc_padded`
+    (from `pack`) flooring each token max of a padded document at 0. Differentiable in
+    `queries` and `doc_tokens`.
+    """
+    _validate("maxsim", queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode)
+    if _forced_reference():
+        return _ref.maxsim_ref(queries.float(), doc_tokens.float(), doc_offsets, query_mask=query_mask,
+                               mask_mode=mask_mode, doc_padded=doc_padded)
+    return torch.ops.lateint_kernels.maxsim(queries, query_mask, doc_tokens, doc_offsets, doc_padded,
+                                            mask_mode)
+
+
+def maxsim_candidates(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor,
+                      candidates: torch.Tensor, *, query_mask: Optional[torch.Tensor] = None,
+                      mask_mode: str = "ignore", doc_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each query against its own candidate documents: candidates int64 [nq, k] of document
+    ids (-1 = no candidate, scored -inf) -> float32 [nq, k]."""
+    _validate("maxsim_candidates", queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
+              candidates)
+    if _forced_reference():
+        return _ref.maxsim_candidates_ref(queries.float(), doc_tokens.float(), doc_offsets, candidates,
+                                          query_mask=query_mask, mask_mode=mask_mode, doc_padded=doc_padded)
+    return torch.ops.lateint_kernels.maxsim_candidates(queries, query_mask, doc_tokens, doc_offsets,
+                                                       candidates, doc_padded, mask_mode)
+
+
+_ISA_NAMES = ("scalar", "avx2", "avx512", "avx512bf16")
+
+
+def cpu_isa(set: Optional[str] = None) -> str:
+    """The instruction set the CPU kernels use; `set` forces a lower one ("scalar", "avx2",
+    "avx512", "avx512bf16") or restores the best ("best"). Also: env LATEINT_CPU_ISA."""
+    if not NATIVE_LOADED:
+        return "reference"
+    if set is None:
+        return _ISA_NAMES[torch.ops.lateint_kernels._cpu_isa(-1)]
+    if set == "best":
+        return _ISA_NAMES[torch.ops.lateint_kernels._cpu_isa(-2)]
+    if set not in _ISA_NAMES:
+        raise ValueError(f"cpu_isa: `set` must be one of {_ISA_NAMES + ('best',)}, got {set!r}")
+    return _ISA_NAMES[torch.ops.lateint_kernels._cpu_isa(_ISA_NAMES.index(set))]

@@ -1,0 +1,66 @@
+"""Builds lateint_kernels._C from csrc/ and installs lateint_kernels and lateint.
+
+LATEINT_USE_CUDA=auto|0|1  auto: build the .cu sources when torch has CUDA and CUDA_HOME is set
+LATEINT_DEBUG=1            -O0 -g
+LATEINT_SKIP_BUILD=1       install the Python packages only (ops fall back to the references)
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _ext_modules():
+    if os.environ.get("LATEINT_SKIP_BUILD", "0") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    mode = os.environ.get("LATEINT_USE_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"LATEINT_USE_CUDA must be auto, 0 or 1, got {mode!r}")
+    use_cuda = mode == "1" or (mode == "auto" and torch.version.cuda is not None and CUDA_HOME)
+    if mode == "1" and not (torch.version.cuda and CUDA_HOME):
+        raise SystemExit("LATEINT_USE_CUDA=1 but torch has no CUDA or CUDA_HOME is not set")
+    debug = os.environ.get("LATEINT_DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
+    sources = _sources("csrc/lateint_ops.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp")
+    kwargs = dict(name="lateint_kernels._C", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")])
+    if use_cuda:
+        sources += _sources("csrc/cuda/*.cu")
+        arch = os.environ.get("LATEINT_CUDA_ARCH", "80;90")
+        gencode = []
+        for a in arch.split(";"):
+            gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+        ext = CUDAExtension(**kwargs, extra_compile_args={"cxx": cxx + ["-DLATEINT_WITH_CUDA"],
+                                                            "nvcc": opt + ["-std=c++17", "-lineinfo"] + gencode})
+    else:
+        ext = CppExtension(**kwargs, extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _ext_modules()
+
+setup(
+    name="lateint_kernels",
+    version="0.1.0",
+    description="Kernels for late-interaction (ColBERT-style) retrieval: MaxSim, PLAID, token pooling",
+    packages=find_packages(include=["lateint_kernels", "lateint_kernels.*"]) + ["lateint"],
+    package_dir={"lateint": "python/lateint"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    python_requires=">=3.10",
+    install_requires=["torch>=2.6", "numpy"],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark", "triton>=3.2", "scipy"],
+        "bench": ["pytest-benchmark", "maxsim-cpu==0.1.0"],
+    },
+    entry_points={"console_scripts": ["lateint=lateint.cli:main"]},
+)
