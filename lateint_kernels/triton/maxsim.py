@@ -29,7 +29,7 @@ def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG,
     if HAS_CAND:
         doc = tl.load(CAND + q * ns + s)
     else:
-        doc = s.to(tl.int64)
+        doc = s
     has_doc = doc >= 0
     docc = tl.maximum(doc, 0)
     t0 = tl.load(OFF + docc)
@@ -57,7 +57,7 @@ def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG,
             sim = tl.dot(qt, tl.trans(dt))
         sim = tl.where(tok_ok[None, :], sim, float("-inf"))
         tmax = tl.max(sim, axis=1)
-        targ = tl.argmax(sim, axis=1).to(tl.int32) + t.to(tl.int32)
+        targ = (tl.argmax(sim, axis=1) + t).to(tl.int32)
         upd = tmax > best
         arg = tl.where(upd, targ, arg)
         best = tl.where(upd, tmax, best)

@@ -1,0 +1,439 @@
+"""MaxSim ops against the float64 reference, on every backend this machine has."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lateint_kernels as lk
+from lateint_kernels import reference as ref
+
+from _data import corpus, random_lengths
+from conftest import DEVICES
+
+ISAS = [i for i in ("scalar", "avx2", "avx512", "avx512bf16")
+        if lk.NATIVE_LOADED and ("scalar", "avx2", "avx512", "avx512bf16").index(i)
+        <= ("scalar", "avx2", "avx512", "avx512bf16").index(lk.cpu_isa("best"))]
+
+AWKWARD_LENGTHS = [1, 0, 13, 64, 300, 5, 12, 24, 1, 97, 700, 2, 33]
+
+
+@pytest.fixture(params=ISAS or ["reference"])
+def isa(request):
+    if request.param != "reference":
+        lk.cpu_isa(request.param)
+    yield request.param
+    if request.param != "reference":
+        lk.cpu_isa("best")
+
+
+def _ref64(q, d, off, **kw):
+    return ref.maxsim_argmax_ref(q.double(), d.double(), off, **kw)
+
+
+def _close(got, want, rtol, atol):
+    got = got.double()
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got)), "non-finite entries differ"
+    torch.testing.assert_close(got[finite], want[finite], rtol=rtol, atol=atol)
+
+
+def _poisoned_check(fn, *args, **kw):
+    """Run with NaN-poisoned fresh memory: the allocator may hand back a poisoned buffer, so
+    any entry the kernel forgets to write shows up as NaN."""
+    junk = torch.full((1 << 16,), float("nan"))
+    del junk
+    return fn(*args, **kw)
+
+
+# -------------------------------------------------------------------------------------
+# forward
+@pytest.mark.parametrize("lq", [1, 31, 32, 33])
+@pytest.mark.parametrize("dim", [96, 128])
+def test_maxsim_matches_reference_fp32(isa, lq, dim):
+    q, d, off = corpus(AWKWARD_LENGTHS, dim, nq=3, lq=lq, seed=lq * 1000 + dim)
+    got = _poisoned_check(lk.maxsim, q, d, off)
+    want, _ = _ref64(q, d, off)
+    assert got.dtype == torch.float32 and got.shape == (3, len(AWKWARD_LENGTHS))
+    _close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[:, 1] == 0), "an empty document scores 0"
+
+
+@pytest.mark.parametrize("mask_mode", ["ignore", "zero"])
+def test_maxsim_masks(isa, mask_mode):
+    q, d, off = corpus(random_lengths(40, 1, 90, seed=3), 128, nq=4, lq=32, seed=7)
+    qm = torch.rand(4, 32) > 0.3
+    qm[2] = False  # a query with every token masked scores 0
+    padded = torch.rand(40) > 0.5
+    got = lk.maxsim(q, d, off, query_mask=qm, mask_mode=mask_mode, doc_padded=padded)
+    want, _ = _ref64(q, d, off, query_mask=qm, mask_mode=mask_mode, doc_padded=padded)
+    _close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[2] == 0)
+    if mask_mode == "zero":  # the floor really changes scores of padded docs
+        plain, _ = _ref64(q, d, off, query_mask=qm)
+        assert not torch.allclose(plain[:, padded], want[:, padded])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dim", [96, 128, 33])
+def test_maxsim_low_precision(isa, dtype, dim):
+    """Low-precision inputs, float32 accumulation: compare with float64 on the same
+    (rounded) inputs; only accumulation order differs."""
+    q, d, off = corpus(AWKWARD_LENGTHS, dim, nq=2, lq=33, seed=11, dtype=dtype)
+    got = lk.maxsim(q, d, off)
+    want, _ = _ref64(q, d, off)
+    _close(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_maxsim_many_docs_long_docs(isa):
+    lengths = random_lengths(3000, 1, 40, seed=5) + [2000, 4100]
+    q, d, off = corpus(lengths, 128, nq=3, lq=32, seed=9)
+    got = lk.maxsim(q, d, off)
+    want, _ = _ref64(q, d, off)
+    _close(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_argmax_matches_reference(isa):
+    q, d, off = corpus(AWKWARD_LENGTHS, 96, nq=2, lq=33, seed=13)
+    qm = torch.rand(2, 33) > 0.2
+    s, a = torch.ops.lateint_kernels.maxsim_argmax(q, qm, d, off, None, None, "ignore")
+    ws, wa = _ref64(q, d, off, query_mask=qm)
+    _close(s, ws, 1e-5, 1e-5)
+    assert a.dtype == torch.int32 and a.shape == (2, 33, len(AWKWARD_LENGTHS))
+    assert torch.equal(a.long(), wa)
+
+
+def test_candidates(isa):
+    lengths = random_lengths(50, 0, 120, seed=17)
+    q, d, off = corpus(lengths, 128, nq=5, lq=32, seed=19)
+    cand = torch.randint(0, 50, (5, 9))
+    cand[1, 3] = -1
+    cand[2, :] = cand[2, 0]  # duplicates
+    qm = torch.rand(5, 32) > 0.25
+    got = lk.maxsim_candidates(q, d, off, cand, query_mask=qm)
+    want = ref.maxsim_candidates_ref(q.double(), d.double(), off, cand, query_mask=qm)
+    _close(got, want, 1e-5, 1e-5)
+    assert got[1, 3] == float("-inf")
+    full = lk.maxsim(q, d, off, query_mask=qm)
+    _close(got.masked_fill(cand < 0, 0), full.gather(1, cand.clamp_min(0)).double().masked_fill(cand < 0, 0),
+           1e-6, 1e-6)
+
+
+# -------------------------------------------------------------------------------------
+# backward
+@pytest.mark.parametrize("mask_mode", ["ignore", "zero"])
+@pytest.mark.parametrize("use_cand", [False, True])
+def test_backward_matches_reference_autograd(isa, mask_mode, use_cand):
+    lengths = [3, 0, 17, 40, 1, 64]
+    q, d, off = corpus(lengths, 96, nq=3, lq=31, seed=23)
+    qm = torch.rand(3, 31) > 0.2
+    padded = torch.tensor([True, False, True, False, True, False])
+    cand = torch.tensor([[0, 2, 5, -1], [5, 5, 1, 3], [4, 3, 2, 0]]) if use_cand else None
+    g = torch.randn(3, 4 if use_cand else 6)
+    qa = q.clone().requires_grad_(True)
+    da = d.clone().requires_grad_(True)
+    if use_cand:
+        out = lk.maxsim_candidates(qa, da, off, cand, query_mask=qm, mask_mode=mask_mode, doc_padded=padded)
+    else:
+        out = lk.maxsim(qa, da, off, query_mask=qm, mask_mode=mask_mode, doc_padded=padded)
+    out = torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    (out * g).sum().backward()
+
+    q64 = q.double().requires_grad_(True)
+    d64 = d.double().requires_grad_(True)
+    s, _ = ref.maxsim_argmax_ref(q64, d64, off, cand, query_mask=qm, mask_mode=mask_mode, doc_padded=padded)
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+    (s * g.double()).sum().backward()
+    torch.testing.assert_close(qa.grad.double(), q64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(da.grad.double(), d64.grad, rtol=1e-5, atol=1e-5)
+    assert qa.grad.abs().sum() > 0 and da.grad.abs().sum() > 0
+
+
+def test_reference_gradcheck_float64():
+    """The reference's autograd (the oracle for our backward) is itself right: finite
+    differences in float64 on tiny inputs."""
+    q, d, off = corpus([3, 1, 4], 8, nq=2, lq=3, seed=29)
+    q = q.double().requires_grad_(True)
+    d = d.double().requires_grad_(True)
+    qm = torch.tensor([[True, False, True], [True, True, True]])
+    for mode, padded in (("ignore", None), ("zero", torch.tensor([True, False, True]))):
+        assert torch.autograd.gradcheck(
+            lambda a, b: ref.maxsim_ref(a, b, off, query_mask=qm, mask_mode=mode, doc_padded=padded),
+            (q, d), eps=1e-6, atol=1e-6)
+
+
+def test_op_gradcheck_float32():
+    """Our op's backward against finite differences of our own forward (float32, so loose
+    step and tolerance; the tight comparison is against the float64 reference above)."""
+    q, d, off = corpus([3, 1, 4], 16, nq=2, lq=3, seed=31)
+    q.requires_grad_(True)
+    d.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: lk.maxsim(a, b, off), (q, d), eps=1e-3, atol=5e-3,
+                                     rtol=5e-3, fast_mode=True)
+
+
+def test_backward_deterministic_across_thread_counts(isa):
+    lengths = random_lengths(300, 1, 60, seed=37)
+    q, d, off = corpus(lengths, 128, nq=6, lq=32, seed=41)
+    g = torch.randn(6, 300)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for th in (1, 2, 1):
+            torch.set_num_threads(th)
+            outs.append(torch.ops.lateint_kernels.maxsim_backward(g, q, None, d, off, None, None, "ignore"))
+    finally:
+        torch.set_num_threads(before)
+    for dq, dd in outs[1:]:
+        assert torch.equal(dq, outs[0][0]) and torch.equal(dd, outs[0][1])
+
+
+# -------------------------------------------------------------------------------------
+# torch.library integration
+def _samples(requires_grad):
+    out = []
+    for lq, lengths in ((4, [3, 0, 5]), (33, [1, 40, 7, 2])):
+        q, d, off = corpus(lengths, 16, nq=2, lq=lq, seed=lq)
+        q.requires_grad_(requires_grad)
+        d.requires_grad_(requires_grad)
+        qm = torch.rand(2, lq) > 0.3
+        pad = torch.rand(len(lengths)) > 0.5
+        out.append(((q, qm, d, off, pad, "zero"), (q, None, d, off, None, "ignore")))
+    return out
+
+
+@pytest.mark.skipif(not lk.NATIVE_LOADED, reason="native extension not built")
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    for pair in _samples(requires_grad):
+        for args in pair:
+            torch.library.opcheck(torch.ops.lateint_kernels.maxsim.default, args)
+            q, qm, d, off, pad, mode = args
+            cand = torch.tensor([[0, 1], [2, -1]])
+            torch.library.opcheck(torch.ops.lateint_kernels.maxsim_candidates.default,
+                                  (q, qm, d, off, cand, pad, mode))
+
+
+def test_torch_compile_fullgraph():
+    q, d, off = corpus([5, 9, 0, 30], 32, nq=2, lq=8, seed=43)
+
+    def f(q, d, off):
+        return lk.maxsim(q, d, off).softmax(-1)
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(cf(q, d, off), f(q, d, off))
+    qg = q.clone().requires_grad_(True)
+    cf(qg, d, off)[:, 0].sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+def test_torch_compile_inductor():
+    q, d, off = corpus([5, 9, 0, 30], 32, nq=2, lq=8, seed=47)
+    cf = torch.compile(lambda q, d, off: lk.maxsim(q, d, off) * 2, fullgraph=True)
+    torch.testing.assert_close(cf(q, d, off), lk.maxsim(q, d, off) * 2)
+
+
+# -------------------------------------------------------------------------------------
+# PyLate compatibility (mask_mode="zero")
+def _pylate_scores():
+    try:
+        from pylate.scores import colbert_scores
+        return colbert_scores
+    except Exception:
+        return ref.pylate_colbert_scores_ref
+
+
+def test_pylate_zero_mode_matches_colbert_scores():
+    colbert_scores = _pylate_scores()
+    g = torch.Generator().manual_seed(53)
+    nq, lq, nd, L, dim = 4, 32, 7, 50, 128
+    qe = torch.nn.functional.normalize(torch.randn(nq, lq, dim, generator=g), dim=-1)
+    de = torch.nn.functional.normalize(torch.randn(nd, L, dim, generator=g), dim=-1)
+    qmask = (torch.rand(nq, lq, generator=g) > 0.2).float()
+    lens = torch.tensor([50, 10, 1, 49, 25, 50, 3])
+    dmask = (torch.arange(L)[None, :] < lens[:, None]).float()
+    dmask[0, 7] = 0  # a skiplist token inside a full-length doc
+    want = colbert_scores(qe.double(), de.double(), qmask.double(), dmask.double())
+    packed = lk.pack(de, dmask.bool())
+    got = lk.maxsim(qe, packed.tokens, packed.offsets, query_mask=qmask.bool(), mask_mode="zero",
+                    doc_padded=packed.padded)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # the default mode differs exactly where PyLate's zero floor bites
+    ign = lk.maxsim(qe, packed.tokens, packed.offsets, query_mask=qmask.bool())
+    assert torch.allclose(ign[:, ~packed.padded], got[:, ~packed.padded])
+    assert not torch.allclose(ign[:, packed.padded], got[:, packed.padded])
+
+
+def test_pack_roundtrip():
+    de = torch.randn(3, 6, 4)
+    m = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    p = lk.pack(de, m)
+    assert p.offsets.tolist() == [0, 3, 9, 11]
+    assert p.padded.tolist() == [True, False, True]
+    assert torch.equal(p.tokens[9:], de[2, [1, 3]])
+    pl = lk.pack_list([de[0, :3], de[1]])
+    assert pl.offsets.tolist() == [0, 3, 9] and not pl.padded.any()
+
+
+# -------------------------------------------------------------------------------------
+# bad input: clear errors naming the argument
+def _base():
+    q, d, off = corpus([3, 4, 5], 16, nq=2, lq=4, seed=59)
+    return q, d, off
+
+
+@pytest.mark.parametrize("case, match", [
+    ("q2d", "queries"), ("d3d", "doc_tokens"), ("dim", "dim"), ("dtype", "doc_tokens"),
+    ("qint", "queries"), ("off_dtype", "doc_offsets"), ("off_nonmono", "doc_offsets"),
+    ("off_range", "doc_offsets"), ("off_start", "doc_offsets"), ("qmask_shape", "query_mask"),
+    ("qmask_dtype", "query_mask"), ("pad_shape", "doc_padded"), ("mode", "mask_mode"),
+    ("cand_range", "candidates"), ("cand_neg", "candidates"), ("cand_shape", "candidates"),
+    ("q_nan", "queries"), ("d_nan", "doc_tokens"), ("d_inf", "doc_tokens"),
+])
+@pytest.mark.parametrize("direct", [False, True])
+def test_bad_input(case, match, direct):
+    q, d, off = _base()
+    qm, pad, mode, cand = None, None, "ignore", torch.tensor([[0, 2], [1, 1]])
+    if case == "q2d": q = q[0]
+    if case == "d3d": d = d[None]
+    if case == "dim": d = d[:, :8]
+    if case == "dtype": d = d.double()
+    if case == "qint": q, d = q.int(), d.int()
+    if case == "off_dtype": off = off.int()
+    if case == "off_nonmono": off = torch.tensor([0, 5, 3, 12])
+    if case == "off_range": off = torch.tensor([0, 3, 7, 13])
+    if case == "off_start": off = torch.tensor([1, 3, 7, 12])
+    if case == "qmask_shape": qm = torch.ones(2, 5, dtype=torch.bool)
+    if case == "qmask_dtype": qm = torch.ones(2, 4)
+    if case == "pad_shape": pad = torch.ones(4, dtype=torch.bool)
+    if case == "mode": mode = "multiply"
+    if case == "cand_range": cand = torch.tensor([[0, 3], [1, 1]])
+    if case == "cand_neg": cand = torch.tensor([[0, -2], [1, 1]])
+    if case == "cand_shape": cand = torch.tensor([[0, 1]])
+    if case == "q_nan": q[1, 2, 3] = float("nan")
+    if case == "d_nan": d[5, 0] = float("nan")
+    if case == "d_inf": d[11, 15] = float("inf")
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        if case.startswith("cand"):
+            if direct:
+                torch.ops.lateint_kernels.maxsim_candidates(q, qm, d, off, cand, pad, mode)
+            else:
+                lk.maxsim_candidates(q, d, off, cand, query_mask=qm, mask_mode=mode, doc_padded=pad)
+        elif direct:
+            if not lk.NATIVE_LOADED and case in ("q_nan", "d_nan", "d_inf"):
+                pytest.skip("reference op does not check NaN")
+            torch.ops.lateint_kernels.maxsim(q, qm, d, off, pad, mode)
+        else:
+            lk.maxsim(q, d, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
+
+
+def test_nan_in_masked_query_token_is_fine():
+    q, d, off = _base()
+    q[0, 1] = float("nan")
+    qm = torch.ones(2, 4, dtype=torch.bool)
+    qm[0, 1] = False
+    out = lk.maxsim(q, d, off, query_mask=qm)
+    assert torch.isfinite(out).all()
+
+
+def test_wrong_device_named():
+    q, d, off = _base()
+    with pytest.raises(ValueError, match="doc_tokens"):
+        lk.maxsim(q, d.to("meta"), off)
+
+
+def test_degenerate_shapes():
+    q, d, off = _base()
+    assert lk.maxsim(q[:0], d, off).shape == (0, 3)
+    empty = lk.maxsim(q, d[:0], torch.zeros(4, dtype=torch.int64))
+    assert empty.shape == (2, 3) and torch.all(empty == 0)
+    assert lk.maxsim(q, d[:0], torch.zeros(1, dtype=torch.int64)).shape == (2, 0)
+
+
+# -------------------------------------------------------------------------------------
+# Triton kernels (interpreter on CPU, real on CUDA)
+triton_mod = pytest.importorskip("lateint_kernels.triton.maxsim", reason="triton not installed")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lq, dim, mask_mode", [(1, 16, "ignore"), (33, 32, "zero"), (32, 96, "ignore")])
+def test_triton_forward_and_argmax(device, lq, dim, mask_mode):
+    lengths = [1, 0, 7, 40, 33, 2]
+    q, d, off = corpus(lengths, dim, nq=2, lq=lq, seed=61 + lq)
+    qm = torch.rand(2, lq) > 0.25
+    pad = torch.tensor([True, False, True, False, True, True])
+    cand = torch.tensor([[0, 5, -1], [3, 3, 1]])
+    args = [t.to(device) for t in (q, qm, d, off)] + [pad.to(device)]
+    s, a = triton_mod.maxsim_argmax_triton(args[0], args[1], args[2], args[3], None, args[4], mask_mode)
+    ws, wa = _ref64(q, d, off, query_mask=qm, mask_mode=mask_mode, doc_padded=pad)
+    _close(s.cpu(), ws, 1e-5, 1e-5)
+    assert torch.equal(a.cpu().long(), wa)
+    sc = triton_mod.maxsim_candidates_triton(args[0], args[1], args[2], args[3], cand.to(device), args[4],
+                                             mask_mode)
+    wc = ref.maxsim_candidates_ref(q.double(), d.double(), off, cand, query_mask=qm, mask_mode=mask_mode,
+                                   doc_padded=pad)
+    _close(sc.cpu(), wc, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("use_cand", [False, True])
+def test_triton_backward(device, use_cand):
+    lengths = [3, 0, 17, 20, 1]
+    q, d, off = corpus(lengths, 32, nq=2, lq=17, seed=67)
+    qm = torch.rand(2, 17) > 0.2
+    cand = torch.tensor([[0, 2, 4], [4, 4, -1]]) if use_cand else None
+    g = torch.randn(2, 3 if use_cand else 5)
+    dq, dd = triton_mod.maxsim_backward_triton(g.to(device), q.to(device), qm.to(device), d.to(device),
+                                               off.to(device), None if cand is None else cand.to(device),
+                                               None, "ignore")
+    q64 = q.double().requires_grad_(True)
+    d64 = d.double().requires_grad_(True)
+    s, _ = ref.maxsim_argmax_ref(q64, d64, off, cand, query_mask=qm)
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+    (s * g.double()).sum().backward()
+    torch.testing.assert_close(dq.cpu().double(), q64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dd.cpu().double(), d64.grad, rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------
+# backend choice and fallback
+def test_backend_for():
+    assert lk.backend_for("maxsim", "cpu") == ("cpp" if lk.NATIVE_LOADED else "reference")
+    assert lk.backend_for("maxsim_candidates", "cuda") in ("cuda", "triton", "reference")
+    with pytest.raises(ValueError, match="unknown op"):
+        lk.backend_for("maxsum", "cpu")
+
+
+def _run_py(code, **env):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    e = dict(os.environ, **env)
+    e["PYTHONPATH"] = os.pathsep.join([root, e.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                          cwd=os.path.dirname(__file__), timeout=300)
+
+
+def test_forced_reference_env():
+    code = ("import torch, lateint_kernels as lk; from _data import corpus;"
+            "q,d,off=corpus([3,0,9],16,nq=2,lq=5);"
+            "print(lk.backend_for('maxsim','cpu'));"
+            "w=lk.reference.maxsim_ref(q.double(),d.double(),off);"
+            "print(float((lk.maxsim(q,d,off).double()-w).abs().max()))")
+    r = _run_py(code, LATEINT_BACKEND="reference")
+    assert r.returncode == 0, r.stderr
+    name, err = r.stdout.split()
+    assert name == "reference" and float(err) < 1e-5
+
+
+def test_fallback_without_native_extension_warns_once():
+    code = ("import warnings; warnings.simplefilter('always');"
+            "import torch, lateint_kernels as lk; from _data import corpus;"
+            "q,d,off=corpus([3,0,9],16,nq=2,lq=5);"
+            "s=lk.maxsim(q,d,off, query_mask=torch.ones(2,5,dtype=torch.bool));"
+            "w=lk.reference.maxsim_ref(q.double(),d.double(),off);"
+            "print(lk.backend_for('maxsim','cpu'), float((s.double()-w).abs().max()))")
+    r = _run_py(code, LATEINT_SKIP_EXT="1")
+    assert r.returncode == 0, r.stderr
+    name, err = r.stdout.split()
+    assert name == "reference" and float(err) < 1e-5
+    assert r.stderr.count("native extension not available") == 1
