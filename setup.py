@@ -30,7 +30,7 @@ def _ext_modules():
         raise SystemExit("LATEINT_USE_CUDA=1 but torch has no CUDA or CUDA_HOME is not set")
     debug = os.environ.get("LATEINT_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
+    cxx = opt + ["-std=c++17", "-Wno-psabi"]
     sources = _sources("csrc/lateint_ops.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp")
     kwargs = dict(name="lateint_kernels._C", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")])
     if use_cuda:

@@ -29,6 +29,19 @@ TORCH_LIBRARY(lateint_kernels, m) {
   m.def("maxsim_backward(Tensor grad, Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
         "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
         "-> (Tensor, Tensor)");
+  // The CUDA C++ (SIMT, no tensor cores) implementations under their own names, same
+  // schemas. ops.py routes the main ops' CUDA key to Triton when it is importable (tensor
+  // cores: measured 10-25x faster on an H100, bench/RESULTS.md) and to these otherwise.
+  m.def("maxsim_cuda_simt(Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor? doc_padded, str mask_mode) -> Tensor");
+  m.def("maxsim_candidates_cuda_simt(Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor candidates, Tensor? doc_padded, str mask_mode) -> Tensor");
+  m.def("maxsim_argmax_cuda_simt(Tensor queries, Tensor? query_mask, Tensor doc_tokens, "
+        "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
+        "-> (Tensor, Tensor)");
+  m.def("maxsim_backward_cuda_simt(Tensor grad, Tensor queries, Tensor? query_mask, "
+        "Tensor doc_tokens, Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, "
+        "str mask_mode) -> (Tensor, Tensor)");
   // CPU instruction set of the kernels: request -1 queries, 0..3 forces scalar / avx2 /
   // avx512 / avx512bf16 (clamped to what the processor has), -2 restores the best.
   m.def("_cpu_isa(int request) -> int", &lateint_cpu_isa);

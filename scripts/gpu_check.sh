@@ -9,6 +9,7 @@ export MAX_JOBS=${MAX_JOBS:-16}
 LATEINT_USE_CUDA=1 LATEINT_CUDA_ARCH=${LATEINT_CUDA_ARCH:-90} python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 python3 -c "import lateint_kernels as lk; print('backend cuda:', lk.backend_for('maxsim','cuda'))" | tee -a "$OUT/gpu.txt"
-python3 -m pytest tests -q -p no:warnings -x 2>&1 | tee "$OUT/pytest.log" | tail -15
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python3 -X faulthandler -m pytest tests -v -p no:warnings -k "${PYTEST_K:-}" 2>&1 | tee "$OUT/pytest.log" | grep -E "FAIL|Error|passed|failed|Fatal|test_maxsim.py\", line" | tail -25
 python3 bench/bench_maxsim_gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.log" | tail -30
 cp bench/results/maxsim_gpu.csv "$OUT/" 2>/dev/null || true

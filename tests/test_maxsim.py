@@ -10,7 +10,6 @@ import lateint_kernels as lk
 from lateint_kernels import reference as ref
 
 from _data import corpus, random_lengths
-from conftest import DEVICES
 
 ISAS = [i for i in ("scalar", "avx2", "avx512", "avx512bf16")
         if lk.NATIVE_LOADED and ("scalar", "avx2", "avx512", "avx512bf16").index(i)
@@ -356,7 +355,10 @@ def test_degenerate_shapes():
 triton_mod = pytest.importorskip("lateint_kernels.triton.maxsim", reason="triton not installed")
 
 
-@pytest.mark.parametrize("device", DEVICES)
+TRITON_DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]  # cpu = interpreter
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("lq, dim, mask_mode", [(1, 16, "ignore"), (33, 32, "zero"), (32, 96, "ignore")])
 def test_triton_forward_and_argmax(device, lq, dim, mask_mode):
     lengths = [1, 0, 7, 40, 33, 2]
@@ -376,7 +378,7 @@ def test_triton_forward_and_argmax(device, lq, dim, mask_mode):
     _close(sc.cpu(), wc, 1e-5, 1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("use_cand", [False, True])
 def test_triton_backward(device, use_cand):
     lengths = [3, 0, 17, 20, 1]
@@ -493,3 +495,31 @@ def test_cuda_op_backward(use_cand):
     g2 = torch.ops.lateint_kernels.maxsim_backward(g.cuda(), q.cuda(), qm.cuda(), d.cuda(), off.cuda(),
                                                    None if cand is None else cand.cuda(), None, "ignore")
     assert torch.equal(g1[0], g2[0]) and torch.equal(g1[1], g2[1])
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and lk.NATIVE_LOADED
+                         and torch._C._dispatch_has_kernel_for_dispatch_key("lateint_kernels::maxsim_cuda_simt", "CUDA")),
+                    reason="CUDA C++ kernels not built")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-5)])
+def test_cuda_simt_kernels(dtype, tol):
+    lengths = AWKWARD_LENGTHS + random_lengths(100, 1, 300, seed=3)
+    q, d, off = corpus(lengths, 128, nq=3, lq=33, seed=79, dtype=dtype)
+    nd = len(lengths)
+    qm = torch.rand(3, 33) > 0.2
+    pad = torch.rand(nd) > 0.5
+    cand = torch.randint(-1, nd, (3, 11))
+    ops = torch.ops.lateint_kernels
+    c = lambda t: t.cuda()
+    for mode in ("ignore", "zero"):
+        s, a = ops.maxsim_argmax_cuda_simt(c(q), c(qm), c(d), c(off), None, c(pad), mode)
+        ws, wa = _ref64(q, d, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
+        _close(s.cpu(), ws, tol, tol)
+        _close(ops.maxsim_cuda_simt(c(q), c(qm), c(d), c(off), c(pad), mode).cpu(), ws, tol, tol)
+        assert (a.cpu().long() == wa).float().mean() > 0.999
+        wc = ref.maxsim_candidates_ref(q.double(), d.double(), off, cand, query_mask=qm, mask_mode=mode, doc_padded=pad)
+        _close(ops.maxsim_candidates_cuda_simt(c(q), c(qm), c(d), c(off), c(cand), c(pad), mode).cpu(), wc, tol, tol)
+    g = torch.randn(3, nd)
+    dq, dd = ops.maxsim_backward_cuda_simt(c(g), c(q), c(qm), c(d), c(off), None, None, "ignore")
+    rq, rd = ops.maxsim_backward(g, q, qm, d, off, None, None, "ignore")  # CPU kernel, checked above
+    torch.testing.assert_close(dq.cpu().float(), rq.float(), rtol=tol * 10, atol=tol * 10)
+    torch.testing.assert_close(dd.cpu().float(), rd.float(), rtol=tol * 10, atol=tol * 10)

@@ -179,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor> maxsim_backward_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lateint_kernels, CUDA, m) {
-  m.impl("maxsim", &maxsim_cuda);
-  m.impl("maxsim_candidates", &maxsim_candidates_cuda);
-  m.impl("maxsim_argmax", &maxsim_argmax_cuda);
-  m.impl("maxsim_backward", &maxsim_backward_cuda);
+  m.impl("maxsim_cuda_simt", &maxsim_cuda);
+  m.impl("maxsim_candidates_cuda_simt", &maxsim_candidates_cuda);
+  m.impl("maxsim_argmax_cuda_simt", &maxsim_argmax_cuda);
+  m.impl("maxsim_backward_cuda_simt", &maxsim_backward_cuda);
 }
