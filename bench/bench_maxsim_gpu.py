@@ -17,8 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 import lateint_kernels as lk  # noqa: E402
-from lateint_kernels.triton import maxsim as tm  # noqa: E402
-from bench_maxsim import _padded, torch_packed  # noqa: E402
+from bench_maxsim import torch_packed  # noqa: E402
 
 
 def main(argv=None):
@@ -40,7 +39,6 @@ def main(argv=None):
             q = Q[:nq].to(dev, dt)
             d = tokens[:T].to(dev, dt)
             want = lk.reference.maxsim_ref(q.double().cpu(), d.double().cpu(), off.cpu())
-            padded, pmask = _padded(d, off.cpu().to(dev)) if False else (None, None)
             lens = (off[1:] - off[:-1]).cpu()
             L = int(lens.max())
             pmask = (torch.arange(L)[None, :] < lens[:, None]).to(dev)
@@ -49,12 +47,12 @@ def main(argv=None):
             qmask = torch.ones(nq, 32, device=dev, dtype=dt)
             pm = pmask.to(dt)
             cands = {
-                "cuda (op)" if lk.backend_for("maxsim", "cuda") == "cuda" else lk.backend_for("maxsim", "cuda") + " (op)":
-                    lambda: lk.maxsim(q, d, off),
-                "triton": lambda: tm.maxsim_triton(q, None, d, off, None, "ignore"),
+                f"op ({lk.backend_for('maxsim', 'cuda')})": lambda: lk.maxsim(q, d, off),
                 "torch einsum (PyLate formula)": lambda: lk.reference.pylate_colbert_scores_ref(q, padded, qmask, pm),
                 "torch packed+segmax": lambda: torch_packed(q, d, off),
             }
+            if torch._C._dispatch_has_kernel_for_dispatch_key("lateint_kernels::maxsim_cuda_simt", "CUDA"):
+                cands["cuda C++ simt"] = lambda: torch.ops.lateint_kernels.maxsim_cuda_simt(q, None, d, off, None, "ignore")
             for name, fn in cands.items():
                 got = fn().double().cpu()
                 err = float((got - want).abs().max() / want.abs().max())
