@@ -30,9 +30,12 @@ def _ext_modules():
         raise SystemExit("LATEINT_USE_CUDA=1 but torch has no CUDA or CUDA_HOME is not set")
     debug = os.environ.get("LATEINT_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-Wno-psabi"]
+    cxx = opt + ["-std=c++17", "-Wno-psabi", "-fopenmp"]
     sources = _sources("csrc/lateint_ops.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp")
-    kwargs = dict(name="lateint_kernels._C", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")])
+    # -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers; without the flag
+    # it silently runs on one thread.
+    kwargs = dict(name="lateint_kernels._C", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")],
+                  extra_link_args=["-fopenmp"])
     if use_cuda:
         sources += _sources("csrc/cuda/*.cu")
         arch = os.environ.get("LATEINT_CUDA_ARCH", "80;90")

@@ -259,9 +259,10 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
-              candidates=None):
+              candidates=None, validate=True):
     """Checks with messages naming the argument. The data-dependent ones (offsets, ids, NaN)
-    are skipped while compiling; the kernels check those too (CPU: in C++)."""
+    are skipped while compiling or with validate=False (the CPU kernel checks them anyway;
+    on GPU they cost one fused reduction and one sync per call)."""
     if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
         raise ValueError(f"{op}: `queries` must be a 3-D tensor [n_queries, query_len, dim], got "
                          f"{tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
@@ -275,6 +276,8 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
         raise TypeError(f"{op}: `doc_tokens` must have the dtype of `queries` ({queries.dtype}), got {doc_tokens.dtype}")
     if not isinstance(doc_offsets, torch.Tensor) or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
         raise ValueError(f"{op}: `doc_offsets` must be a 1-D int64 tensor [n_docs + 1]")
+    if doc_offsets.shape[0] < 1:
+        raise ValueError(f"{op}: `doc_offsets` must hold n_docs + 1 >= 1 entries (it starts with 0)")
     if mask_mode not in ("ignore", "zero"):
         raise ValueError(f'{op}: `mask_mode` must be "ignore" or "zero", got {mask_mode!r}')
     dev = queries.device
@@ -294,34 +297,54 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
                                    or candidates.dtype != torch.int64):
         raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, k] with n_queries = {nq}, "
                          f"got {candidates.dtype} {tuple(candidates.shape)}")
-    if torch.compiler.is_compiling() or dev.type == "cpu":
-        return  # the C++ CPU kernel checks the data-dependent conditions itself
-    if nd < 0 or int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0]:
-        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = {doc_tokens.shape[0]}")
-    if nd and bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
-        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing")
-    if candidates is not None and candidates.numel() and (
-            int(candidates.min()) < -1 or int(candidates.max()) >= nd):
-        raise ValueError(f"{op}: `candidates` must hold document ids in [0, {nd}) or -1 for none")
-    qv = queries if query_mask is None else queries[query_mask]
-    if not bool(torch.isfinite(qv).all()):
-        raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
-    if not bool(torch.isfinite(doc_tokens).all()):
+    if torch.compiler.is_compiling() or not validate:
+        return  # the CPU C++ kernel still checks offsets, ids and NaN itself
+    # One fused reduction (one host sync on GPU) for the data-dependent conditions; the
+    # message is worked out only when something is wrong.
+    checks = [doc_offsets[:1].ne(0).any(),
+              doc_offsets[-1:].ne(doc_tokens.shape[0]).any(),
+              (doc_offsets[1:] < doc_offsets[:-1]).any()]
+    if candidates is not None and candidates.numel():
+        checks += [(candidates < -1).any() | (candidates >= nd).any()]
+    if dev.type != "cpu":  # the CPU kernel detects NaN/Inf in the similarities for free
+        checks += [~torch.isfinite(queries if query_mask is None else queries[query_mask]).all(),
+                   ~torch.isfinite(doc_tokens).all()]
+    flags = torch.stack([c.reshape(()) for c in checks]).tolist()
+    if not any(flags):
+        return
+    if flags[0] or flags[1]:
+        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = {doc_tokens.shape[0]}, "
+                         f"got {int(doc_offsets[0])} ... {int(doc_offsets[-1])}")
+    if flags[2]:
+        i = int((doc_offsets[1:] < doc_offsets[:-1]).nonzero()[0])
+        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing, but doc_offsets[{i + 1}] = "
+                         f"{int(doc_offsets[i + 1])} < doc_offsets[{i}] = {int(doc_offsets[i])}")
+    k = 3
+    if candidates is not None and candidates.numel():
+        if flags[k]:
+            raise ValueError(f"{op}: `candidates` must hold document ids in [0, {nd}) or -1 for none; "
+                             f"got values in [{int(candidates.min())}, {int(candidates.max())}]")
+        k += 1
+    if dev.type != "cpu":
+        if flags[k]:
+            raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
         raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
 
 
 def maxsim(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, *,
            query_mask: Optional[torch.Tensor] = None, mask_mode: str = "ignore",
-           doc_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
+           doc_padded: Optional[torch.Tensor] = None, validate: bool = True) -> torch.Tensor:
     """Late-interaction scores of every query against every packed document.
 
     queries [nq, Lq, dim], doc_tokens [T, dim] (same float dtype), doc_offsets int64 [nd+1]
     -> float32 [nq, nd]. An empty document scores 0. mask_mode "ignore" (default): masked
     query tokens add nothing; "zero": PyLate's multiplicative masking, with `doc_padded`
     (from `pack`) flooring each token max of a padded document at 0. Differentiable in
-    `queries` and `doc_tokens`.
+    `queries` and `doc_tokens`. validate=False skips the data-dependent input checks on
+    GPU (offsets, ids, NaN: one sync per call); only for inputs already known to be valid.
     """
-    _validate("maxsim", queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode)
+    _validate("maxsim", queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
+              validate=validate)
     if _forced_reference():
         return _ref.maxsim_ref(queries.float(), doc_tokens.float(), doc_offsets, query_mask=query_mask,
                                mask_mode=mask_mode, doc_padded=doc_padded)
@@ -331,11 +354,12 @@ def maxsim(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.T
 
 def maxsim_candidates(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor,
                       candidates: torch.Tensor, *, query_mask: Optional[torch.Tensor] = None,
-                      mask_mode: str = "ignore", doc_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      mask_mode: str = "ignore", doc_padded: Optional[torch.Tensor] = None,
+                      validate: bool = True) -> torch.Tensor:
     """Each query against its own candidate documents: candidates int64 [nq, k] of document
     ids (-1 = no candidate, scored -inf) -> float32 [nq, k]."""
     _validate("maxsim_candidates", queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
-              candidates)
+              candidates, validate=validate)
     if _forced_reference():
         return _ref.maxsim_candidates_ref(queries.float(), doc_tokens.float(), doc_offsets, candidates,
                                           query_mask=query_mask, mask_mode=mask_mode, doc_padded=doc_padded)
