@@ -521,5 +521,7 @@ def test_cuda_simt_kernels(dtype, tol):
     g = torch.randn(3, nd)
     dq, dd = ops.maxsim_backward_cuda_simt(c(g), c(q), c(qm), c(d), c(off), None, None, "ignore")
     rq, rd = ops.maxsim_backward(g, q, qm, d, off, None, None, "ignore")  # CPU kernel, checked above
-    torch.testing.assert_close(dq.cpu().float(), rq.float(), rtol=tol * 10, atol=tol * 10)
-    torch.testing.assert_close(dd.cpu().float(), rd.float(), rtol=tol * 10, atol=tol * 10)
+    # gradients come back in the input dtype: two float32 sums rounded to bf16 may differ by an ulp
+    out_tol = 1e-2 if dtype == torch.bfloat16 else tol * 10
+    torch.testing.assert_close(dq.cpu().float(), rq.float(), rtol=out_tol, atol=out_tol)
+    torch.testing.assert_close(dd.cpu().float(), rd.float(), rtol=out_tol, atol=out_tol)
