@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 int64_t lateint_cpu_isa(int64_t request);  // csrc/cpu/maxsim.cpp
+int64_t lateint_bf16_dot();               // csrc/cpu/maxsim.cpp
 
 TORCH_LIBRARY(lateint_kernels, m) {
   // Late-interaction score of every query against every packed document:
@@ -45,6 +46,8 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // CPU instruction set of the kernels: request -1 queries, 0..3 forces scalar / avx2 /
   // avx512 / avx512bf16 (clamped to what the processor has), -2 restores the best.
   m.def("_cpu_isa(int request) -> int", &lateint_cpu_isa);
+  // 1 if bf16 inputs run on VDPBF16PS dot products, 0 if widened to float32 (timed once).
+  m.def("_cpu_bf16_dot() -> int", &lateint_bf16_dot);
 }
 
 // Importing lateint_kernels._C runs the static initializers above; the module itself is empty.

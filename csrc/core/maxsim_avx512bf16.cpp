@@ -43,7 +43,7 @@ struct V {
   static inline void cvt_bf16(float* dst, const uint16_t* src, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-      if ((i & 31) == 0) __builtin_prefetch(src + i + 1024, 0, 0);
+      if ((i & 31) == 0) __builtin_prefetch(src + i + 4096, 0, 0);
       __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i)));
       _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
     }

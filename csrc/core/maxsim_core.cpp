@@ -2,7 +2,10 @@
 // Compiled for the baseline ISA; the vector forward kernels live in maxsim_<isa>.cpp.
 #include "maxsim_core.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -125,13 +128,65 @@ const char* isa_name(Isa isa) {
   return "unknown";
 }
 
+namespace {
+// On processors with AVX512-BF16 there are two ways to run bf16 inputs: VDPBF16PS dot
+// products on bf16 pairs, or widening document chunks to float32 (a shift) and using the
+// float32 FMA kernel. Which is faster depends on the core: on Zen 4 the dot product has twice
+// the float32 rate; on the Intel Xeon of our CI it has half (torch's own bf16 matmul runs at
+// half its sgemm rate there). Decide once, by timing both on a small in-cache problem.
+// LATEINT_BF16_PATH=dot|convert overrides.
+int64_t time_path(bool dot) {
+  const int64_t nq = 4, lq = 32, dim = 128, nd = 16, len = 64;
+  std::vector<uint16_t> q(nq * lq * dim), d(nd * len * dim);
+  uint32_t x = 12345;
+  auto rnd = [&]() {
+    x = x * 1664525u + 1013904223u;
+    return detail::f32_to_bf16(((int32_t)(x >> 8) - (1 << 23)) / float(1 << 23));
+  };
+  for (auto& v : q) v = rnd();
+  for (auto& v : d) v = rnd();
+  std::vector<int64_t> off(nd + 1);
+  for (int64_t i = 0; i <= nd; ++i) off[i] = i * len;
+  MaxSimProblem p;
+  p.nq = nq; p.lq = lq; p.dim = dim; p.queries = q.data(); p.docs = d.data();
+  p.offsets = off.data(); p.nd = nd; p.dtype = DType::BF16;
+  PackedQueries pq;
+  pack_queries_with(p, Isa::Avx512Bf16, dot, &pq);
+  std::vector<float> s(nq * nd);
+  int64_t best = INT64_MAX;
+  for (int rep = 0; rep < 7; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    maxsim_forward_range(p, pq, 0, nq, 0, nd, s.data(), nullptr);
+    const auto t1 = std::chrono::steady_clock::now();
+    best = std::min<int64_t>(best, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+  }
+  return best;
+}
+}  // namespace
+
+bool bf16_use_dot() {
+  static const bool use = [] {
+    if (cpu_best_isa() != Isa::Avx512Bf16) return false;
+    const char* e = std::getenv("LATEINT_BF16_PATH");
+    if (e && std::string(e) == "dot") return true;
+    if (e && std::string(e) == "convert") return false;
+    return time_path(true) < time_path(false);
+  }();
+  return use;
+}
+
 void pack_queries(const MaxSimProblem& p, Isa isa, PackedQueries* out) {
+  const bool dot = isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0 && bf16_use_dot();
+  pack_queries_with(p, isa, dot, out);
+}
+
+void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQueries* out) {
   PackedQueries& pq = *out;
   pq.isa = isa;
   pq.rows_per_block = (isa == Isa::Avx512 || isa == Isa::Avx512Bf16) ? 32 : 16;
   const int64_t RB = pq.rows_per_block;
   pq.dim = p.dim;
-  pq.bf16 = isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
+  pq.bf16 = bf16_dot && isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
   pq.dim_pad = p.dim + (p.dim % 2);
   pq.n_rows.assign(p.nq, 0);
   pq.row_map.assign(p.nq * p.lq, -1);

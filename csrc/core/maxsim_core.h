@@ -55,6 +55,10 @@ struct PackedQueries {
 };
 
 void pack_queries(const MaxSimProblem& p, Isa isa, PackedQueries* out);
+// Same, choosing explicitly whether bf16 inputs use the VDPBF16PS dot-product path.
+void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQueries* out);
+// Whether bf16 inputs use VDPBF16PS (decided once per process by timing both paths).
+bool bf16_use_dot();
 
 // Number of "slots" per query: nd for all-pairs, ncand for candidates.
 inline int64_t n_slots(const MaxSimProblem& p) { return p.cand ? p.ncand : p.nd; }

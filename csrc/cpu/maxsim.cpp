@@ -248,6 +248,8 @@ int64_t lateint_cpu_isa(int64_t request) {
   return (int64_t)lateint::cpu_active_isa();
 }
 
+int64_t lateint_bf16_dot() { return lateint::bf16_use_dot() ? 1 : 0; }
+
 TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
   m.impl("maxsim", &maxsim_cpu);
   m.impl("maxsim_candidates", &maxsim_candidates_cpu);

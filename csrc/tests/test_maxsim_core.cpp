@@ -20,7 +20,7 @@ static int failures = 0;
   } while (0)
 
 static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vector<int64_t>& lens,
-                  bool use_mask, std::mt19937& rng) {
+                  bool use_mask, std::mt19937& rng, bool bf16 = false, bool bf16_dot = false) {
   std::normal_distribution<float> nd;
   std::vector<int64_t> off(lens.size() + 1, 0);
   for (size_t i = 0; i < lens.size(); ++i) off[i + 1] = off[i] + lens[i];
@@ -28,6 +28,11 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
   std::vector<float> Q(nq * lq * dim), D(T * dim);
   for (auto& v : Q) v = nd(rng);
   for (auto& v : D) v = nd(rng);
+  std::vector<uint16_t> Qb(Q.size()), Db(D.size());
+  if (bf16) {  // round the inputs to bf16; the float64 reference then sees the same values
+    for (size_t i = 0; i < Q.size(); ++i) Q[i] = detail::bf16_to_f32(Qb[i] = detail::f32_to_bf16(Q[i]));
+    for (size_t i = 0; i < D.size(); ++i) D[i] = detail::bf16_to_f32(Db[i] = detail::f32_to_bf16(D[i]));
+  }
   std::vector<uint8_t> mask(nq * lq, 1);
   if (use_mask)
     for (auto& m : mask) m = (rng() % 4) != 0;
@@ -35,8 +40,13 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
   p.nq = nq; p.lq = lq; p.dim = dim; p.queries = Q.data();
   p.query_mask = use_mask ? mask.data() : nullptr;
   p.docs = D.data(); p.offsets = off.data(); p.nd = (int64_t)lens.size();
+  if (bf16) {
+    p.queries = Qb.data();
+    p.docs = Db.data();
+    p.dtype = DType::BF16;
+  }
   PackedQueries pq;
-  pack_queries(p, isa, &pq);
+  pack_queries_with(p, isa, bf16_dot, &pq);
   std::vector<float> S(nq * p.nd, NAN);
   std::vector<int32_t> A(nq * lq * p.nd, -7);
   bool ok = maxsim_forward_range(p, pq, 0, nq, 0, p.nd, S.data(), A.data());
@@ -75,12 +85,16 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
 int main() {
   std::mt19937 rng(1234);
   const int best = (int)cpu_best_isa();
-  std::printf("best ISA: %s\n", isa_name(cpu_best_isa()));
+  std::printf("best ISA: %s, bf16 path: %s\n", isa_name(cpu_best_isa()),
+              bf16_use_dot() ? "VDPBF16PS" : "widen to float32");
   for (int isa = 0; isa <= best; ++isa) {
     for (int64_t lq : {1, 31, 32, 33, 70}) {
       for (int64_t dim : {96, 128, 7}) {
         check((Isa)isa, 3, lq, dim, {1, 0, 13, 64, 300, 5, 12, 24}, false, rng);
         check((Isa)isa, 2, lq, dim, {2, 17, 100}, true, rng);
+        check((Isa)isa, 2, lq, dim, {2, 0, 17, 100}, true, rng, /*bf16=*/true, /*dot=*/false);
+        if (isa == (int)Isa::Avx512Bf16)
+          check((Isa)isa, 2, lq, dim, {2, 0, 17, 100}, true, rng, /*bf16=*/true, /*dot=*/true);
       }
     }
     // NaN is flagged

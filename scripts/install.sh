@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs lateint_kernels and its test/bench needs on a machine like CI's (no GPU).
+# torch is pinned to the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+$PY -m pip install -q "torch==2.13.0" ninja pybind11 numpy "setuptools>=64" wheel
+$PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy maxsim-cpu==0.1.0
+if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
+$PY -m pip install -q --no-build-isolation -e ".[test]"
+$PY -c "import lateint_kernels as lk; assert lk.NATIVE_LOADED, lk.NATIVE_ERROR; print('lateint_kernels', lk.__version__, 'cpu isa', lk.cpu_isa())"
