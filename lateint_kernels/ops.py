@@ -258,6 +258,22 @@ def pack_list(docs: Sequence[torch.Tensor]) -> PackedDocs:
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class _kernel_checks:
+    """validate=False also turns off the Triton kernel's in-kernel checks for the call."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.token = None
+
+    def __enter__(self):
+        if not self.on and _TRITON_IMPLS is not None:
+            self.token = _tmaxsim.CHECKS.set(False)
+
+    def __exit__(self, *exc):
+        if self.token is not None:
+            _tmaxsim.CHECKS.reset(self.token)
+
+
 def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
               candidates=None, validate=True):
     """Checks with messages naming the argument. The data-dependent ones (offsets, ids, NaN)
@@ -299,6 +315,8 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
                          f"got {candidates.dtype} {tuple(candidates.shape)}")
     if torch.compiler.is_compiling() or not validate:
         return  # the CPU C++ kernel still checks offsets, ids and NaN itself
+    if dev.type == "cuda" and _BACKENDS.get((op, "cuda")) == "triton" and not _forced_reference():
+        return  # the Triton kernel checks offsets, ids and NaN/Inf in-kernel
     # One fused reduction (one host sync on GPU) for the data-dependent conditions; the
     # message is worked out only when something is wrong.
     checks = [doc_offsets[:1].ne(0).any(),
@@ -348,8 +366,9 @@ def maxsim(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.T
     if _forced_reference():
         return _ref.maxsim_ref(queries.float(), doc_tokens.float(), doc_offsets, query_mask=query_mask,
                                mask_mode=mask_mode, doc_padded=doc_padded)
-    return torch.ops.lateint_kernels.maxsim(queries, query_mask, doc_tokens, doc_offsets, doc_padded,
-                                            mask_mode)
+    with _kernel_checks(validate):
+        return torch.ops.lateint_kernels.maxsim(queries, query_mask, doc_tokens, doc_offsets, doc_padded,
+                                                mask_mode)
 
 
 def maxsim_candidates(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor,
@@ -363,8 +382,9 @@ def maxsim_candidates(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offse
     if _forced_reference():
         return _ref.maxsim_candidates_ref(queries.float(), doc_tokens.float(), doc_offsets, candidates,
                                           query_mask=query_mask, mask_mode=mask_mode, doc_padded=doc_padded)
-    return torch.ops.lateint_kernels.maxsim_candidates(queries, query_mask, doc_tokens, doc_offsets,
-                                                       candidates, doc_padded, mask_mode)
+    with _kernel_checks(validate):
+        return torch.ops.lateint_kernels.maxsim_candidates(queries, query_mask, doc_tokens, doc_offsets,
+                                                           candidates, doc_padded, mask_mode)
 
 
 _ISA_NAMES = ("scalar", "avx2", "avx512", "avx512bf16")

@@ -525,3 +525,25 @@ def test_cuda_simt_kernels(dtype, tol):
     out_tol = 1e-2 if dtype == torch.bfloat16 else tol * 10
     torch.testing.assert_close(dq.cpu().float(), rq.float(), rtol=out_tol, atol=out_tol)
     torch.testing.assert_close(dd.cpu().float(), rd.float(), rtol=out_tol, atol=out_tol)
+
+
+@pytest.mark.parametrize("case, match", [("off_nonmono", "doc_offsets"), ("off_end", "doc_offsets"),
+                                         ("cand", "candidates"), ("q_nan", "queries"), ("d_inf", "doc_tokens")])
+def test_triton_in_kernel_checks(case, match):
+    dev = TRITON_DEVICES[0]
+    q, d, off = corpus([3, 4, 5], 16, nq=2, lq=4, seed=83)
+    cand = torch.tensor([[0, 2], [1, -1]])
+    if case == "off_nonmono": off = torch.tensor([0, 5, 3, 12])
+    if case == "off_end": off = torch.tensor([0, 3, 7, 11])
+    if case == "cand": cand = torch.tensor([[0, 3], [1, 1]])
+    if case == "q_nan": q[0, 3, 1] = float("nan")
+    if case == "d_inf": d[4, 2] = float("-inf")
+    c = lambda t: t.to(dev)
+    with pytest.raises(ValueError, match=match):
+        triton_mod.maxsim_candidates_triton(c(q), None, c(d), c(off), c(cand), None, "ignore")
+    # masked NaN query tokens are allowed
+    if case == "q_nan":
+        qm = torch.ones(2, 4, dtype=torch.bool)
+        qm[0, 3] = False
+        out = triton_mod.maxsim_triton(c(q), c(qm), c(d), c(off), None, "ignore")
+        assert torch.isfinite(out).all()

@@ -18,23 +18,34 @@ _MAX_BLOCK_Q = 32
 
 
 @triton.jit
-def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG,
-                       lq, dim, ns,
+def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG, FLAG,
+                       lq, dim, ns, nd, n_tok,
                        HAS_QM: tl.constexpr, HAS_PAD: tl.constexpr, HAS_CAND: tl.constexpr,
-                       WRITE_ARG: tl.constexpr, ZERO_MODE: tl.constexpr, IEEE: tl.constexpr,
+                       WRITE_ARG: tl.constexpr, ZERO_MODE: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    q = tl.program_id(0)
-    s = tl.program_id(1)
+    # grid: (slot, query, query-row block). Input problems are detected here, where the data
+    # is read anyway, and reported through FLAG (bit 1: NaN/Inf similarity, 2: bad offsets,
+    # 4: candidate id out of range); the launcher turns a set flag into a ValueError.
+    s = tl.program_id(0)
+    q = tl.program_id(1)
     qb = tl.program_id(2)
+    flag = 0
     if HAS_CAND:
         doc = tl.load(CAND + q * ns + s)
+        bad_cand = (doc < -1) | (doc >= nd)
+        flag = tl.where(bad_cand, 4, 0)
+        has_doc = (doc >= 0) & (doc < nd)
     else:
         doc = s
-    has_doc = doc >= 0
-    docc = tl.maximum(doc, 0)
+        has_doc = doc >= 0
+    docc = tl.where(has_doc, doc, 0)
     t0 = tl.load(OFF + docc)
     t1 = tl.load(OFF + docc + 1)
-    t1 = tl.where(has_doc, t1, t0)
+    bad_off = (t0 < 0) | (t1 < t0) | (t1 > n_tok)
+    if s == 0:
+        bad_off = bad_off | (tl.load(OFF) != 0) | (tl.load(OFF + nd) != n_tok)
+    flag = flag | tl.where(bad_off, 2, 0)
+    t1 = tl.where(has_doc & (bad_off == 0), t1, t0)
 
     rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dcol = tl.arange(0, BLOCK_D)
@@ -51,10 +62,10 @@ def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG,
         tok_ok = toks < t1
         dt = tl.load(D + toks[:, None] * dim + dcol[None, :],
                      mask=tok_ok[:, None] & (dcol < dim)[None, :], other=0.0)
-        if IEEE:
-            sim = tl.dot(qt, tl.trans(dt), input_precision="ieee")
-        else:
-            sim = tl.dot(qt, tl.trans(dt))
+        sim = tl.dot(qt, tl.trans(dt), input_precision=PRECISION)
+        # x * 0 != 0 exactly when x is NaN or +-Inf (padding rows/tokens hold zeros)
+        nonfinite = ((sim * 0.0) != 0.0) & row_ok[:, None] & tok_ok[None, :]
+        flag = flag | tl.where(tl.max(nonfinite.to(tl.int32)) > 0, 1, 0)
         sim = tl.where(tok_ok[None, :], sim, float("-inf"))
         tmax = tl.max(sim, axis=1)
         targ = (tl.argmax(sim, axis=1) + t).to(tl.int32)
@@ -74,7 +85,9 @@ def _maxsim_fwd_kernel(Q, QM, D, OFF, PAD, CAND, OUT, ARG,
     best = tl.where(row_ok, best, 0.0)
     total = tl.sum(best, axis=0)
     total = tl.where(has_doc, total, float("-inf"))
-    tl.store(OUT + (qb * tl.num_programs(0) + q) * ns + s, total)
+    tl.store(OUT + (qb * tl.num_programs(1) + q) * ns + s, total)
+    if flag != 0:
+        tl.atomic_or(FLAG, flag)
     if WRITE_ARG:
         arg = tl.where(row_ok & has_doc, arg, -1)
         tl.store(ARG + (q * lq + rows) * ns + s, arg, mask=rows < lq)
@@ -139,6 +152,38 @@ def _check(queries, doc_tokens, doc_offsets, query_mask, doc_padded, candidates,
             raise ValueError(f"`{name}` must be on {queries.device} like `queries`, got {t.device}")
 
 
+# Data-dependent input checks inside the kernel (one host sync per call to read the flag).
+# lateint_kernels.maxsim(..., validate=False) turns them off for one call.
+import contextvars
+
+CHECKS = contextvars.ContextVar("lateint_triton_checks", default=True)
+
+
+def _raise_for(flag, op, queries, query_mask, doc_tokens, doc_offsets, candidates):
+    nd = doc_offsets.shape[0] - 1
+    if flag & 2:
+        raise ValueError(f"{op}: `doc_offsets` must start at 0, be non-decreasing and end at "
+                         f"len(doc_tokens) = {doc_tokens.shape[0]}")
+    if flag & 4:
+        raise ValueError(f"{op}: `candidates` must hold document ids in [0, {nd}) or -1 for none")
+    qv = queries if query_mask is None else queries[query_mask]
+    if not bool(torch.isfinite(qv).all()):
+        raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
+    raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
+
+
+def _precision(dtype):
+    """tl.dot precision for float32 inputs: "tf32" when torch allows TF32 matmuls; else
+    "tf32x3" on GPUs (three TF32 products: float32-level accuracy on tensor cores), or
+    "ieee" when LATEINT_TRITON_FP32=ieee. Ignored for 16-bit inputs."""
+    if dtype != torch.float32:
+        return "ieee"
+    if torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    import os
+    return os.environ.get("LATEINT_TRITON_FP32", "tf32x3")
+
+
 def _blocks(lq, dim):
     block_q = max(16, min(_MAX_BLOCK_Q, triton.next_power_of_2(max(lq, 1))))
     block_d = max(16, triton.next_power_of_2(dim))
@@ -162,12 +207,17 @@ def _forward(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padde
         qm = query_mask.contiguous() if query_mask is not None else q
         pad = doc_padded.contiguous() if doc_padded is not None else q
         cand = candidates.contiguous() if candidates is not None else off
-        ieee = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-        _maxsim_fwd_kernel[(nq, ns, n_qb)](
-            q, qm, d, off, pad, cand, partial, arg, lq, dim, ns,
+        flag = torch.zeros(1, dtype=torch.int32, device=q.device)
+        prec = _precision(q.dtype) if q.device.type == "cuda" else "ieee"
+        _maxsim_fwd_kernel[(ns, nq, n_qb)](
+            q, qm, d, off, pad, cand, partial, arg, flag, lq, dim, ns, off.shape[0] - 1, d.shape[0],
             HAS_QM=query_mask is not None, HAS_PAD=doc_padded is not None,
             HAS_CAND=candidates is not None, WRITE_ARG=want_arg, ZERO_MODE=mask_mode == "zero",
-            IEEE=ieee, BLOCK_Q=block_q, BLOCK_T=32, BLOCK_D=block_d)
+            PRECISION=prec, BLOCK_Q=block_q, BLOCK_T=32, BLOCK_D=block_d)
+        if CHECKS.get():
+            f = int(flag.item())
+            if f:
+                _raise_for(f, "maxsim", queries, query_mask, doc_tokens, doc_offsets, candidates)
     scores = partial.sum(0) if n_qb > 1 else partial[0]
     if want_arg and lq == 0:
         arg = arg.reshape(nq, 0, ns)
