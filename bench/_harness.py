@@ -33,6 +33,8 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
+    if os.environ.get("LATEINT_COMMIT"):  # machines that get the tree without .git
+        return os.environ["LATEINT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=HERE).stdout.strip() or "unknown"
