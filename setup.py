@@ -19,7 +19,14 @@ def _sources(pattern):
 def _ext_modules():
     if os.environ.get("LATEINT_SKIP_BUILD", "0") == "1":
         return [], {}
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "lateint_kernels: building the extension needs the torch you will run it with, "
+            "importable at build time. Install torch first, then build without pip's isolated "
+            "build environment:  pip install --no-build-isolation .  (scripts/install.sh does "
+            "this; LATEINT_SKIP_BUILD=1 installs the pure-PyTorch fallback only).")
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     mode = os.environ.get("LATEINT_USE_CUDA", "auto").lower()
