@@ -1,8 +1,9 @@
 """Public ops: argument validation, fake kernels, autograd and backend registration.
 
 Registration chain: `lateint_kernels.maxsim(...)` -> `torch.ops.lateint_kernels.maxsim` ->
-dispatcher -> CPU C++ kernel (csrc/cpu) | CUDA C++ kernel (csrc/cuda) or, where none was
-built, the Triton kernel registered below | the reference (no native build).
+dispatcher -> CPU: the C++ kernel (csrc/cpu) | CUDA: the Triton kernel registered below, or
+the CUDA C++ kernels (`*_cuda_simt`) where Triton is missing | the reference when the
+native extension is not built. `backend_for(op, device)` reports the choice.
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ def _padded(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, doc_ids: torch.
 
 def _token_max(sim, valid, padded, mask_mode):
     """sim [..., L] with valid [..., L] -> per-token max (0 for empty docs) and argmax."""
-    neg = torch.finfo(sim.dtype).min
     sim = sim.masked_fill(~valid, float("-inf"))
     best, arg = sim.max(dim=-1)
     empty = ~valid.any(dim=-1)
@@ -32,7 +31,6 @@ def _token_max(sim, valid, padded, mask_mode):
         floor = padded & ~(best > 0)
         best = torch.where(floor, torch.zeros_like(best), best)
         arg = torch.where(floor, torch.full_like(arg, -1), arg)
-    del neg
     return best, arg
 
 

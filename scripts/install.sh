@@ -8,4 +8,5 @@ $PY -m pip install -q "torch==2.13.0" ninja pybind11 numpy "setuptools>=64" whee
 $PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy maxsim-cpu==0.1.0
 if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
 $PY -m pip install -q --no-build-isolation -e ".[test]"
+command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH
 $PY -c "import lateint_kernels as lk; assert lk.NATIVE_LOADED, lk.NATIVE_ERROR; print('lateint_kernels', lk.__version__, 'cpu isa', lk.cpu_isa())"
