@@ -51,6 +51,21 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
   std::vector<int32_t> A(nq * lq * p.nd, -7);
   bool ok = maxsim_forward_range(p, pq, 0, nq, 0, p.nd, S.data(), A.data());
   EXPECT(ok, "unexpected non-finite flag");
+  // candidates (with -1 = none and repeats) must reproduce the all-pairs scores
+  {
+    std::vector<int64_t> cand(nq * 5);
+    for (auto& c : cand) c = (int64_t)(rng() % (p.nd + 1)) - 1;
+    MaxSimProblem pc = p;
+    pc.cand = cand.data();
+    pc.ncand = 5;
+    std::vector<float> SC(nq * 5, NAN);
+    maxsim_forward_range(pc, pq, 0, nq, 0, 5, SC.data(), nullptr);
+    for (int64_t i = 0; i < nq * 5; ++i) {
+      const int64_t d = cand[i];
+      const float want = d < 0 ? -INFINITY : S[(i / 5) * p.nd + d];
+      EXPECT(SC[i] == want, "candidate isa=%s i=%ld got %f want %f", isa_name(isa), (long)i, SC[i], want);
+    }
+  }
   for (int64_t q = 0; q < nq; ++q) {
     for (int64_t d = 0; d < p.nd; ++d) {
       double tot = 0;
