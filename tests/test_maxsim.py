@@ -547,3 +547,88 @@ def test_triton_in_kernel_checks(case, match):
         qm[0, 3] = False
         out = triton_mod.maxsim_triton(c(q), c(qm), c(d), c(off), None, "ignore")
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not lk.NATIVE_LOADED, reason="native extension not built")
+def test_opcheck_argmax_and_backward():
+    for pair in _samples(False):
+        for q, qm, d, off, pad, mode in pair:
+            for cand in (None, torch.tensor([[0, 1], [2, -1]])):
+                torch.library.opcheck(torch.ops.lateint_kernels.maxsim_argmax.default,
+                                      (q, qm, d, off, cand, pad, mode))
+                ns = cand.shape[1] if cand is not None else off.shape[0] - 1
+                g = torch.randn(q.shape[0], ns)
+                torch.library.opcheck(torch.ops.lateint_kernels.maxsim_backward.default,
+                                      (g, q, qm, d, off, cand, pad, mode))
+
+
+@pytest.mark.skipif(not lk.NATIVE_LOADED, reason="native extension not built")
+def test_cpu_isa_switch():
+    best = lk.cpu_isa("best")
+    assert lk.cpu_isa() == best
+    assert lk.cpu_isa("scalar") == "scalar" and lk.cpu_isa() == "scalar"
+    assert lk.cpu_isa("best") == best
+    with pytest.raises(ValueError, match="set"):
+        lk.cpu_isa("sse9")
+    assert torch.ops.lateint_kernels._cpu_bf16_dot() in (0, 1)
+
+
+def test_fuzz_fresh_inputs_against_float64():
+    """Fresh random problems on every run (the seed is printed on failure): random shapes,
+    lengths, masks, mode, dtype and ISA, forward + candidates + backward vs float64."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    g = torch.Generator().manual_seed(seed)
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))
+    for it in range(25):
+        nq, lq, dim, nd = ri(1, 4), ri(1, 40), ri(1, 160), ri(1, 30)
+        lengths = [ri(0, 3) if ri(0, 3) == 0 else ri(1, 120) for _ in range(nd)]
+        dtype = [torch.float32, torch.float16, torch.bfloat16][ri(0, 2)]
+        q, d, off = corpus(lengths, dim, nq=nq, lq=lq, seed=seed % 100000 + it, dtype=dtype)
+        qm = torch.rand(nq, lq, generator=g) > 0.3
+        pad = torch.rand(nd, generator=g) > 0.5
+        mode = ["ignore", "zero"][ri(0, 1)]
+        isa_name = ISAS[ri(0, len(ISAS) - 1)] if ISAS else None
+        ctx = f"seed={seed} it={it} nq={nq} lq={lq} dim={dim} dtype={dtype} mode={mode} isa={isa_name}"
+        if isa_name:
+            lk.cpu_isa(isa_name)
+        try:
+            got = lk.maxsim(q, d, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
+            want, _ = _ref64(q, d, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
+            assert torch.allclose(got.double(), want, rtol=3e-5, atol=3e-5), ctx
+            cand = torch.randint(-1, nd, (nq, ri(1, 6)), generator=g)
+            gc = lk.maxsim_candidates(q, d, off, cand, query_mask=qm, mask_mode=mode, doc_padded=pad)
+            wc = ref.maxsim_candidates_ref(q.double(), d.double(), off, cand, query_mask=qm, mask_mode=mode,
+                                           doc_padded=pad)
+            fin = torch.isfinite(wc)
+            assert torch.equal(fin, torch.isfinite(gc)), ctx
+            assert torch.allclose(gc.double()[fin], wc[fin], rtol=3e-5, atol=3e-5), ctx
+            if dtype == torch.float32:
+                gr = torch.randn(nq, nd, generator=g)
+                dq, dd = torch.ops.lateint_kernels.maxsim_backward(gr, q, qm, d, off, None, pad, mode)
+                q64 = q.double().requires_grad_(True)
+                d64 = d.double().requires_grad_(True)
+                s = ref.maxsim_ref(q64, d64, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
+                (s * gr.double()).sum().backward()
+                assert torch.allclose(dq.double(), q64.grad, rtol=1e-5, atol=1e-5), ctx
+                assert torch.allclose(dd.double(), d64.grad, rtol=1e-5, atol=1e-5), ctx
+        finally:
+            if isa_name:
+                lk.cpu_isa("best")
+
+
+@pytest.mark.skipif("avx512bf16" not in ISAS, reason="processor has no AVX512-BF16")
+@pytest.mark.parametrize("path", ["dot", "convert"])
+def test_bf16_paths_forced(path):
+    """Both bf16 CPU paths through the whole op (the process picks one by timing)."""
+    code = ("import torch, lateint_kernels as lk; from _data import corpus;"
+            "from lateint_kernels import reference as ref;"
+            "q,d,off=corpus([1,0,13,64,300,5,97],128,nq=3,lq=33,seed=5,dtype=torch.bfloat16);"
+            "qm=torch.rand(3,33)>0.2;"
+            "s=lk.maxsim(q,d,off,query_mask=qm); c=lk.maxsim_candidates(q,d,off,torch.tensor([[6,0],[4,4],[1,-1]]));"
+            "w=ref.maxsim_ref(q.double(),d.double(),off,query_mask=qm);"
+            "print(torch.ops.lateint_kernels._cpu_bf16_dot(), float((s.double()-w).abs().max()/w.abs().max()))")
+    r = _run_py(code, LATEINT_BF16_PATH=path)
+    assert r.returncode == 0, r.stderr
+    dot, err = r.stdout.split()
+    assert int(dot) == (1 if path == "dot" else 0)
+    assert float(err) < 2e-5
