@@ -7,6 +7,9 @@ inputs, make them contiguous and never move tensors between devices.
 """
 from __future__ import annotations
 
+import contextvars
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -154,8 +157,6 @@ def _check(queries, doc_tokens, doc_offsets, query_mask, doc_padded, candidates,
 
 # Data-dependent input checks inside the kernel (one host sync per call to read the flag).
 # lateint_kernels.maxsim(..., validate=False) turns them off for one call.
-import contextvars
-
 CHECKS = contextvars.ContextVar("lateint_triton_checks", default=True)
 
 
@@ -180,7 +181,6 @@ def _precision(dtype):
         return "ieee"
     if torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
-    import os
     return os.environ.get("LATEINT_TRITON_FP32", "tf32x3")
 
 
@@ -217,7 +217,8 @@ def _forward(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padde
         if CHECKS.get():
             f = int(flag.item())
             if f:
-                _raise_for(f, "maxsim", queries, query_mask, doc_tokens, doc_offsets, candidates)
+                op = "maxsim" if candidates is None else "maxsim_candidates"
+                _raise_for(f, op, queries, query_mask, doc_tokens, doc_offsets, candidates)
     scores = partial.sum(0) if n_qb > 1 else partial[0]
     if want_arg and lq == 0:
         arg = arg.reshape(nq, 0, ns)
