@@ -16,12 +16,39 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _torch_from_outer_env():
+    """Inside pip's isolated build environment the installed torch is hidden, but the
+    extension must compile against exactly that torch. Ask the same interpreter, without
+    the isolation's environment, where torch lives, and import it from there."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
+    try:
+        out = subprocess.run([sys.executable, "-c", "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    site = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+    if not site or not os.path.isdir(site):
+        return None
+    sys.path.append(site)
+    try:
+        import torch
+    except ImportError:
+        return None
+    print(f"lateint_kernels: building against the installed torch {torch.__version__} ({site})")
+    return torch
+
+
 def _ext_modules():
     if os.environ.get("LATEINT_SKIP_BUILD", "0") == "1":
         return [], {}
     try:
         import torch
     except ImportError:
+        torch = _torch_from_outer_env()
+    if torch is None:
         raise SystemExit(
             "lateint_kernels: building the extension needs the torch you will run it with, "
             "importable at build time. Install torch first, then build without pip's isolated "
