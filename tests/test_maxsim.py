@@ -627,3 +627,24 @@ def test_bf16_paths_forced(path):
     dot, err = r.stdout.split()
     assert int(dot) == (1 if path == "dot" else 0)
     assert float(err) < 2e-5
+
+
+@pytest.mark.skipif(not lk.NATIVE_LOADED, reason="native extension not built")
+@pytest.mark.parametrize("use_cand", [False, True])
+def test_backward_query_chunking_is_bit_identical(use_cand):
+    """The CPU backward holds the recomputed argmax for a chunk of queries at a time; with a
+    tiny chunk (one query per chunk) the gradients must be the same bits."""
+    code = ("import torch, lateint_kernels as lk; from _data import corpus, random_lengths;"
+            "q,d,off=corpus(random_lengths(60,0,90,seed=2),64,nq=7,lq=33,seed=3);"
+            "qm=torch.rand(7,33,generator=torch.Generator().manual_seed(1))>0.2;"
+            f"cand=torch.randint(-1,60,(7,9),generator=torch.Generator().manual_seed(2)) if {use_cand} else None;"
+            "g=torch.randn(7,9 if cand is not None else 60,generator=torch.Generator().manual_seed(4));"
+            "dq,dd=torch.ops.lateint_kernels.maxsim_backward(g,q,qm,d,off,cand,None,'ignore');"
+            "torch.save((dq,dd),'/dev/stdout')")
+    full = _run_py(code.replace("torch.save((dq,dd),'/dev/stdout')",
+                                "import hashlib;print(hashlib.sha256(dq.numpy().tobytes()+dd.numpy().tobytes()).hexdigest())"))
+    tiny = _run_py(code.replace("torch.save((dq,dd),'/dev/stdout')",
+                                "import hashlib;print(hashlib.sha256(dq.numpy().tobytes()+dd.numpy().tobytes()).hexdigest())"),
+                   LATEINT_BWD_CHUNK_BYTES="1")
+    assert full.returncode == 0 and tiny.returncode == 0, full.stderr + tiny.stderr
+    assert full.stdout.strip() == tiny.stdout.strip()

@@ -348,8 +348,6 @@ void maxsim_grad_docs_range(const MaxSimProblem& p, const DocPairs& pairs, const
                             const float* grad, int64_t d0, int64_t d1, float* dd) {
   const int64_t ns = n_slots(p);
   for (int64_t d = d0; d < d1; ++d) {
-    const int64_t t0 = p.offsets[d], t1 = p.offsets[d + 1];
-    for (int64_t i = t0 * p.dim; i < t1 * p.dim; ++i) dd[i] = 0.0f;
     for (int64_t e = pairs.ptr[d]; e < pairs.ptr[d + 1]; ++e) {
       const int64_t q = pairs.q[e], s = pairs.slot[e];
       const float g = grad[q * ns + s];

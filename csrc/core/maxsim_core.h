@@ -85,7 +85,9 @@ struct DocPairs {
   std::vector<int64_t> slot;  // slot of each pair
 };
 void build_doc_pairs(const MaxSimProblem& p, DocPairs* out);
-// dD rows of documents [d0, d1) (float32 out, [T, dim]; rows of other docs untouched).
+// Adds the dD contributions of documents [d0, d1) to dd (float32 [T, dim]; the caller
+// zeroes it once; rows of other documents untouched). Called once per query chunk, in
+// chunk order, the summation order is the same as for one unchunked call.
 void maxsim_grad_docs_range(const MaxSimProblem& p, const DocPairs& pairs, const int32_t* argmax,
                             const float* grad, int64_t d0, int64_t d1, float* dd);
 

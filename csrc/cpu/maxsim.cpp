@@ -1,6 +1,7 @@
 // CPU binding of the MaxSim ops: checks and converts tensors, then runs the torch-free cores
 // (csrc/core) over at::parallel_for. No arithmetic happens here.
 #include <ATen/Parallel.h>
+#include <cstdlib>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -135,9 +136,9 @@ Inputs prepare(const char* op, const at::Tensor& queries, const std::optional<at
   TORCH_CHECK(false, op, ": `doc_tokens` contains NaN or Inf");
 }
 
-// Runs the forward over all (query, slot) pairs in parallel.
-void run_forward(const char* op, const Inputs& in, float* scores, int32_t* argmax) {
-  const MaxSimProblem& p = in.p;
+// Runs the forward over all (query, slot) pairs of p in parallel.
+void run_forward_problem(const char* op, const Inputs& in, const MaxSimProblem& p, float* scores,
+                         int32_t* argmax) {
   const int64_t ns = lateint::n_slots(p);
   if (p.nq == 0 || ns == 0) return;
   lateint::PackedQueries pq;
@@ -164,6 +165,32 @@ void run_forward(const char* op, const Inputs& in, float* scores, int32_t* argma
     });
   }
   if (!finite) report_nonfinite(op, in);
+}
+
+void run_forward(const char* op, const Inputs& in, float* scores, int32_t* argmax) {
+  run_forward_problem(op, in, in.p, scores, argmax);
+}
+
+// Queries [q0, q1) of p as a problem of their own (pointers offset, same documents).
+MaxSimProblem query_slice(const MaxSimProblem& p, int64_t q0, int64_t q1) {
+  MaxSimProblem s = p;
+  const int64_t esz = p.dtype == DType::F32 ? 4 : 2;
+  s.nq = q1 - q0;
+  s.queries = static_cast<const char*>(p.queries) + q0 * p.lq * p.dim * esz;
+  if (p.query_mask) s.query_mask = p.query_mask + q0 * p.lq;
+  if (p.cand) s.cand = p.cand + q0 * p.ncand;
+  return s;
+}
+
+// Bytes of int32 argmax the backward may hold at once; queries are processed in chunks
+// under it (LATEINT_BWD_CHUNK_BYTES overrides; tests use a tiny value).
+int64_t bwd_chunk_bytes() {
+  const char* e = std::getenv("LATEINT_BWD_CHUNK_BYTES");
+  if (e && *e) {
+    const long long v = std::atoll(e);
+    if (v > 0) return (int64_t)v;
+  }
+  return int64_t(256) << 20;
 }
 
 at::Tensor maxsim_cpu(const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
@@ -218,25 +245,35 @@ std::tuple<at::Tensor, at::Tensor> maxsim_backward_cpu(
            "`grad` must have shape [", p.nq, ", ", ns, "], got ", grad.sizes());
   LK_CHECK_DEVICE(grad, queries.device(), op, "grad");
   const at::Tensor g = grad.to(at::kFloat).contiguous();
-  at::Tensor scores = at::empty({p.nq, ns}, queries.options().dtype(at::kFloat));
-  at::Tensor arg = at::empty({p.nq, p.lq, ns}, queries.options().dtype(at::kInt));
-  run_forward(op, in, scores.data_ptr<float>(), arg.data_ptr<int32_t>());
   at::Tensor dq = at::empty({p.nq, p.lq, p.dim}, queries.options().dtype(at::kFloat));
-  at::Tensor dd = at::empty({in.docs.size(0), p.dim}, queries.options().dtype(at::kFloat));
-  const int32_t* am = arg.data_ptr<int32_t>();
+  at::Tensor dd = at::zeros({in.docs.size(0), p.dim}, queries.options().dtype(at::kFloat));
   const float* gp = g.data_ptr<float>();
   float* dqp = dq.data_ptr<float>();
   float* ddp = dd.data_ptr<float>();
-  // Each output row has exactly one owner and a fixed summation order: the result does not
-  // depend on the thread count (deterministic by construction).
-  at::parallel_for(0, p.nq * p.lq, 16, [&](int64_t b, int64_t e) {
-    lateint::maxsim_grad_queries_range(p, am, gp, b, e, dqp);
-  });
-  lateint::DocPairs pairs;
-  lateint::build_doc_pairs(p, &pairs);
-  at::parallel_for(0, p.nd, 16, [&](int64_t b, int64_t e) {
-    lateint::maxsim_grad_docs_range(p, pairs, am, gp, b, e, ddp);
-  });
+  // The argmax ([nq, Lq, n_slots] int32) is recomputed here, a chunk of queries at a time so
+  // its memory stays bounded. Each output row has exactly one owner and a fixed summation
+  // order ((query, slot) ascending, across chunks too): the result depends neither on the
+  // thread count nor on the chunking (deterministic by construction).
+  const int64_t per_query = std::max<int64_t>(1, p.lq * ns * (int64_t)sizeof(int32_t));
+  const int64_t qchunk = std::max<int64_t>(1, bwd_chunk_bytes() / per_query);
+  for (int64_t q0 = 0; q0 < p.nq; q0 += qchunk) {
+    const int64_t q1 = std::min(p.nq, q0 + qchunk);
+    const MaxSimProblem sp = query_slice(p, q0, q1);
+    at::Tensor scores = at::empty({sp.nq, ns}, queries.options().dtype(at::kFloat));
+    at::Tensor arg = at::empty({sp.nq, p.lq, ns}, queries.options().dtype(at::kInt));
+    run_forward_problem(op, in, sp, scores.data_ptr<float>(), arg.data_ptr<int32_t>());
+    const int32_t* am = arg.data_ptr<int32_t>();
+    const float* gq = gp + q0 * ns;
+    float* dq_chunk = dqp + q0 * p.lq * p.dim;
+    at::parallel_for(0, sp.nq * p.lq, 16, [&](int64_t b, int64_t e) {
+      lateint::maxsim_grad_queries_range(sp, am, gq, b, e, dq_chunk);
+    });
+    lateint::DocPairs pairs;
+    lateint::build_doc_pairs(sp, &pairs);
+    at::parallel_for(0, p.nd, 16, [&](int64_t b, int64_t e) {
+      lateint::maxsim_grad_docs_range(sp, pairs, am, gq, b, e, ddp);
+    });
+  }
   return {dq.to(queries.scalar_type()), dd.to(doc_tokens.scalar_type())};
 }
 
