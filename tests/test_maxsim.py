@@ -648,3 +648,26 @@ def test_backward_query_chunking_is_bit_identical(use_cand):
                    LATEINT_BWD_CHUNK_BYTES="1")
     assert full.returncode == 0 and tiny.returncode == 0, full.stderr + tiny.stderr
     assert full.stdout.strip() == tiny.stdout.strip()
+
+
+def test_non_contiguous_inputs(isa):
+    q, d, off = corpus([5, 0, 40, 7], 64, nq=3, lq=9, seed=89)
+    big_q = torch.randn(9, 3, 128)
+    big_q[:, :, ::2] = q.transpose(0, 1)
+    qv = big_q[:, :, ::2].transpose(0, 1)          # [3, 9, 64] view, strided
+    big_d = torch.randn(d.shape[0], 128)
+    big_d[:, 1::2] = d
+    dv = big_d[:, 1::2]
+    assert not qv.is_contiguous() and not dv.is_contiguous()
+    want, _ = _ref64(q, d, off)
+    _close(lk.maxsim(qv, dv, off), want, 1e-5, 1e-5)
+    qg = qv.detach().clone().requires_grad_(True)
+    lk.maxsim(qg, dv, off).sum().backward()
+    assert qg.grad.shape == qv.shape and torch.isfinite(qg.grad).all()
+
+
+@pytest.mark.parametrize("dim", [1, 300])
+def test_unusual_dims(isa, dim):
+    q, d, off = corpus([3, 1, 20, 0], dim, nq=2, lq=5, seed=97)
+    want, _ = _ref64(q, d, off)
+    _close(lk.maxsim(q, d, off), want, 1e-5, 1e-5)
