@@ -278,8 +278,9 @@ class _kernel_checks:
 def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
               candidates=None, validate=True):
     """Checks with messages naming the argument. The data-dependent ones (offsets, ids, NaN)
-    are skipped while compiling or with validate=False (the CPU kernel checks them anyway;
-    on GPU they cost one fused reduction and one sync per call)."""
+    are made here only where the kernel does not make them itself (the reference and the
+    CUDA SIMT paths: one fused reduction, one sync); the C++ CPU op and the Triton kernel
+    check them in place. validate=False skips them (Triton's in-kernel checks included)."""
     if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
         raise ValueError(f"{op}: `queries` must be a 3-D tensor [n_queries, query_len, dim], got "
                          f"{tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
@@ -315,7 +316,9 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
         raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, k] with n_queries = {nq}, "
                          f"got {candidates.dtype} {tuple(candidates.shape)}")
     if torch.compiler.is_compiling() or not validate:
-        return  # the CPU C++ kernel still checks offsets, ids and NaN itself
+        return
+    if dev.type == "cpu" and NATIVE_LOADED and not _forced_reference():
+        return  # the C++ op checks offsets, ids and NaN/Inf itself (no second pass here)
     if dev.type == "cuda" and _BACKENDS.get((op, "cuda")) == "triton" and not _forced_reference():
         return  # the Triton kernel checks offsets, ids and NaN/Inf in-kernel
     # One fused reduction (one host sync on GPU) for the data-dependent conditions; the
