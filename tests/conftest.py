@@ -9,7 +9,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)

@@ -226,7 +226,6 @@ std::tuple<at::Tensor, at::Tensor> maxsim_argmax_cpu(
   const int64_t ns = lateint::n_slots(in.p);
   at::Tensor out = at::empty({in.p.nq, ns}, queries.options().dtype(at::kFloat));
   at::Tensor arg = at::empty({in.p.nq, in.p.lq, ns}, queries.options().dtype(at::kInt));
-  if (in.p.lq == 0) out.zero_();
   run_forward("maxsim_argmax", in, out.data_ptr<float>(), arg.data_ptr<int32_t>());
   return {out, arg};
 }
