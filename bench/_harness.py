@@ -12,6 +12,12 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+try:  # the lateint package, also when run from a source tree that was not pip-installed
+    import lateint  # noqa: F401
+except ImportError:
+    import sys
+
+    sys.path.append(os.path.join(os.path.dirname(HERE), "python"))
 CSV_COLUMNS = ["benchmark", "provider", "dtype", "shape", "metric", "value", "unit", "commit", "cpu",
                "torch", "triton", "date"]
 
@@ -52,24 +58,11 @@ def triton_version() -> str:
 
 def clustered_corpus(n_docs: int, lo: int, hi: int, dim: int = 128, *, nq: int = 1, lq: int = 32,
                      n_topics: int = 256, seed: int = 0):
-    """L2-normalized token embeddings around topic centres; each document draws its tokens
-    from a few topics, lengths uniform in [lo, hi]. Returns (queries, tokens, offsets)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(n_topics, dim, generator=g), dim=-1)
-    lens = torch.randint(lo, hi + 1, (n_docs,), generator=g)
-    offsets = torch.zeros(n_docs + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lens, 0)
-    T = int(offsets[-1])
-    doc_topics = torch.randint(0, n_topics, (n_docs, 4), generator=g)
-    tok_doc = torch.repeat_interleave(torch.arange(n_docs), lens)
-    pick = doc_topics[tok_doc, torch.randint(0, 4, (T,), generator=g)]
-    tokens = torch.nn.functional.normalize(centres[pick] + 0.6 * torch.randn(T, dim, generator=g) / dim ** 0.5 * 3,
-                                           dim=-1)
-    qt = doc_topics[torch.randint(0, n_docs, (nq,), generator=g)]
-    qpick = qt[torch.arange(nq)[:, None], torch.randint(0, 4, (nq, lq), generator=g)]
-    queries = torch.nn.functional.normalize(centres[qpick] + 0.6 * torch.randn(nq, lq, dim, generator=g) / dim ** 0.5 * 3,
-                                            dim=-1)
-    return queries, tokens, offsets
+    """(queries, tokens, offsets): see lateint.synthetic.clustered_corpus (4 topics per
+    document, queries from 4 topics of a document, noise norm 1.8)."""
+    from lateint.synthetic import clustered_corpus as make
+    q, tokens, offsets, _ = make(n_docs, lo, hi, dim, nq=nq, lq=lq, n_topics=n_topics, seed=seed)
+    return q, tokens, offsets
 
 
 def time_cpu(fn, *, repeats: int = 5, min_repeats_slow: int = 3) -> float:

@@ -16,26 +16,12 @@ import sys
 import time
 
 
-def _corpus(n_docs, nq, seed=0, dim=128, n_topics=512):
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(n_topics, dim, generator=g), dim=-1)
-    lens = torch.randint(64, 301, (n_docs,), generator=g)
-    offsets = torch.zeros(n_docs + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lens, 0)
-    T = int(offsets[-1])
-    topics = torch.randint(0, n_topics, (n_docs, 6), generator=g)
-    tok_doc = torch.repeat_interleave(torch.arange(n_docs), lens)
-    pick = topics[tok_doc, torch.randint(0, 6, (T,), generator=g)]
-    noise = 2.0  # noise norm twice the centre's: a corpus where exact search is not trivially perfect
-    tokens = torch.nn.functional.normalize(centres[pick] + noise * torch.randn(T, dim, generator=g) / dim ** 0.5,
-                                           dim=-1)
-    relevant = torch.randint(0, n_docs, (nq,), generator=g)
-    # a query touches 2 of its document's 6 topics: other documents sharing them compete
-    qpick = topics[relevant[:, None], torch.randint(0, 2, (nq, 32), generator=g)]
-    queries = torch.nn.functional.normalize(centres[qpick] + noise * torch.randn(nq, 32, dim, generator=g) / dim ** 0.5,
-                                            dim=-1)
-    return queries, tokens, offsets, relevant
+def _corpus(n_docs, nq, seed=0):
+    from .synthetic import clustered_corpus
+    # noise norm twice the centre's, and each query touches 2 of its document's 6 topics:
+    # other documents sharing them compete, so exact search is not trivially perfect
+    return clustered_corpus(n_docs, 64, 300, 128, nq=nq, lq=32, n_topics=512, topics_per_doc=6,
+                            query_topics=2, noise=2.0, seed=seed)
 
 
 def demo(args) -> int:
