@@ -281,11 +281,34 @@ inline float load_as_f32(DType t, const void* base, int64_t i) {
   return 0.0f;
 }
 
+// The backward's inner loops, vectorized for the processor at load time (GCC function
+// multiversioning; the baseline build alone would use SSE2 only).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define LATEINT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LATEINT_CLONES
+#endif
+
+LATEINT_CLONES void axpy_f32(const float* __restrict s, int64_t dim, float g, float* __restrict dst) {
+  for (int64_t k = 0; k < dim; ++k) dst[k] += g * s[k];
+}
+
+LATEINT_CLONES void axpy_bf16(const uint16_t* __restrict s, int64_t dim, float g,
+                              float* __restrict dst) {
+  for (int64_t k = 0; k < dim; ++k) {
+    const uint32_t u = (uint32_t)s[k] << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    dst[k] += g * f;
+  }
+}
+
 // dst[0..dim) += g * row (row of dtype t starting at element i0)
 inline void axpy_row(DType t, const void* base, int64_t i0, int64_t dim, float g, float* dst) {
   if (t == DType::F32) {
-    const float* s = static_cast<const float*>(base) + i0;
-    for (int64_t k = 0; k < dim; ++k) dst[k] += g * s[k];
+    axpy_f32(static_cast<const float*>(base) + i0, dim, g, dst);
+  } else if (t == DType::BF16) {
+    axpy_bf16(static_cast<const uint16_t*>(base) + i0, dim, g, dst);
   } else {
     for (int64_t k = 0; k < dim; ++k) dst[k] += g * load_as_f32(t, base, i0 + k);
   }
