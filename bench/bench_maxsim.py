@@ -146,19 +146,52 @@ def main(argv=None):
                 rows.append(H.row("maxsim", name, dt, label, "gflops", gf, "GFLOP/s"))
                 rows.append(H.row("maxsim", name, dt, label, "frac_sgemm", frac, "ratio"))
 
+    # training step: forward + backward w.r.t. queries and document tokens, fp32
+    nq_t, nd_t = (8, 100) if args.smoke else (32, 1000)
+    off_t = offsets[: nd_t + 1]
+    tok_t = tokens[: int(off_t[-1])]
+    n_tok_t = tok_t.shape[0]
+    padded_t, pmask_t = _padded(tok_t, off_t)
+    qmask_t = torch.ones(nq_t, 32)
+    doc_padded_t = ~pmask_t.all(1)  # PyLate's semantics: padding is a 0 similarity
+
+    def ours_step():
+        q = Q[:nq_t].clone().requires_grad_(True)
+        d = tok_t.clone().requires_grad_(True)
+        lk.maxsim(q, d, off_t, mask_mode="zero", doc_padded=doc_padded_t).sum().backward()
+        return q.grad, d.grad
+
+    def pylate_step():
+        q = Q[:nq_t].clone().requires_grad_(True)
+        d = padded_t.clone().requires_grad_(True)
+        pylate_scores(q, d, qmask_t, pmask_t.float()).sum().backward()
+        return q.grad, d.grad[pmask_t]
+
+    (gq, gd), (wq, wd) = ours_step(), pylate_step()
+    assert torch.allclose(gq, wq, rtol=1e-4, atol=1e-4) and torch.allclose(gd, wd, rtol=1e-4, atol=1e-4), \
+        "training-step gradients disagree with PyLate's autograd"
+    label = f"{nq_t}q x {nd_t} fwd+bwd"
+    flops = 2 * nq_t * 32 * 128 * n_tok_t  # forward multiply-adds (the backward recomputes them)
+    times = {"ours": H.time_cpu(ours_step, repeats=3), pylate_name + " autograd": H.time_cpu(pylate_step, repeats=3)}
+    base = times[pylate_name + " autograd"]
+    for name, t in times.items():
+        table.append((label, name, "float32", t, n_tok_t * nq_t / t, flops / t / 1e9,
+                      flops / t / 1e9 / ceil[torch.float32], base / t))
+        rows.append(H.row("maxsim_train_step", name, torch.float32, label, "seconds", t, "s"))
+
     print(f"\nMaxSim CPU benchmark — {H.cpu_model()}, {args.threads} threads, torch {torch.__version__}, "
           f"commit {H.git_commit()}, ISA {lk.cpu_isa()}")
     print(f"ceilings: sgemm {ceil[torch.float32]:.1f} GFLOP/s, bf16 matmul {ceil[torch.bfloat16]:.1f} GFLOP/s")
-    hdr = f"{'shape':<18}{'provider':<24}{'dtype':<10}{'time s':>10}{'doc-tok/s':>12}{'GFLOP/s':>10}{'/sgemm':>8}{'vs PyLate':>11}"
+    hdr = f"{'shape':<18}{'provider':<32}{'dtype':<10}{'time s':>10}{'doc-tok/s':>12}{'GFLOP/s':>10}{'/sgemm':>8}{'vs PyLate':>11}"
     print(hdr)
     print("-" * len(hdr))
     for r in table:
         if len(r) == 7:
             label, name, dt, t, _, gf, _ = r
-            print(f"{label:<18}{name:<24}{dt:<10}{t:>10.4f}{'':>12}{gf:>10.1f}{'':>8}{'':>11}")
+            print(f"{label:<18}{name:<32}{dt:<10}{t:>10.4f}{'':>12}{gf:>10.1f}{'':>8}{'':>11}")
         else:
             label, name, dt, t, tps, gf, frac, sp = r
-            print(f"{label:<18}{name:<24}{dt:<10}{t:>10.4f}{tps:>12.3g}{gf:>10.1f}{frac:>8.2f}{sp:>10.2f}x")
+            print(f"{label:<18}{name:<32}{dt:<10}{t:>10.4f}{tps:>12.3g}{gf:>10.1f}{frac:>8.2f}{sp:>10.2f}x")
     if not args.no_csv:
         path = H.append_rows("maxsim", rows, overwrite=args.overwrite)
         print(f"rows appended to {os.path.relpath(path)}")
