@@ -182,16 +182,16 @@ def main(argv=None):
     print(f"\nMaxSim CPU benchmark — {H.cpu_model()}, {args.threads} threads, torch {torch.__version__}, "
           f"commit {H.git_commit()}, ISA {lk.cpu_isa()}")
     print(f"ceilings: sgemm {ceil[torch.float32]:.1f} GFLOP/s, bf16 matmul {ceil[torch.bfloat16]:.1f} GFLOP/s")
-    hdr = f"{'shape':<18}{'provider':<32}{'dtype':<10}{'time s':>10}{'doc-tok/s':>12}{'GFLOP/s':>10}{'/sgemm':>8}{'vs PyLate':>11}"
+    hdr = f"{'shape':<20}{'provider':<32}{'dtype':<10}{'time s':>10}{'doc-tok/s':>12}{'GFLOP/s':>10}{'/sgemm':>8}{'vs PyLate':>11}"
     print(hdr)
     print("-" * len(hdr))
     for r in table:
         if len(r) == 7:
             label, name, dt, t, _, gf, _ = r
-            print(f"{label:<18}{name:<32}{dt:<10}{t:>10.4f}{'':>12}{gf:>10.1f}{'':>8}{'':>11}")
+            print(f"{label:<20}{name:<32}{dt:<10}{t:>10.4f}{'':>12}{gf:>10.1f}{'':>8}{'':>11}")
         else:
             label, name, dt, t, tps, gf, frac, sp = r
-            print(f"{label:<18}{name:<32}{dt:<10}{t:>10.4f}{tps:>12.3g}{gf:>10.1f}{frac:>8.2f}{sp:>10.2f}x")
+            print(f"{label:<20}{name:<32}{dt:<10}{t:>10.4f}{tps:>12.3g}{gf:>10.1f}{frac:>8.2f}{sp:>10.2f}x")
     if not args.no_csv:
         path = H.append_rows("maxsim", rows, overwrite=args.overwrite)
         print(f"rows appended to {os.path.relpath(path)}")
