@@ -31,16 +31,6 @@ def _pylate_fn():
         return lk.reference.pylate_colbert_scores_ref, "pylate-formula"
 
 
-def _padded(tokens, offsets):
-    lens = offsets[1:] - offsets[:-1]
-    L = int(lens.max())
-    n = len(lens)
-    mask = torch.arange(L)[None, :] < lens[:, None]
-    out = tokens.new_zeros(n, L, tokens.shape[1])
-    out[mask] = tokens
-    return out, mask
-
-
 def torch_packed(q, tokens, offsets):
     """Packed tokens, one matmul, segment max (the best plain-torch path)."""
     nq, lq, d = q.shape
@@ -117,7 +107,7 @@ def main(argv=None):
             else:
                 packed = lk.pack_list(sel_docs)
                 sub_tok, sub_off = packed.tokens, packed.offsets
-            padded, pmask = _padded(sub_tok, sub_off)
+            padded, pmask = lk.unpack(sub_tok, sub_off)
             qmask = torch.ones(nq, 32, dtype=dt)
             pm = pmask.to(dt)
             cands[pylate_name] = lambda: pylate_scores(qd, padded, qmask, pm)
@@ -151,7 +141,7 @@ def main(argv=None):
     off_t = offsets[: nd_t + 1]
     tok_t = tokens[: int(off_t[-1])]
     n_tok_t = tok_t.shape[0]
-    padded_t, pmask_t = _padded(tok_t, off_t)
+    padded_t, pmask_t = lk.unpack(tok_t, off_t)
     qmask_t = torch.ones(nq_t, 32)
     doc_padded_t = ~pmask_t.all(1)  # PyLate's semantics: padding is a 0 similarity
 

@@ -39,11 +39,7 @@ def main(argv=None):
             q = Q[:nq].to(dev, dt)
             d = tokens[:T].to(dev, dt)
             want = lk.reference.maxsim_ref(q.double().cpu(), d.double().cpu(), off.cpu())
-            lens = (off[1:] - off[:-1]).cpu()
-            L = int(lens.max())
-            pmask = (torch.arange(L)[None, :] < lens[:, None]).to(dev)
-            padded = d.new_zeros(nd, L, 128)
-            padded[pmask] = d
+            padded, pmask = lk.unpack(d, off)
             qmask = torch.ones(nq, 32, device=dev, dtype=dt)
             pm = pmask.to(dt)
             cands = {

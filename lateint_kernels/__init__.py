@@ -8,9 +8,9 @@ import torch  # noqa: F401  (load torch's libraries before the extension)
 
 from ._loader import NATIVE_ERROR, NATIVE_LOADED
 from .ops import (PackedDocs, backend_for, cpu_isa, maxsim, maxsim_candidates, pack,
-                  pack_list)
+                  pack_list, unpack)
 from . import reference
 
-__all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "PackedDocs", "backend_for",
+__all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
            "cpu_isa", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

@@ -256,6 +256,22 @@ def pack_list(docs: Sequence[torch.Tensor]) -> PackedDocs:
                       torch.zeros(len(docs), dtype=torch.bool, device=dev))
 
 
+def unpack(tokens: torch.Tensor, offsets: torch.Tensor):
+    """Packed documents -> (padded [n_docs, max_len, dim] with zeros, bool mask [n_docs,
+    max_len]): the layout PyLate's `colbert_scores` takes. The inverse of `pack` for
+    prefix-masked documents."""
+    if tokens.dim() != 2:
+        raise ValueError(f"unpack: `tokens` must be 2-D [total_tokens, dim], got shape {tuple(tokens.shape)}")
+    if offsets.dim() != 1 or offsets.shape[0] < 1:
+        raise ValueError("unpack: `offsets` must be a 1-D tensor [n_docs + 1]")
+    lens = offsets[1:] - offsets[:-1]
+    max_len = int(lens.max()) if lens.numel() else 0
+    mask = torch.arange(max_len, device=offsets.device)[None, :] < lens[:, None]
+    padded = tokens.new_zeros(lens.shape[0], max_len, tokens.shape[1])
+    padded[mask] = tokens
+    return padded, mask
+
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -54,17 +54,13 @@ def demo(args) -> int:
     rank = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.zeros_like(relevant))
     mrr = float(torch.where(rank > 0, 1.0 / rank.clamp_min(1).float(), torch.zeros(len(rank))).mean())
     # PyLate's formula on the same data, padded (what a PyLate user runs on CPU)
-    lens = offsets[1:] - offsets[:-1]
-    L = int(lens.max())
-    mask = torch.arange(L)[None, :] < lens[:, None]
-    padded = tokens.new_zeros(args.docs, L, 128)
-    padded[mask] = tokens
+    padded, mask = lk.unpack(tokens, offsets)
     nq_b = min(args.queries, 8)
     t = time.perf_counter()
     base = pylate_colbert_scores_ref(q[:nq_b], padded, None, mask.float())
     t_base = (time.perf_counter() - t) * args.queries / nq_b
     # same semantics as PyLate (padding counts as a 0 similarity): mask_mode="zero"
-    zero = lk.maxsim(q[:nq_b], tokens, offsets, mask_mode="zero", doc_padded=lens < L)
+    zero = lk.maxsim(q[:nq_b], tokens, offsets, mask_mode="zero", doc_padded=~mask.all(1))
     agree = float(((base - zero).abs() / base.abs().clamp_min(1e-6)).max())
     print(f"recall@{k} {recall:.3f}   MRR@{k} {mrr:.3f}   (known relevant document, exact MaxSim)")
     print(f"search time for {args.queries} queries: ours {t_ours * 1e3:.1f} ms, "
