@@ -344,9 +344,9 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
               (doc_offsets[1:] < doc_offsets[:-1]).any()]
     if candidates is not None and candidates.numel():
         checks += [(candidates < -1).any() | (candidates >= nd).any()]
-    if dev.type != "cpu":  # the CPU kernel detects NaN/Inf in the similarities for free
-        checks += [~torch.isfinite(queries if query_mask is None else queries[query_mask]).all(),
-                   ~torch.isfinite(doc_tokens).all()]
+    # (only the reference and CUDA SIMT paths get here; neither checks NaN/Inf itself)
+    checks += [~torch.isfinite(queries if query_mask is None else queries[query_mask]).all(),
+               ~torch.isfinite(doc_tokens).all()]
     flags = torch.stack([c.reshape(()) for c in checks]).tolist()
     if not any(flags):
         return
@@ -363,10 +363,9 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
             raise ValueError(f"{op}: `candidates` must hold document ids in [0, {nd}) or -1 for none; "
                              f"got values in [{int(candidates.min())}, {int(candidates.max())}]")
         k += 1
-    if dev.type != "cpu":
-        if flags[k]:
-            raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
-        raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
+    if flags[k]:
+        raise ValueError(f"{op}: `queries` contains NaN or Inf (in an unmasked token)")
+    raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
 
 
 def maxsim(queries: torch.Tensor, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, *,

@@ -670,3 +670,18 @@ def test_unusual_dims(isa, dim):
     q, d, off = corpus([3, 1, 20, 0], dim, nq=2, lq=5, seed=97)
     want, _ = _ref64(q, d, off)
     _close(lk.maxsim(q, d, off), want, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("case, match", [("q_nan", "queries"), ("d_inf", "doc_tokens"),
+                                         ("off_nonmono", "doc_offsets"), ("cand", "candidates")])
+def test_bad_data_named_on_the_reference_path(monkeypatch, case, match):
+    """The forced-reference path has no kernel-side checks: the wrapper makes them."""
+    monkeypatch.setenv("LATEINT_BACKEND", "reference")
+    q, d, off = _base()
+    cand = torch.tensor([[0, 2], [1, 1]])
+    if case == "q_nan": q[0, 0, 0] = float("nan")
+    if case == "d_inf": d[2, 3] = float("inf")
+    if case == "off_nonmono": off = torch.tensor([0, 5, 3, 12])
+    if case == "cand": cand = torch.tensor([[0, 3], [1, 1]])
+    with pytest.raises(ValueError, match=match):
+        lk.maxsim_candidates(q, d, off, cand)
