@@ -65,6 +65,16 @@ float* thread_scratch_f32(size_t n) {
 
 namespace {
 
+// Element i of an array of dtype t, as float32.
+inline float load_as_f32(DType t, const void* base, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F16: return detail::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: return detail::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  }
+  return 0.0f;
+}
+
 Isa detect_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
@@ -185,7 +195,6 @@ void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQue
   pq.isa = isa;
   pq.rows_per_block = (isa == Isa::Avx512 || isa == Isa::Avx512Bf16) ? 32 : 16;
   const int64_t RB = pq.rows_per_block;
-  pq.dim = p.dim;
   pq.bf16 = bf16_dot && isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
   pq.dim_pad = p.dim + (p.dim % 2);
   pq.n_rows.assign(p.nq, 0);
@@ -201,19 +210,9 @@ void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQue
   }
   const int64_t nblocks = pq.block_off[p.nq];
   const int64_t block_elems = pq.dim_pad * RB;
-  auto qval = [&](int64_t q, int64_t r, int64_t k) -> float {
-    const int64_t i = (q * p.lq + r) * p.dim + k;
-    switch (p.dtype) {
-      case DType::F32: return static_cast<const float*>(p.queries)[i];
-      case DType::F16: return detail::f16_to_f32(static_cast<const uint16_t*>(p.queries)[i]);
-      case DType::BF16: return detail::bf16_to_f32(static_cast<const uint16_t*>(p.queries)[i]);
-    }
-    return 0.0f;
-  };
   if (pq.bf16) {
     pq.f32.clear();
     pq.b16.assign(nblocks * block_elems + 32, 0);  // + slack for 64-byte alignment
-    pq.f32.shrink_to_fit();
   } else {
     pq.b16.clear();
     pq.f32.assign(nblocks * block_elems + 16, 0.0f);
@@ -239,7 +238,7 @@ void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQue
             h[blk * block_elems + ((k / 2) * RB + rr) * 2 + (k % 2)] =
                 qraw[(q * p.lq + r) * p.dim + k];
           } else {
-            f[blk * block_elems + k * RB + rr] = qval(q, r, k);
+            f[blk * block_elems + k * RB + rr] = load_as_f32(p.dtype, p.queries, (q * p.lq + r) * p.dim + k);
           }
         }
       }
@@ -272,14 +271,6 @@ bool maxsim_forward_range(const MaxSimProblem& p, const PackedQueries& pq, int64
 }
 
 namespace {
-inline float load_as_f32(DType t, const void* base, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(base)[i];
-    case DType::F16: return detail::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::BF16: return detail::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  }
-  return 0.0f;
-}
 
 // The backward's inner loops, vectorized for the processor at load time (GCC function
 // multiversioning; the baseline build alone would use SSE2 only).

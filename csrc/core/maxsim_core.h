@@ -44,7 +44,7 @@ struct MaxSimProblem {
 struct PackedQueries {
   Isa isa = Isa::Scalar;
   int64_t rows_per_block = 0;  // query rows one register block holds
-  int64_t dim = 0, dim_pad = 0;
+  int64_t dim_pad = 0;
   bool bf16 = false;           // packed as bf16 pairs (AVX512-BF16 path)
   std::vector<int64_t> n_rows;   // [nq] unmasked rows of each query
   std::vector<int64_t> row_map;  // [nq * lq] packed row -> original row
