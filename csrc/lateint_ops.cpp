@@ -43,6 +43,22 @@ TORCH_LIBRARY(lateint_kernels, m) {
   m.def("maxsim_backward_cuda_simt(Tensor grad, Tensor queries, Tensor? query_mask, "
         "Tensor doc_tokens, Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, "
         "str mask_mode) -> (Tensor, Tensor)");
+  // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
+  // tokens after the first `protected_tokens` are clustered by Ward linkage into
+  // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the
+  // same distances) and each cluster replaced by its mean. distance "cosine" = 1 - <a, b>
+  // (PyLate), "euclidean" = ||a/|a| - b/|b|||. normalize L2-normalizes the means. Returns
+  // (pooled tokens [T', dim] in the input dtype, offsets int64 [n_docs + 1]).
+  m.def("token_pool(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
+        "int protected_tokens, bool normalize, str distance) -> (Tensor, Tensor)");
+  // The clustering alone: for every input token its (global) row in token_pool's output,
+  // int64 [T], and the output offsets. token_pool = these + a segment mean.
+  m.def("token_pool_labels(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
+        "int protected_tokens, str distance) -> (Tensor, Tensor)");
+  // Testing hooks (and the GPU path's host step): scipy's linkage(method="ward") of a full
+  // float64 distance matrix, and fcluster(Z, max_nc, criterion="maxclust").
+  m.def("_ward_linkage(Tensor dist) -> Tensor");
+  m.def("_fcluster_maxclust(Tensor Z, int max_nc) -> Tensor");
   // CPU instruction set of the kernels: request -1 queries, 0..3 forces scalar / avx2 /
   // avx512 / avx512bf16 (clamped to what the processor has), -2 restores the best.
   m.def("_cpu_isa(int request) -> int", &lateint_cpu_isa);

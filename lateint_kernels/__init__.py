@@ -2,6 +2,7 @@
 
     import lateint_kernels as lk
     scores = lk.maxsim(queries, doc_tokens, doc_offsets)      # [nq, nd] float32
+    pooled, offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor=2)  # PyLate-exact pooling
     lk.backend_for("maxsim", "cpu")                           # "cpp" | "cuda" | "triton" | "reference"
 """
 import torch  # noqa: F401  (load torch's libraries before the extension)
@@ -9,8 +10,9 @@ import torch  # noqa: F401  (load torch's libraries before the extension)
 from ._loader import NATIVE_ERROR, NATIVE_LOADED
 from .ops import (PackedDocs, backend_for, cpu_isa, maxsim, maxsim_candidates, pack,
                   pack_list, unpack)
+from .pooling import token_pool, token_pool_labels, token_pool_list
 from . import reference
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
-           "cpu_isa", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
+           "cpu_isa", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ _SCHEMAS = {
                        "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
                        "-> (Tensor, Tensor)",
 }
+_KNOWN_OPS = set(_OPS)  # pooling.py adds its ops
 _FORCE_ENV = "LATEINT_BACKEND"  # "reference" forces the pure-torch path everywhere
 
 
@@ -123,8 +124,8 @@ def _forced_reference() -> bool:
 
 def backend_for(op: str, device) -> str:
     """Which implementation runs `op` on `device`: "cpp", "cuda", "triton" or "reference"."""
-    if op not in _OPS:
-        raise ValueError(f"unknown op {op!r}; known: {', '.join(_OPS)}")
+    if op not in _KNOWN_OPS:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(sorted(_KNOWN_OPS))}")
     dev = torch.device(device).type
     if _forced_reference():
         return "reference"

@@ -1,0 +1,550 @@
+// Ward clustering for token pooling; see token_pool_core.h for the contract.
+//
+// Bit-exactness with scipy: every floating-point operation of the clustering is the one
+// scipy performs, in the same order, so this translation unit must not contract a*b + c
+// into a fused multiply-add (GCC does by default when the target has FMA). The vector
+// paths (AVX-512 / AVX2 intrinsics) apply the same IEEE operations per lane; sqrt and
+// division are correctly rounded in every path, so all paths give the same bits.
+#pragma GCC optimize("fp-contract=off")
+
+#include "token_pool_core.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LATEINT_POOL_X86 1
+#endif
+
+namespace lateint {
+namespace detail {
+void gram_upper_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int64_t ldt, float* G,
+                    int64_t ldg);
+void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt,
+                    double* G, int64_t ldg);
+bool all_finite_u32(const uint32_t* v, int64_t n);
+bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
+bool all_finite_u64(const uint64_t* v, int64_t n);
+}  // namespace detail
+
+bool pool_all_finite(const void* x, PoolDType dt, int64_t count) {
+  switch (dt) {
+    case PoolDType::F32: return detail::all_finite_u32((const uint32_t*)x, count);
+    case PoolDType::F64: return detail::all_finite_u64((const uint64_t*)x, count);
+    case PoolDType::F16: return detail::all_finite_u16((const uint16_t*)x, count, 0x7c00);
+    case PoolDType::BF16: return detail::all_finite_u16((const uint16_t*)x, count, 0x7f80);
+  }
+  return false;
+}
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// ---------------------------------------------------------------------------------------
+// Row scan: the first index i < n of the smallest row[i] (strictly smaller than +inf) over
+// live clusters (size[i] != 0); -1 when there is none. The diagonal holds +inf; size is 0
+// from n to round_up(n, 8).
+int32_t argmin_scalar(const double* row, const double* size, int64_t n, double* m_out) {
+  double m = kInf;
+  int32_t im = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (size[i] != 0.0 && row[i] < m) {
+      m = row[i];
+      im = (int32_t)i;
+    }
+  }
+  *m_out = m;
+  return im;
+}
+
+// The Lance-Williams Ward update of row y against clusters i (scipy's _ward):
+//   t = 1 / (nx + ny + ni)
+//   d(xy, i) = sqrt((ni + nx) t d(x,i)^2 + (ni + ny) t d(y,i)^2 - ni t d(x,y)^2)
+// for every active i != y (size[i] > 0); a negative radicand (rounding) counts as 0.
+void ward_update_scalar(double* __restrict ry, const double* __restrict rx, double dxy, double nx,
+                        double ny, const double* __restrict size, const double* __restrict inv,
+                        int64_t n, int64_t y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double ni = size[i];
+    if (ni == 0.0 || i == y) continue;
+    const double t = inv[(int64_t)((nx + ny) + ni)];  // = 1.0 / ((nx + ny) + ni)
+    const double dxi = rx[i], dyi = ry[i];
+    double r = ((ni + nx) * t * dxi * dxi + (ni + ny) * t * dyi * dyi) - ni * t * dxy * dxy;
+    if (r < 0.0) r = 0.0;
+    ry[i] = std::sqrt(r);
+  }
+}
+
+#ifdef LATEINT_POOL_X86
+__attribute__((target("avx512f"))) int32_t argmin_avx512(const double* row, const double* size,
+                                                         int64_t n, double* m_out) {
+  const int64_t np = round_up(n, 8);
+  const __m512d zero = _mm512_setzero_pd();
+  __m512d best = _mm512_set1_pd(kInf);
+  __m512i bidx = _mm512_set1_epi64(-1);
+  __m512i idx = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i step = _mm512_set1_epi64(8);
+  for (int64_t i = 0; i < np; i += 8) {
+    const __m512d v = _mm512_loadu_pd(row + i);
+    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + i), zero, _CMP_NEQ_UQ);
+    const __mmask8 lt = _mm512_mask_cmp_pd_mask(live, v, best, _CMP_LT_OQ);
+    best = _mm512_mask_mov_pd(best, lt, v);
+    bidx = _mm512_mask_mov_epi64(bidx, lt, idx);
+    idx = _mm512_add_epi64(idx, step);
+  }
+  const double m = _mm512_reduce_min_pd(best);
+  *m_out = m;
+  if (!(m < kInf)) return -1;
+  const __mmask8 eq = _mm512_cmp_pd_mask(best, _mm512_set1_pd(m), _CMP_EQ_OQ);
+  return (int32_t)_mm512_mask_reduce_min_epi64(eq, bidx);
+}
+
+__attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry,
+                                                           const double* __restrict rx,
+                                                           double dxy, double nx, double ny,
+                                                           const double* __restrict size,
+                                                           const double* __restrict inv,
+                                                           int64_t n, int64_t y) {
+  const int64_t np = round_up(n, 8);
+  const __m512d vnx = _mm512_set1_pd(nx), vny = _mm512_set1_pd(ny), vnxy = _mm512_set1_pd(nx + ny);
+  const __m512d vdxy = _mm512_set1_pd(dxy), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+  (void)one;
+  for (int64_t i = 0; i < np; i += 8) {
+    const __m512d ni = _mm512_loadu_pd(size + i);
+    __mmask8 act = _mm512_cmp_pd_mask(ni, zero, _CMP_NEQ_UQ);
+    if (y >= i && y < i + 8) act &= (__mmask8)~(1u << (y - i));
+    if (!act) continue;
+    // t = 1 / (nx + ny + ni) from the table of exact reciprocals (same bits as dividing)
+    const __m256i tot = _mm512_cvttpd_epi32(_mm512_add_pd(vnxy, ni));
+    const __m512d t = _mm512_mask_i32gather_pd(one, act, tot, inv, 8);
+    const __m512d dxi = _mm512_loadu_pd(rx + i), dyi = _mm512_loadu_pd(ry + i);
+    __m512d a = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_add_pd(ni, vnx), t), dxi), dxi);
+    __m512d b = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_add_pd(ni, vny), t), dyi), dyi);
+    __m512d c = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(ni, t), vdxy), vdxy);
+    __m512d r = _mm512_sub_pd(_mm512_add_pd(a, b), c);
+    r = _mm512_mask_mov_pd(r, _mm512_cmp_pd_mask(r, zero, _CMP_LT_OQ), zero);
+    _mm512_mask_storeu_pd(ry + i, act, _mm512_sqrt_pd(r));
+  }
+}
+
+__attribute__((target("avx2"))) int32_t argmin_avx2(const double* row, const double* size,
+                                                    int64_t n, double* m_out) {
+  const __m256d zero = _mm256_setzero_pd();
+  const int64_t np = round_up(n, 8);
+  __m256d best0 = _mm256_set1_pd(kInf), best1 = best0;
+  __m256d bidx0 = _mm256_set1_pd(-1.0), bidx1 = bidx0;  // indices < 2^31 are exact as doubles
+  __m256d idx0 = _mm256_setr_pd(0, 1, 2, 3), idx1 = _mm256_setr_pd(4, 5, 6, 7);
+  const __m256d step = _mm256_set1_pd(8.0);
+  for (int64_t i = 0; i < np; i += 8) {
+    const __m256d v0 = _mm256_loadu_pd(row + i), v1 = _mm256_loadu_pd(row + i + 4);
+    const __m256d lt0 = _mm256_and_pd(_mm256_cmp_pd(v0, best0, _CMP_LT_OQ),
+                                      _mm256_cmp_pd(_mm256_loadu_pd(size + i), zero, _CMP_NEQ_UQ));
+    const __m256d lt1 = _mm256_and_pd(_mm256_cmp_pd(v1, best1, _CMP_LT_OQ),
+                                      _mm256_cmp_pd(_mm256_loadu_pd(size + i + 4), zero, _CMP_NEQ_UQ));
+    best0 = _mm256_blendv_pd(best0, v0, lt0);
+    best1 = _mm256_blendv_pd(best1, v1, lt1);
+    bidx0 = _mm256_blendv_pd(bidx0, idx0, lt0);
+    bidx1 = _mm256_blendv_pd(bidx1, idx1, lt1);
+    idx0 = _mm256_add_pd(idx0, step);
+    idx1 = _mm256_add_pd(idx1, step);
+  }
+  alignas(32) double b[8], ix[8];
+  _mm256_store_pd(b, best0);
+  _mm256_store_pd(b + 4, best1);
+  _mm256_store_pd(ix, bidx0);
+  _mm256_store_pd(ix + 4, bidx1);
+  double m = kInf;
+  for (int l = 0; l < 8; ++l) m = b[l] < m ? b[l] : m;
+  *m_out = m;
+  if (!(m < kInf)) return -1;
+  double first = kInf;
+  for (int l = 0; l < 8; ++l)
+    if (b[l] == m && ix[l] < first) first = ix[l];
+  return (int32_t)first;
+}
+
+__attribute__((target("avx2"))) void ward_update_avx2(double* __restrict ry,
+                                                      const double* __restrict rx, double dxy,
+                                                      double nx, double ny,
+                                                      const double* __restrict size,
+                                                      const double* __restrict inv, int64_t n,
+                                                      int64_t y) {
+  const int64_t np = round_up(n, 4);
+  const __m256d vnx = _mm256_set1_pd(nx), vny = _mm256_set1_pd(ny), vnxy = _mm256_set1_pd(nx + ny);
+  const __m256d vdxy = _mm256_set1_pd(dxy), zero = _mm256_setzero_pd();
+  for (int64_t i = 0; i < np; i += 4) {
+    const __m256d ni = _mm256_loadu_pd(size + i);
+    const __m256d t = _mm256_i32gather_pd(inv, _mm256_cvttpd_epi32(_mm256_add_pd(vnxy, ni)), 8);
+    const __m256d dxi = _mm256_loadu_pd(rx + i), dyi = _mm256_loadu_pd(ry + i);
+    __m256d a = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vnx), t), dxi), dxi);
+    __m256d b = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vny), t), dyi), dyi);
+    __m256d c = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(ni, t), vdxy), vdxy);
+    __m256d r = _mm256_sub_pd(_mm256_add_pd(a, b), c);
+    r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(r, zero, _CMP_LT_OQ));
+    const __m256d out = _mm256_sqrt_pd(r);
+    // keep the old value where the cluster is inactive or is y itself
+    __m256d keep = _mm256_cmp_pd(ni, zero, _CMP_EQ_OQ);
+    if (y >= i && y < i + 4) {
+      alignas(32) double sel[4] = {0, 0, 0, 0};
+      std::memset(&sel[y - i], 0xff, sizeof(double));
+      keep = _mm256_or_pd(keep, _mm256_load_pd(sel));
+    }
+    _mm256_storeu_pd(ry + i, _mm256_blendv_pd(out, dyi, keep));
+  }
+}
+#endif
+
+int32_t row_argmin(const double* row, const double* size, int64_t n, Isa isa, double* m) {
+#ifdef LATEINT_POOL_X86
+  if (isa >= Isa::Avx512) return argmin_avx512(row, size, n, m);
+  if (isa == Isa::Avx2) return argmin_avx2(row, size, n, m);
+#endif
+  (void)isa;
+  return argmin_scalar(row, size, n, m);
+}
+
+void ward_update(double* ry, const double* rx, double dxy, double nx, double ny,
+                 const double* size, const double* inv, int64_t n, int64_t y, Isa isa) {
+#ifdef LATEINT_POOL_X86
+  if (isa >= Isa::Avx512) return ward_update_avx512(ry, rx, dxy, nx, ny, size, inv, n, y);
+  if (isa == Isa::Avx2) return ward_update_avx2(ry, rx, dxy, nx, ny, size, inv, n, y);
+#endif
+  (void)isa;
+  ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
+}
+
+}  // namespace
+
+void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, double* mdist,
+                   PoolScratch& s, Isa isa) {
+  // Sizes as doubles (exact for any realistic n), padded with 0 = inactive.
+  s.size.assign(round_up(n, 8), 0.0);
+  std::fill(s.size.begin(), s.size.begin() + n, 1.0);
+  s.chain.resize(n);
+  s.orig.resize(n);  // slot -> original observation (the matrix is compacted as clusters merge)
+  double* size = s.size.data();
+  int32_t* chain = s.chain.data();
+  int32_t* orig = s.orig.data();
+  std::iota(orig, orig + n, 0);
+  // Exact reciprocals 1/s of every cluster-size sum the update can meet (s <= n); padded
+  // and dead lanes index entry 0..n as well.
+  s.inv.resize(n + 1);
+  double* inv = s.inv.data();
+  inv[0] = 0.0;
+  for (int64_t v = 1; v <= n; ++v) inv[v] = 1.0 / (double)v;
+  int64_t m = n, active = n;  // slots in the matrix, live clusters
+  int32_t x = 0, y = 0;       // y persists across steps, as in scipy
+  int64_t len = 0;
+  for (int64_t k = 0; k + 1 < n; ++k) {
+    if (active * 4 <= m * 3 && m > 32) {
+      // Drop the dead slots: rows/columns of live clusters move up in order (a monotone
+      // renumbering keeps scipy's lowest-index tie-breaking). In place: every element moves
+      // to a lower address and is read before anything overwrites it.
+      s.keep.resize(m);
+      s.remap.assign(m, -1);
+      int64_t* keep = s.keep.data();
+      int32_t* remap = s.remap.data();
+      int64_t a = 0;
+      for (int64_t i = 0; i < m; ++i)
+        if (size[i] > 0) {
+          keep[a] = i;
+          remap[i] = (int32_t)a++;
+        }
+      const int64_t ld2 = round_up(a, 8);
+      for (int64_t r = 0; r < a; ++r) {
+        const double* src = D + keep[r] * ld;
+        double* dst = D + r * ld2;
+        for (int64_t c = 0; c < a; ++c) dst[c] = src[keep[c]];
+        for (int64_t c = a; c < ld2; ++c) dst[c] = kInf;
+      }
+      for (int64_t r = 0; r < a; ++r) {
+        orig[r] = orig[keep[r]];
+        size[r] = size[keep[r]];
+      }
+      for (int64_t r = a; r < round_up(m, 8); ++r) size[r] = 0.0;
+      for (int64_t c = 0; c < len; ++c) chain[c] = remap[chain[c]];
+      y = remap[y] >= 0 ? remap[y] : 0;  // (y is only read again in degenerate cases)
+      m = a;
+      ld = ld2;
+    }
+    if (len == 0) {
+      len = 1;
+      for (int64_t i = 0; i < m; ++i)
+        if (size[i] > 0) {
+          chain[0] = (int32_t)i;
+          break;
+        }
+    }
+    double cur;
+    for (;;) {
+      x = chain[len - 1];
+      const double* row = D + x * ld;
+      double mn;
+      const int32_t im = row_argmin(row, size, m, isa, &mn);
+      if (len > 1) {
+        const int32_t prev = chain[len - 2];
+        cur = row[prev];
+        y = prev;
+        if (mn < cur) {  // a strictly closer cluster than the previous chain link
+          cur = mn;
+          y = im;
+        }
+        if (y == prev) break;
+      } else {
+        cur = mn;
+        if (im >= 0) y = im;
+      }
+      chain[len++] = y;
+    }
+    len -= 2;
+    if (x > y) std::swap(x, y);
+    const double nx = size[x], ny = size[y];
+    mx[k] = orig[x];
+    my[k] = orig[y];
+    mdist[k] = cur;
+    size[x] = 0.0;
+    size[y] = nx + ny;
+    --active;
+    double* ry = D + y * ld;
+    ward_update(ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
+    // Mirror row y into column y. Branch-free: rows of dead clusters are never read
+    // again, so writing them too is harmless (ry[y] stays +inf; scans skip dead columns).
+    for (int64_t i = 0; i < m; ++i) D[i * ld + y] = ry[i];
+  }
+}
+
+void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                         double* Z, PoolScratch& s) {
+  const int64_t m = n - 1;
+  if (m <= 0) return;
+  s.T.resize(m);
+  int32_t* order = s.T.data();
+  std::iota(order, order + m, 0);
+  // numpy's argsort(kind="mergesort"): stable, NaN after every number
+  std::stable_sort(order, order + m, [&](int32_t a, int32_t b) {
+    const double da = mdist[a], db = mdist[b];
+    return da < db || (!std::isnan(da) && std::isnan(db));
+  });
+  s.uf.resize(2 * n - 1);
+  s.mdist.resize(2 * n - 1);  // cluster sizes of the union-find nodes
+  int32_t* parent = s.uf.data();
+  double* csize = s.mdist.data();
+  for (int64_t i = 0; i < 2 * n - 1; ++i) {
+    parent[i] = (int32_t)i;
+    csize[i] = i < n ? 1.0 : 0.0;
+  }
+  auto find = [&](int32_t v) {
+    int32_t r = v;
+    while (parent[r] != r) r = parent[r];
+    while (parent[v] != r) {  // path compression
+      const int32_t nxt = parent[v];
+      parent[v] = r;
+      v = nxt;
+    }
+    return r;
+  };
+  int32_t next = (int32_t)n;
+  for (int64_t r = 0; r < m; ++r) {
+    const int32_t k = order[r];
+    const int32_t a = find(mx[k]), b = find(my[k]);
+    double* z = Z + 4 * r;
+    z[0] = std::min(a, b);
+    z[1] = std::max(a, b);
+    z[2] = mdist[k];
+    csize[next] = csize[a] + csize[b];
+    z[3] = csize[next];
+    parent[a] = next;
+    parent[b] = next;
+    ++next;
+  }
+}
+
+int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T,
+                          PoolScratch& s) {
+  if (max_nc >= n) {
+    for (int64_t i = 0; i < n; ++i) T[i] = (int32_t)(i + 1);
+    return n;
+  }
+  const int64_t m = n - 1;
+  // Largest merge distance in each subtree (scipy's get_max_dist_for_each_cluster);
+  // children are always earlier rows of Z.
+  s.MD.resize(m);
+  double* MD = s.MD.data();
+  for (int64_t r = 0; r < m; ++r) {
+    double v = Z[4 * r + 2];
+    const int64_t l = (int64_t)Z[4 * r], rc = (int64_t)Z[4 * r + 1];
+    if (l >= n && MD[l - n] > v) v = MD[l - n];
+    if (rc >= n && MD[rc - n] > v) v = MD[rc - n];
+    MD[r] = v;
+  }
+  // Smallest threshold MD[i] (binary search over rows, as scipy) giving at most max_nc
+  // clusters. With MD monotone along the tree, cutting at `thresh` leaves
+  // n - #{nodes with MD <= thresh} clusters.
+  auto n_clusters_at = [&](double thresh) {
+    int64_t merged = 0;
+    for (int64_t r = 0; r < m; ++r) merged += MD[r] <= thresh;
+    return n - merged;
+  };
+  int64_t lo = -1, hi = n - 1;
+  while (hi - lo > 1) {
+    const int64_t i = (lo + hi) >> 1;
+    if (n_clusters_at(MD[i]) > max_nc)
+      lo = i;
+    else
+      hi = i;
+  }
+  const double cutoff = MD[hi];
+  // Number the clusters in scipy's traversal order (cluster_monocrit): depth first from the
+  // root, left subtree before right; a node whose MD <= cutoff starts a cluster when first
+  // reached; leaf children get their number when their parent is left.
+  s.stack.resize(n);
+  s.visited.assign(2 * n - 1, 0);
+  int32_t* stk = s.stack.data();
+  uint8_t* visited = s.visited.data();
+  int64_t k = 0, nc = 0, leader = -1;
+  stk[0] = (int32_t)(2 * n - 2);
+  while (k >= 0) {
+    const int64_t root = stk[k] - n;
+    const int64_t lc = (int64_t)Z[4 * root], rc = (int64_t)Z[4 * root + 1];
+    if (leader == -1 && MD[root] <= cutoff) {
+      leader = root;
+      ++nc;
+    }
+    if (lc >= n && !visited[lc]) {
+      visited[lc] = 1;
+      stk[++k] = (int32_t)lc;
+      continue;
+    }
+    if (rc >= n && !visited[rc]) {
+      visited[rc] = 1;
+      stk[++k] = (int32_t)rc;
+      continue;
+    }
+    if (lc < n) {
+      if (leader == -1) ++nc;
+      T[lc] = (int32_t)nc;
+    }
+    if (rc < n) {
+      if (leader == -1) ++nc;
+      T[rc] = (int32_t)nc;
+    }
+    if (leader == root) leader = -1;
+    --k;
+  }
+  return nc;
+}
+
+namespace {
+// dst[k * ldt + i] = src[i * dim + k], in 16 x 16 tiles.
+template <typename T>
+void transpose_into(const T* src, int64_t n, int64_t dim, T* dst, int64_t ldt) {
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < n; i0 += B)
+    for (int64_t k0 = 0; k0 < dim; k0 += B)
+      for (int64_t i = i0; i < std::min(i0 + B, n); ++i)
+        for (int64_t k = k0; k < std::min(k0 + B, dim); ++k) dst[k * ldt + i] = src[i * dim + k];
+}
+}  // namespace
+
+void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDistance dist,
+                    double* D, int64_t ld, PoolScratch& s) {
+  const int64_t ldt = round_up(n, 32);
+  const bool wide = dt == PoolDType::F64 || dist == PoolDistance::Euclidean;
+  if (wide) {
+    // float64 Gram: float64 inputs, and the Euclidean variant (2 - 2<a,b> cancels for close
+    // tokens; float32 would leave ~3e-4 of error in their distance).
+    s.xd.resize(n * dim);
+    double* xd = s.xd.data();
+    for (int64_t i = 0; i < n; ++i) {
+      double* r = xd + i * dim;
+      for (int64_t k = 0; k < dim; ++k) {
+        switch (dt) {
+          case PoolDType::F64: r[k] = ((const double*)x)[i * dim + k]; break;
+          case PoolDType::F32: r[k] = ((const float*)x)[i * dim + k]; break;
+          case PoolDType::F16: r[k] = detail::f16_to_f32(((const uint16_t*)x)[i * dim + k]); break;
+          case PoolDType::BF16: r[k] = detail::bf16_to_f32(((const uint16_t*)x)[i * dim + k]); break;
+        }
+      }
+      if (dist == PoolDistance::Euclidean) {
+        double ss = 0;
+        for (int64_t k = 0; k < dim; ++k) ss += r[k] * r[k];
+        const double inv = 1.0 / std::max(std::sqrt(ss), 1e-12);
+        for (int64_t k = 0; k < dim; ++k) r[k] *= inv;
+      }
+    }
+    s.xtd.assign(dim * ldt, 0.0);
+    transpose_into(xd, n, dim, s.xtd.data(), ldt);
+    s.gd.resize(n * ldt);
+    detail::gram_upper_f64(xd, n, dim, s.xtd.data(), ldt, s.gd.data(), ldt);
+  } else {
+    const float* xf;
+    if (dt == PoolDType::F32) {
+      xf = (const float*)x;
+    } else {
+      s.xf.resize(n * dim);
+      const uint16_t* h = (const uint16_t*)x;
+      for (int64_t i = 0; i < n * dim; ++i)
+        s.xf[i] = dt == PoolDType::F16 ? detail::f16_to_f32(h[i]) : detail::bf16_to_f32(h[i]);
+      xf = s.xf.data();
+    }
+    s.xtf.assign(dim * ldt, 0.0f);
+    transpose_into(xf, n, dim, s.xtf.data(), ldt);
+    s.gf.resize(n * ldt);
+    detail::gram_upper_f32(xf, n, dim, s.xtf.data(), ldt, s.gf.data(), ldt);
+  }
+  // Upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = D + i * ld;
+    row[i] = kInf;
+    for (int64_t j = n; j < ld; ++j) row[j] = kInf;
+    if (dist == PoolDistance::Euclidean) {
+      const double* g = s.gd.data() + i * ldt;
+      for (int64_t j = i + 1; j < n; ++j) {
+        const double sq = 2.0 - 2.0 * g[j];
+        row[j] = std::sqrt(sq > 0.0 ? sq : 0.0);
+      }
+    } else if (wide) {
+      const double* g = s.gd.data() + i * ldt;
+      for (int64_t j = i + 1; j < n; ++j) row[j] = 1.0 - g[j];
+    } else {
+      const float* g = s.gf.data() + i * ldt;
+      for (int64_t j = i + 1; j < n; ++j) row[j] = (double)(1.0f - g[j]);  // PyLate: float32 1 - cos
+    }
+  }
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < n; i0 += B)
+    for (int64_t j0 = i0; j0 < n; j0 += B)
+      for (int64_t j = j0; j < std::min(j0 + B, n); ++j)
+        for (int64_t i = i0; i < std::min({i0 + B, n, j}); ++i) D[j * ld + i] = D[i * ld + j];
+}
+
+int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t pool_factor,
+                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa) {
+  const int64_t k = pool_target(n, pool_factor);
+  if (k >= n) {
+    for (int64_t i = 0; i < n; ++i) labels[i] = (int32_t)i;
+    return n;
+  }
+  const int64_t ld = round_up(n, 8);
+  s.D.resize(n * ld);
+  pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s);
+  s.mx.resize(n);
+  s.my.resize(n);
+  s.Z.resize(4 * n);
+  std::vector<double>& md = s.MD;  // merge distances (MD is rebuilt by fcluster afterwards)
+  md.resize(n);
+  ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
+  linkage_from_merges(s.mx.data(), s.my.data(), md.data(), n, s.Z.data(), s);
+  const int64_t nc = fcluster_maxclust(s.Z.data(), n, k, labels, s);
+  for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
+  return nc;
+}
+
+}  // namespace lateint

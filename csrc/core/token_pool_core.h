@@ -1,0 +1,78 @@
+// Torch-free core of token pooling (csrc/cpu/token_pool.cpp binds it): per document,
+// Ward hierarchical clustering of the token embeddings, cut into a fixed number of
+// clusters, each cluster replaced by its mean.
+//
+// The clustering reproduces scipy.cluster.hierarchy exactly (the library PyLate's
+// `pool_embeddings_hierarchical` calls): `linkage(condensed, method="ward")` (nearest-
+// neighbour chain with the Lance-Williams update, same operations in the same order, no
+// fused multiply-adds), then `fcluster(Z, k, criterion="maxclust")` with scipy's cluster
+// numbering. Given the same float64 distances, the linkage matrix is bit-identical (tested
+// against scipy). One departure: where the Ward update takes the square root of a negative
+// rounding residue (scipy then gets NaN and its later steps read undefined state), the
+// residue is taken as 0.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "maxsim_core.h"
+
+namespace lateint {
+
+// Distance between two tokens a, b of a document.
+//   Cosine: 1 - <a, b> on the vectors as given (PyLate's choice; for L2-normalized
+//           embeddings this is the cosine distance), computed in float32 for float32/16
+//           inputs like PyLate, in float64 for float64 inputs.
+//   Euclidean: ||a/|a| - b/|b|||, Ward's own setting, on L2-normalized copies.
+enum class PoolDistance : int { Cosine = 0, Euclidean = 1 };
+
+// Storage type of the token rows handed to the core (F64 exists for float64 references).
+enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
+
+// Per-thread scratch reused across documents (grown on demand, never shrunk).
+struct PoolScratch {
+  std::vector<float> xf, xtf, gf;
+  std::vector<double> xd, xtd, gd;
+  std::vector<double> D, size, mdist, Z, MD, inv;
+  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;
+  std::vector<int64_t> keep;
+  std::vector<uint8_t> visited;
+};
+
+// Ward NN-chain over the full symmetric n x n distance matrix D (row stride ld >= n),
+// which is overwritten. Writes the merges in the order the chain finds them, as scipy's
+// nn_chain does before sorting: slots mx[k] < my[k] and the distance mdist[k], k < n - 1.
+void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, double* mdist,
+                   PoolScratch& s, Isa isa);
+
+// scipy's linkage matrix from the merges: stable sort by distance (NaN last), union-find
+// relabelling, cluster sizes. Z is [n - 1, 4] row-major float64.
+void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                         double* Z, PoolScratch& s);
+
+// scipy's fcluster(Z, max_nc, criterion="maxclust"): T[i] in 1..nc for observation i, with
+// scipy's cluster numbering. Returns nc (<= max_nc; fewer when merge distances tie).
+int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T,
+                          PoolScratch& s);
+
+// Pairwise distances of the n rows of x ([n, dim] of `dt`) into D (n x n, stride ld, the
+// diagonal +inf).
+void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDistance dist,
+                    double* D, int64_t ld, PoolScratch& s);
+
+// Clusters one document's poolable tokens: labels[i] in 0..nc-1 (the order of the pooled
+// rows, PyLate's), returns nc. n_clusters = max(1, n / pool_factor); n < 2 or
+// n_clusters >= n returns n with labels[i] = i (the document is kept as is).
+int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t pool_factor,
+                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa);
+
+// Whether all `count` values of x are finite (no NaN, no Inf).
+bool pool_all_finite(const void* x, PoolDType dt, int64_t count);
+
+// Number of clusters PyLate asks for: max(1, n / pool_factor), or n when that does not
+// reduce the document.
+inline int64_t pool_target(int64_t n, int64_t pool_factor) {
+  const int64_t k = n / pool_factor > 1 ? n / pool_factor : 1;
+  return k >= n ? n : k;
+}
+
+}  // namespace lateint

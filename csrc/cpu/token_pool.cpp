@@ -1,0 +1,273 @@
+// CPU binding of the token pooling ops: checks, then the torch-free core (csrc/core/
+// token_pool_core) per document over at::parallel_for, then cluster means.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/token_pool_core.h"
+
+namespace {
+
+using lateint::PoolDistance;
+using lateint::PoolDType;
+
+struct PoolInputs {
+  at::Tensor tokens, offsets;
+  PoolDType dt;
+  PoolDistance dist;
+  int64_t nd, dim, pool_factor, protect;
+};
+
+PoolDistance distance_of(c10::string_view d, const char* op) {
+  if (d == "cosine") return PoolDistance::Cosine;
+  if (d == "euclidean") return PoolDistance::Euclidean;
+  TORCH_CHECK(false, op, ": `distance` must be \"cosine\" or \"euclidean\", got \"",
+              std::string(d), "\"");
+}
+
+PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& offsets,
+                   int64_t pool_factor, int64_t protected_tokens, c10::string_view distance) {
+  PoolInputs in;
+  LK_CHECK_DIM(tokens, 2, op, "doc_tokens", "[total_tokens, dim]");
+  LK_CHECK_DIM(offsets, 1, op, "doc_offsets", "[n_docs + 1]");
+  LK_CHECK(tokens.device().is_cpu(), op, "`doc_tokens` must be a CPU tensor here, got ",
+           tokens.device());
+  LK_CHECK(offsets.device() == tokens.device(), op, "`doc_offsets` must be on ",
+           tokens.device(), " like `doc_tokens`, got ", offsets.device());
+  switch (tokens.scalar_type()) {
+    case at::kFloat: in.dt = PoolDType::F32; break;
+    case at::kHalf: in.dt = PoolDType::F16; break;
+    case at::kBFloat16: in.dt = PoolDType::BF16; break;
+    case at::kDouble: in.dt = PoolDType::F64; break;
+    default:
+      TORCH_CHECK(false, op, ": `doc_tokens` must be float32, float16, bfloat16 or float64, got ",
+                  tokens.scalar_type());
+  }
+  LK_CHECK_DTYPE(offsets, at::kLong, op, "doc_offsets");
+  LK_CHECK(offsets.size(0) >= 1, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
+  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be an integer >= 1, got ", pool_factor);
+  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
+  LK_CHECK(tokens.size(1) >= 1, op, "`doc_tokens` must have dim >= 1");
+  LK_CHECK(tokens.size(0) < (int64_t(1) << 31), op, "`doc_tokens` has ", tokens.size(0),
+           " rows; at most 2^31 - 1 are supported");
+  in.dist = distance_of(distance, op);
+  in.tokens = tokens.contiguous();
+  in.offsets = offsets.contiguous();
+  in.nd = offsets.size(0) - 1;
+  in.dim = tokens.size(1);
+  in.pool_factor = pool_factor;
+  in.protect = protected_tokens;
+  const int64_t T = tokens.size(0);
+  const int64_t* o = in.offsets.data_ptr<int64_t>();
+  LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
+  for (int64_t i = 0; i < in.nd; ++i)
+    LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[",
+             i + 1, "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
+  LK_CHECK(o[in.nd] == T, op,
+           "`doc_offsets[-1]` must equal the number of rows of `doc_tokens` (", T, "), got ",
+           o[in.nd]);
+  return in;
+}
+
+const void* row_ptr(const PoolInputs& in, int64_t row) {
+  const int64_t esz = in.dt == PoolDType::F64 ? 8 : in.dt == PoolDType::F32 ? 4 : 2;
+  return static_cast<const char*>(in.tokens.data_ptr()) + row * in.dim * esz;
+}
+
+// Per-token output row (global) and the new offsets: protected tokens keep a row each, the
+// rest map to their cluster's row.
+void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
+  const int64_t* o = in.offsets.data_ptr<int64_t>();
+  std::vector<int64_t> count(in.nd);
+  const lateint::Isa isa = lateint::cpu_active_isa();
+  const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
+  std::atomic<int64_t> bad_doc{-1};
+  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
+    thread_local lateint::PoolScratch scratch;
+    std::vector<int32_t> lab;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t len = o[d + 1] - o[d];
+      if (!lateint::pool_all_finite(row_ptr(in, o[d]), in.dt, len * in.dim)) {
+        bad_doc = d;
+        count[d] = 0;
+        continue;
+      }
+      const int64_t p = std::min(in.protect, len), n = len - p;
+      for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
+      lab.resize(n);
+      const int64_t nc = lateint::pool_labels(row_ptr(in, o[d] + p), in.dt, n, in.dim,
+                                              in.pool_factor, in.dist, lab.data(), scratch, isa);
+      for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
+      count[d] = p + nc;
+    }
+  });
+  const int64_t bad = bad_doc.load();
+  LK_CHECK(bad < 0, op, "`doc_tokens` contains NaN or Inf (in document ", bad, ")");
+  new_offsets[0] = 0;
+  for (int64_t d = 0; d < in.nd; ++d) new_offsets[d + 1] = new_offsets[d] + count[d];
+  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
+    for (int64_t d = b; d < e; ++d)
+      for (int64_t t = o[d]; t < o[d + 1]; ++t) rows[t] += new_offsets[d];
+  });
+}
+
+template <typename T>
+double as_double(T v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+double as_double<double>(double v) {
+  return v;
+}
+
+// Cluster means (float64 sums in token order), written in the input dtype. A document
+// whose rows all map one-to-one is copied as is; `normalize` L2-normalizes the means of
+// pooled documents.
+template <typename T>
+void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_offsets,
+                 bool normalize, T* out) {
+  const int64_t* o = in.offsets.data_ptr<int64_t>();
+  const T* x = in.tokens.data_ptr<T>();
+  const int64_t dim = in.dim;
+  const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
+  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
+    std::vector<double> acc;
+    std::vector<int64_t> cnt;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t len = o[d + 1] - o[d], nout = new_offsets[d + 1] - new_offsets[d];
+      T* dst = out + new_offsets[d] * dim;
+      if (nout == len) {  // not pooled: the rows as they are
+        std::copy(x + o[d] * dim, x + o[d + 1] * dim, dst);
+        continue;
+      }
+      const int64_t p = std::min(in.protect, len);
+      std::copy(x + o[d] * dim, x + (o[d] + p) * dim, dst);
+      const int64_t nc = nout - p;
+      acc.assign(nc * dim, 0.0);
+      cnt.assign(nc, 0);
+      for (int64_t t = o[d] + p; t < o[d + 1]; ++t) {
+        const int64_t c = rows[t] - new_offsets[d] - p;
+        double* a = acc.data() + c * dim;
+        const T* r = x + t * dim;
+        for (int64_t k = 0; k < dim; ++k) a[k] += as_double(r[k]);
+        ++cnt[c];
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        double* a = acc.data() + c * dim;
+        const double inv = 1.0 / (double)cnt[c];
+        double ss = 0;
+        for (int64_t k = 0; k < dim; ++k) {
+          a[k] *= inv;
+          ss += a[k] * a[k];
+        }
+        const double scale = normalize ? 1.0 / std::max(std::sqrt(ss), 1e-12) : 1.0;
+        T* r = dst + (p + c) * dim;
+        for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k] * scale);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_tokens,
+                                                         const at::Tensor& doc_offsets,
+                                                         int64_t pool_factor,
+                                                         int64_t protected_tokens,
+                                                         c10::string_view distance) {
+  const char* op = "token_pool_labels";
+  PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor,
+                          protected_tokens, distance);
+  at::Tensor rows = at::empty({doc_tokens.size(0)}, doc_offsets.options());
+  at::Tensor new_off = at::empty({in.nd + 1}, doc_offsets.options());
+  compute_labels(op, in, rows.data_ptr<int64_t>(), new_off.data_ptr<int64_t>());
+  return {rows, new_off};
+}
+
+std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
+                                                  const at::Tensor& doc_offsets,
+                                                  int64_t pool_factor, int64_t protected_tokens,
+                                                  bool normalize, c10::string_view distance) {
+  const char* op = "token_pool";
+  PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
+                          distance);
+  std::vector<int64_t> rows(doc_tokens.size(0));
+  at::Tensor new_off = at::empty({in.nd + 1}, doc_offsets.options());
+  int64_t* no = new_off.data_ptr<int64_t>();
+  compute_labels(op, in, rows.data(), no);
+  at::Tensor out = at::empty({no[in.nd], in.dim}, in.tokens.options());
+  switch (in.dt) {
+    case PoolDType::F32: write_means(in, rows.data(), no, normalize, out.data_ptr<float>()); break;
+    case PoolDType::F64: write_means(in, rows.data(), no, normalize, out.data_ptr<double>()); break;
+    case PoolDType::F16:
+      write_means(in, rows.data(), no, normalize, out.data_ptr<at::Half>());
+      break;
+    case PoolDType::BF16:
+      write_means(in, rows.data(), no, normalize, out.data_ptr<at::BFloat16>());
+      break;
+  }
+  return {out, new_off};
+}
+
+// Testing hook: scipy-compatible Ward linkage matrix of a full float64 distance matrix.
+at::Tensor ward_linkage_cpu(const at::Tensor& dist) {
+  const char* op = "_ward_linkage";
+  LK_CHECK(dist.dim() == 2 && dist.size(0) == dist.size(1) && dist.size(0) >= 2, op,
+           "`dist` must be a square [n, n] matrix with n >= 2, got ", dist.sizes());
+  LK_CHECK_DTYPE(dist, at::kDouble, op, "dist");
+  const int64_t n = dist.size(0), ld = (n + 7) / 8 * 8;
+  std::vector<double> D(n * ld, std::numeric_limits<double>::infinity());
+  at::Tensor dc = dist.contiguous();
+  const double* src = dc.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      if (i != j) D[i * ld + j] = src[i * n + j];
+  lateint::PoolScratch s;
+  std::vector<int32_t> mx(n), my(n);
+  std::vector<double> md(n);
+  lateint::ward_nn_chain(D.data(), n, ld, mx.data(), my.data(), md.data(), s,
+                         lateint::cpu_active_isa());
+  at::Tensor Z = at::empty({n - 1, 4}, dist.options());
+  lateint::linkage_from_merges(mx.data(), my.data(), md.data(), n, Z.data_ptr<double>(), s);
+  return Z;
+}
+
+// Testing hook / GPU finishing step: scipy fcluster(Z, max_nc, "maxclust") labels (1-based).
+at::Tensor fcluster_maxclust_cpu(const at::Tensor& Z, int64_t max_nc) {
+  const char* op = "_fcluster_maxclust";
+  LK_CHECK(Z.dim() == 2 && Z.size(1) == 4 && Z.size(0) >= 1, op,
+           "`Z` must be a linkage matrix [n - 1, 4] with n >= 2, got ", Z.sizes());
+  LK_CHECK_DTYPE(Z, at::kDouble, op, "Z");
+  LK_CHECK(max_nc >= 1, op, "`max_nc` must be >= 1, got ", max_nc);
+  const int64_t n = Z.size(0) + 1;
+  at::Tensor zc = Z.contiguous();
+  {  // a valid tree: each row joins two earlier, unused nodes
+    const double* z = zc.data_ptr<double>();
+    std::vector<uint8_t> used(2 * n - 1, 0);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      for (int c = 0; c < 2; ++c) {
+        const double v = z[4 * r + c];
+        LK_CHECK(v >= 0 && v < (double)(n + r) && v == std::floor(v) && !used[(int64_t)v], op,
+                 "`Z` is not a valid linkage matrix: row ", r, " joins node ", v);
+        used[(int64_t)v] = 1;
+      }
+    }
+  }
+  at::Tensor T = at::empty({n}, Z.options().dtype(at::kInt));
+  lateint::PoolScratch s;
+  lateint::fcluster_maxclust(zc.data_ptr<double>(), n, max_nc, T.data_ptr<int32_t>(), s);
+  return T;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
+  m.impl("token_pool", &token_pool_cpu);
+  m.impl("token_pool_labels", &token_pool_labels_cpu);
+  m.impl("_ward_linkage", &ward_linkage_cpu);
+  m.impl("_fcluster_maxclust", &fcluster_maxclust_cpu);
+}

@@ -1,0 +1,203 @@
+"""Token pooling ops: `token_pool` and `token_pool_labels` (registration, fake kernels,
+backend choice, public API).
+
+CPU: the C++ kernel (csrc/cpu/token_pool.cpp). CUDA: the Triton kernel computes the
+distances and runs Ward's nearest-neighbour chain on the device, one program per document
+(lateint_kernels/triton/token_pool.py); the merge list (n - 1 rows per document) then
+goes to the host for scipy's sort/relabel/maxclust steps (the C++ core), and the cluster
+means are a segment mean on the device. Without Triton, CUDA tensors round-trip through
+the CPU kernel. Without the native extension, the scipy reference serves every device.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from . import ops as _ops
+from . import reference as _ref
+from ._loader import NATIVE_LOADED
+
+_NS = "lateint_kernels"
+_POOL_OPS = ("token_pool", "token_pool_labels")
+_SCHEMAS = {
+    "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, int protected_tokens, "
+                  "bool normalize, str distance) -> (Tensor, Tensor)",
+    "token_pool_labels": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
+                         "int protected_tokens, str distance) -> (Tensor, Tensor)",
+}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_DISTANCES = ("cosine", "euclidean")
+
+
+def _pool_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
+    return _ref.token_pool_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance)
+
+
+def _labels_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+    return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+
+
+if not NATIVE_LOADED:
+    torch.library.define(f"{_NS}::token_pool", _SCHEMAS["token_pool"])
+    torch.library.impl(f"{_NS}::token_pool", "CompositeExplicitAutograd")(_pool_ref_op)
+    torch.library.define(f"{_NS}::token_pool_labels", _SCHEMAS["token_pool_labels"])
+    torch.library.impl(f"{_NS}::token_pool_labels", "CompositeExplicitAutograd")(_labels_ref_op)
+    for _name in _POOL_OPS:
+        _ops._BACKENDS[(_name, "cpu")] = "reference"
+else:
+    for _name in _POOL_OPS:
+        _ops._BACKENDS[(_name, "cpu")] = "cpp"
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA: Triton distances + NN-chain on the device, host finishing, device segment mean.
+def _segment_mean(doc_tokens, rows, new_offsets, doc_offsets, protected_tokens, normalize):
+    n_out = int(new_offsets[-1])
+    x = doc_tokens.float()
+    sums = x.new_zeros(n_out, x.shape[1]).index_add_(0, rows, x)
+    cnt = torch.zeros(n_out, device=x.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float32))
+    out = sums / cnt.clamp_min(1)[:, None]
+    if normalize:
+        lens_in = doc_offsets[1:] - doc_offsets[:-1]
+        pooled = (new_offsets[1:] - new_offsets[:-1]) < lens_in
+        d_of_row = torch.searchsorted(new_offsets[1:], torch.arange(n_out, device=x.device), right=True)
+        local = torch.arange(n_out, device=x.device) - new_offsets[d_of_row]
+        is_mean = pooled[d_of_row] & (local >= torch.clamp(lens_in[d_of_row], max=protected_tokens))
+        out = torch.where(is_mean[:, None], torch.nn.functional.normalize(out, dim=-1, eps=1e-12), out)
+    # rows that map one-to-one are copied exactly (a mean of one row in float32 is exact
+    # for float32/16 inputs anyway)
+    return out.to(doc_tokens.dtype)
+
+
+_TRITON_POOL = None
+try:
+    from .triton import token_pool as _tpool
+
+    _TRITON_POOL = _tpool
+except Exception:  # triton missing or broken
+    _TRITON_POOL = None
+
+
+def _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+    if _TRITON_POOL is not None and NATIVE_LOADED:
+        return _TRITON_POOL.token_pool_labels_triton(doc_tokens, doc_offsets, pool_factor,
+                                                     protected_tokens, distance)
+    rows, off = torch.ops.lateint_kernels.token_pool_labels(doc_tokens.cpu(), doc_offsets.cpu(), pool_factor,
+                                                            protected_tokens, distance)
+    return rows.to(doc_tokens.device), off.to(doc_tokens.device)
+
+
+def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
+    rows, off = _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+    return _segment_mean(doc_tokens, rows, off, doc_offsets, protected_tokens, normalize), off
+
+
+torch.library.register_kernel(f"{_NS}::token_pool", "cuda", _pool_cuda)
+torch.library.register_kernel(f"{_NS}::token_pool_labels", "cuda", _labels_cuda)
+for _name in _POOL_OPS:
+    _ops._BACKENDS[(_name, "cuda")] = ("triton" if _TRITON_POOL is not None and NATIVE_LOADED
+                                       else "cpp" if NATIVE_LOADED else "reference")
+_ops._KNOWN_OPS.update(_POOL_OPS)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels: the number of pooled rows depends on the data.
+@torch.library.register_fake(f"{_NS}::token_pool")
+def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
+    torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
+    torch._check(doc_offsets.dim() == 1, lambda: "`doc_offsets` must be 1-D [n_docs + 1]")
+    n_out = torch.library.get_ctx().new_dynamic_size()
+    torch._check(n_out <= doc_tokens.shape[0])
+    return doc_tokens.new_empty(n_out, doc_tokens.shape[1]), torch.empty_like(doc_offsets)
+
+
+@torch.library.register_fake(f"{_NS}::token_pool_labels")
+def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+    torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
+    torch._check(doc_offsets.dim() == 1, lambda: "`doc_offsets` must be 1-D [n_docs + 1]")
+    return doc_offsets.new_empty(doc_tokens.shape[0]), torch.empty_like(doc_offsets)
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+    if not isinstance(doc_tokens, torch.Tensor) or doc_tokens.dim() != 2:
+        raise ValueError(f"{op}: `doc_tokens` must be a 2-D tensor [total_tokens, dim], got "
+                         f"{tuple(doc_tokens.shape) if isinstance(doc_tokens, torch.Tensor) else type(doc_tokens).__name__}")
+    if doc_tokens.dtype not in _DTYPES:
+        raise TypeError(f"{op}: `doc_tokens` must be float32, float16, bfloat16 or float64, got {doc_tokens.dtype}")
+    if doc_tokens.shape[1] < 1:
+        raise ValueError(f"{op}: `doc_tokens` must have dim >= 1")
+    if not isinstance(doc_offsets, torch.Tensor) or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
+        raise ValueError(f"{op}: `doc_offsets` must be a 1-D int64 tensor [n_docs + 1]")
+    if doc_offsets.shape[0] < 1:
+        raise ValueError(f"{op}: `doc_offsets` must hold n_docs + 1 >= 1 entries (it starts with 0)")
+    if doc_offsets.device != doc_tokens.device:
+        raise ValueError(f"{op}: `doc_offsets` must be on {doc_tokens.device} like `doc_tokens`, got {doc_offsets.device}")
+    if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or pool_factor < 1:
+        raise ValueError(f"{op}: `pool_factor` must be an integer >= 1, got {pool_factor!r}")
+    if isinstance(protected_tokens, bool) or not isinstance(protected_tokens, int) or protected_tokens < 0:
+        raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0, got {protected_tokens!r}")
+    if distance not in _DISTANCES:
+        raise ValueError(f'{op}: `distance` must be "cosine" or "euclidean", got {distance!r}')
+    if torch.compiler.is_compiling():
+        return
+    if doc_tokens.device.type == "cpu" and NATIVE_LOADED and not _ops._forced_reference():
+        return  # the C++ op checks offsets and NaN/Inf itself
+    o = doc_offsets
+    flags = torch.stack([o[:1].ne(0).any(), o[-1:].ne(doc_tokens.shape[0]).any(),
+                         (o[1:] < o[:-1]).any(), ~torch.isfinite(doc_tokens).all()]).tolist()
+    if flags[0] or flags[1]:
+        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = "
+                         f"{doc_tokens.shape[0]}, got {int(o[0])} ... {int(o[-1])}")
+    if flags[2]:
+        i = int((o[1:] < o[:-1]).nonzero()[0])
+        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing, but doc_offsets[{i + 1}] = "
+                         f"{int(o[i + 1])} < doc_offsets[{i}] = {int(o[i])}")
+    if flags[3]:
+        raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
+
+
+def token_pool(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int, *,
+               protected_tokens: int = 1, normalize: bool = False,
+               distance: str = "cosine") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token pooling of packed documents -> (pooled tokens [T', dim], offsets int64 [n+1]).
+
+    Per document, the first `protected_tokens` rows are kept; the other n rows are clustered
+    by Ward linkage into max(1, n // pool_factor) clusters and each cluster is replaced by its
+    mean. Defaults reproduce PyLate's `pool_embeddings_hierarchical` (distance 1 - <a, b>,
+    means not re-normalized; same clusters, same row order). A document the cut would not
+    shrink (n <= 1, pool_factor 1) is returned as is. `normalize=True` L2-normalizes the
+    means; `distance="euclidean"` clusters on ||a/|a| - b/|b||| (classic Ward). Output dtype
+    = input dtype; float16/bfloat16 are clustered in float32.
+    """
+    _validate("token_pool", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+    if _ops._forced_reference():
+        return _ref.token_pool_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance)
+    return torch.ops.lateint_kernels.token_pool(doc_tokens, doc_offsets, pool_factor, protected_tokens,
+                                                bool(normalize), distance)
+
+
+def token_pool_labels(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int, *,
+                      protected_tokens: int = 1, distance: str = "cosine") -> Tuple[torch.Tensor, torch.Tensor]:
+    """The clustering of `token_pool` alone: (row of token_pool's output each input token
+    goes to, int64 [T]; output offsets int64 [n+1])."""
+    _validate("token_pool_labels", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+    if _ops._forced_reference():
+        return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+    return torch.ops.lateint_kernels.token_pool_labels(doc_tokens, doc_offsets, pool_factor,
+                                                       protected_tokens, distance)
+
+
+def token_pool_list(documents: Sequence[torch.Tensor], pool_factor: int, *, protected_tokens: int = 1,
+                    normalize: bool = False, distance: str = "cosine") -> List[torch.Tensor]:
+    """PyLate's calling convention: a list of [L_i, dim] tensors in, a list out (each on the
+    device it came from, as PyLate returns them on the CPU: here they stay put)."""
+    if len(documents) == 0:
+        return []
+    packed = _ops.pack_list(documents)
+    tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
+                                 normalize=normalize, distance=distance)
+    lens = (offsets[1:] - offsets[:-1]).tolist()
+    return list(torch.split(tokens, lens, dim=0))
