@@ -135,6 +135,7 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
     linkage into max(1, n // pool_factor) clusters (fcluster maxclust), one row per cluster in
     scipy's label order; documents the cut would not shrink are kept as they are."""
     import numpy as np
+    from scipy.cluster import _hierarchy as _scipy_hierarchy_c
     from scipy.cluster import hierarchy
 
     x_all = doc_tokens.detach().cpu()
@@ -150,7 +151,12 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
             labels, nc = np.arange(n), n
         else:
             cond = _pool_distances_condensed(x_all[s + p:e], distance)
-            T = hierarchy.fcluster(hierarchy.linkage(cond, method="ward"), k, criterion="maxclust")
+            Z = hierarchy.linkage(cond, method="ward")
+            T = np.zeros(n, dtype=np.intc)
+            # fcluster(Z, k, "maxclust") minus its validation, which refuses the negative
+            # merge heights that 1 - <a, b> gives near-duplicate float32 tokens (PyLate then
+            # raises); the cut itself is scipy's own.
+            _scipy_hierarchy_c.cluster_maxclust_dist(np.ascontiguousarray(Z), T, n, k)
             labels, nc = T - 1, int(T.max())
         base = new_off[-1]
         rows[s:s + p] = base + torch.arange(p)

@@ -1,0 +1,325 @@
+"""token_pool / token_pool_labels against the scipy reference (float64), scipy itself
+(bit-exact linkage), PyLate's pool_embeddings_hierarchical (when installed), edge cases,
+every CPU ISA path, thread counts, dtypes, bad input, opcheck and torch.compile."""
+import numpy as np
+import pytest
+import torch
+
+import lateint_kernels as lk
+from lateint_kernels import reference as ref
+
+from _data import clustered
+
+scipy_hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+from scipy.spatial.distance import squareform  # noqa: E402
+
+NATIVE = pytest.mark.skipif(not lk.NATIVE_LOADED, reason="native extension not built")
+ISAS = ("scalar", "avx2", "avx512")
+
+
+def docs_packed(lengths, dim=64, *, seed=0, dtype=torch.float32, n_topics=6, noise=0.5):
+    """Clustered, normalized documents of the given lengths (fresh per seed), packed."""
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for n in lengths:  # each document draws its own topics, as real documents do
+        centres = torch.nn.functional.normalize(torch.randn(n_topics, dim, generator=g), dim=-1)
+        docs.append(clustered(n, dim, generator=g, centres=centres, noise=noise))
+    lens = torch.tensor(list(lengths), dtype=torch.int64)
+    off = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    tokens = torch.cat(docs) if docs else torch.zeros(0, dim)
+    return tokens.to(dtype), off
+
+
+def split(tokens, offsets):
+    return list(torch.split(tokens, (offsets[1:] - offsets[:-1]).tolist()))
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    if not lk.NATIVE_LOADED:
+        pytest.skip("native extension not built")
+    got = lk.cpu_isa(request.param)
+    if got != request.param:
+        lk.cpu_isa("best")
+        pytest.skip(f"processor lacks {request.param}")
+    yield got
+    lk.cpu_isa("best")
+
+
+# ---------------------------------------------------------------------------------------
+# The clustering itself, bit for bit against scipy on identical float64 distances.
+@NATIVE
+def test_ward_linkage_bit_exact_vs_scipy(isa):
+    rng = np.random.default_rng()  # fresh problems every run
+    for trial in range(120):
+        n = int(rng.integers(2, 160))
+        if trial % 3 == 0:
+            A = rng.integers(0, 4, (n, n)).astype(float)  # many exact ties
+        elif trial % 3 == 1:
+            A = rng.random((n, n))  # not a metric
+        else:
+            x = rng.standard_normal((n, 24))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            A = 1 - x @ x.T  # cosine distances, slightly negative diagonal residues
+        D = (A + A.T) / 2
+        np.fill_diagonal(D, 0)
+        Zs = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
+        Zo = torch.ops.lateint_kernels._ward_linkage(torch.from_numpy(D)).numpy()
+        assert np.array_equal(Zs, Zo), (trial, n)
+
+
+@NATIVE
+def test_fcluster_maxclust_matches_scipy():
+    rng = np.random.default_rng()
+    for trial in range(120):
+        n = int(rng.integers(2, 120))
+        A = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
+        D = (A + A.T) / 2
+        np.fill_diagonal(D, 0)
+        Z = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
+        for k in sorted({1, 2, 3, n // 2 or 1, n // 4 or 1, n - 1, n}):
+            Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
+            To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
+            assert np.array_equal(Ts, To), (trial, n, k)
+
+
+@NATIVE
+def test_fcluster_rejects_invalid_linkage():
+    Z = torch.tensor([[0.0, 1.0, 0.5, 2.0], [0.0, 2.0, 0.7, 3.0]], dtype=torch.float64)  # node 0 twice
+    with pytest.raises(RuntimeError, match="not a valid linkage"):
+        torch.ops.lateint_kernels._fcluster_maxclust(Z, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# The op against the float64 reference.
+LENGTHS = [0, 1, 2, 3, 5, 17, 40, 64, 129, 1, 250]
+
+
+@pytest.mark.parametrize("pool_factor", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("protected", [0, 1, 3])
+def test_op_vs_float64_reference(pool_factor, protected):
+    seed = int(torch.randint(0, 2**31 - 1, ()))  # fresh inputs every run
+    tokens, off = docs_packed(LENGTHS, 48, seed=seed, dtype=torch.float64)
+    out, new_off = lk.token_pool(tokens, off, pool_factor, protected_tokens=protected)
+    rows, off2 = lk.token_pool_labels(tokens, off, pool_factor, protected_tokens=protected)
+    r_out, r_off = ref.token_pool_ref(tokens, off, pool_factor, protected)
+    r_rows, _ = ref.token_pool_labels_ref(tokens, off, pool_factor, protected)
+    assert torch.equal(new_off, r_off) and torch.equal(off2, r_off)
+    assert torch.equal(rows, r_rows), f"seed {seed}"
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, r_out, rtol=0, atol=1e-12)
+    # the contract, independently of the reference: sizes and kept rows
+    for d in range(len(LENGTHS)):
+        n_in = LENGTHS[d]
+        p = min(protected, n_in)
+        k = max((n_in - p) // pool_factor, 1)
+        expect = n_in if k >= n_in - p else p + k
+        assert int(new_off[d + 1] - new_off[d]) <= expect
+        assert torch.equal(out[new_off[d]:new_off[d] + p], tokens[off[d]:off[d] + p])
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_options_vs_reference(distance, normalize):
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    tokens, off = docs_packed([30, 77, 2, 150], 32, seed=seed, dtype=torch.float64)
+    if distance == "euclidean":
+        tokens = tokens * 1.7  # not unit length: the euclidean variant normalizes first
+    out, new_off = lk.token_pool(tokens, off, 3, normalize=normalize, distance=distance)
+    r_out, r_off = ref.token_pool_ref(tokens, off, 3, 1, normalize, distance)
+    assert torch.equal(new_off, r_off)
+    torch.testing.assert_close(out, r_out, rtol=0, atol=1e-12)
+    if normalize:
+        means = torch.cat([out[new_off[d] + 1:new_off[d + 1]] for d in range(4) if d != 2])
+        torch.testing.assert_close(means.norm(dim=-1), torch.ones(means.shape[0], dtype=torch.float64))
+
+
+def _rounding_robust(tokens, off, pool_factor):
+    """Documents whose clustering is the same on float64 and on float32-rounded distances:
+    on those, float32 implementations (ours, PyLate's torch.mm) cannot disagree by a tie."""
+    keep = []
+    for d in range(off.shape[0] - 1):
+        x = tokens[off[d]:off[d + 1]]
+        o = torch.tensor([0, x.shape[0]])
+        a, _ = ref.token_pool_labels_ref(x.double(), o, pool_factor)
+        b, _ = ref.token_pool_labels_ref(x.float(), o, pool_factor)
+        keep.append(bool(torch.equal(a, b)))
+    return keep
+
+
+def test_float32_matches_reference_on_tie_free_documents():
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    lengths = [int(v) for v in torch.randint(2, 120, (40,))]
+    tokens, off = docs_packed(lengths, 64, seed=seed)
+    keep = _rounding_robust(tokens, off, 2)
+    assert sum(keep) >= 0.8 * len(keep)  # the test compares most documents, not a few
+    out, new_off = lk.token_pool(tokens, off, 2)
+    r_out, r_off = ref.token_pool_ref(tokens, off, 2)
+    for d, ok in enumerate(keep):
+        if ok:
+            a, b = out[new_off[d]:new_off[d + 1]], r_out[r_off[d]:r_off[d + 1]]
+            assert a.shape == b.shape, (seed, d)
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-7)
+
+
+def test_matches_pylate_pool_embeddings_hierarchical():
+    pylate_colbert = pytest.importorskip("pylate.models.colbert", reason="pylate not installed (opt-in)")
+    pool = pylate_colbert.ColBERT.pool_embeddings_hierarchical
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    lengths = [1, 2, 3] + [int(v) for v in torch.randint(4, 200, (40,))]
+    tokens, off = docs_packed(lengths, 64, seed=seed)
+    docs = split(tokens, off)
+    keep = _rounding_robust(tokens, off, 2)
+    for pf in (1, 2, 3, 4):
+        theirs = pool(None, docs, pool_factor=pf, protected_tokens=1)
+        ours = lk.token_pool_list(docs, pf, protected_tokens=1)
+        for d, (a, b) in enumerate(zip(ours, theirs)):
+            if pf != 2 or keep[d]:
+                assert a.shape == b.shape, (seed, pf, d)
+                torch.testing.assert_close(a, b, rtol=0, atol=2e-7)
+
+
+# ---------------------------------------------------------------------------------------
+# Edge cases
+def test_pool_factor_one_is_identity():
+    tokens, off = docs_packed([5, 0, 1, 33], 16, seed=1)
+    out, new_off = lk.token_pool(tokens, off, 1)
+    assert torch.equal(out, tokens) and torch.equal(new_off, off)
+
+
+def test_short_documents():
+    tokens, off = docs_packed([1, 2, 3, 4], 16, seed=2)
+    out, new_off = lk.token_pool(tokens, off, 4, protected_tokens=1)
+    # n after the protected token: 0, 1, 2, 3 -> max(n // 4, 1) = 1 cluster, kept as is when
+    # that does not reduce it (PyLate's rule)
+    assert (new_off[1:] - new_off[:-1]).tolist() == [1, 2, 2, 2]
+    assert torch.equal(out[:3], tokens[:3])
+    x = tokens[off[3]:off[4]]
+    torch.testing.assert_close(out[new_off[3] + 1], x[1:].double().mean(0).float(), rtol=0, atol=1e-7)
+
+
+def test_empty_corpus_and_empty_documents():
+    out, new_off = lk.token_pool(torch.zeros(0, 8) + 1, torch.zeros(1, dtype=torch.int64), 2)
+    assert out.shape == (0, 8) and new_off.tolist() == [0]
+    tokens, off = docs_packed([0, 0, 6], 8, seed=3)
+    out, new_off = lk.token_pool(tokens, off, 2, protected_tokens=0)
+    assert new_off.tolist() == [0, 0, 0, 3]
+
+
+def test_all_identical_tokens():
+    v = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
+    tokens = v.repeat(41, 1)
+    off = torch.tensor([0, 41])
+    out, new_off = lk.token_pool(tokens, off, 2)
+    assert 2 <= int(new_off[1]) <= 21
+    torch.testing.assert_close(out, v.expand(out.shape[0], 32), rtol=0, atol=1e-6)
+    r_out, r_off = ref.token_pool_ref(tokens, off, 2)
+    assert torch.isfinite(out).all() and r_off[1] >= 2
+
+
+@NATIVE
+def test_isa_paths_and_threads_bit_identical(isa):
+    tokens, off = docs_packed([int(v) for v in torch.randint(1, 180, (25,))], 40, seed=4)
+    lk.cpu_isa("best")
+    base = lk.token_pool(tokens, off, 3)
+    lk.cpu_isa(isa)
+    got = lk.token_pool(tokens, off, 3)
+    assert torch.equal(got[0], base[0]) and torch.equal(got[1], base[1])
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lk.token_pool(tokens, off, 3)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one[0], base[0]) and torch.equal(one[1], base[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_cluster_in_float32(dtype):
+    tokens, off = docs_packed([20, 50, 3], 32, seed=5, dtype=dtype)
+    out, new_off = lk.token_pool(tokens, off, 2)
+    assert out.dtype == dtype
+    r_out, r_off = ref.token_pool_ref(tokens.float(), off, 2)  # the same values, in float32
+    keep = _rounding_robust(tokens.float(), off, 2)
+    for d, ok in enumerate(keep):
+        if ok:
+            torch.testing.assert_close(out[new_off[d]:new_off[d + 1]].float(),
+                                       r_out[r_off[d]:r_off[d + 1]].to(dtype).float())
+
+
+def test_forced_reference_backend(monkeypatch):
+    tokens, off = docs_packed([9, 30], 16, seed=6, dtype=torch.float64)
+    a = lk.token_pool(tokens, off, 2)
+    monkeypatch.setenv("LATEINT_BACKEND", "reference")
+    assert lk.backend_for("token_pool", "cpu") == "reference"
+    b = lk.token_pool(tokens, off, 2)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-12)
+    assert torch.equal(a[1], b[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: clear errors naming the argument, from the wrapper and from the op itself.
+def _bad_cases():
+    t, o = docs_packed([4, 6], 8, seed=7)
+    nan = t.clone()
+    nan[5, 2] = float("nan")
+    return [
+        ((t[None], o, 2), "doc_tokens"),
+        ((t.to(torch.int32), o, 2), "doc_tokens"),
+        ((t, o.to(torch.int32), 2), "doc_offsets"),
+        ((t, torch.tensor([1, 4, 10]), 2), "doc_offsets"),
+        ((t, torch.tensor([0, 6, 4]), 2), "doc_offsets"),
+        ((t, torch.tensor([0, 4, 9]), 2), "doc_offsets"),
+        ((nan, o, 2), "NaN"),
+        ((t, o, 0), "pool_factor"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_bad_input_wrapper(case):
+    args, match = _bad_cases()[case]
+    # (on CPU the C++ op makes the data checks: RuntimeError, same message)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        lk.token_pool(*args)
+
+
+@NATIVE
+@pytest.mark.parametrize("case", range(8))
+def test_bad_input_direct_op(case):
+    args, match = _bad_cases()[case]
+    if args[0].dim() == 2 and args[0].dtype == torch.int32:
+        match = "float32"
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lateint_kernels.token_pool(*args, 1, False, "cosine")
+
+
+def test_bad_options():
+    t, o = docs_packed([4, 6], 8, seed=8)
+    with pytest.raises(ValueError, match="protected_tokens"):
+        lk.token_pool(t, o, 2, protected_tokens=-1)
+    with pytest.raises(ValueError, match="distance"):
+        lk.token_pool(t, o, 2, distance="manhattan")
+    with pytest.raises(ValueError, match="pool_factor"):
+        lk.token_pool(t, o, 2.5)
+
+
+# ---------------------------------------------------------------------------------------
+# Registration: opcheck (fake kernel with a data-dependent size) and torch.compile.
+def test_opcheck():
+    t, o = docs_packed([7, 0, 12, 1], 16, seed=9)
+    torch.library.opcheck(torch.ops.lateint_kernels.token_pool.default, (t, o, 2, 1, False, "cosine"))
+    torch.library.opcheck(torch.ops.lateint_kernels.token_pool_labels.default, (t, o, 2, 1, "cosine"))
+
+
+def test_torch_compile():
+    t, o = docs_packed([7, 3, 12], 16, seed=10)
+
+    def f(t, o):
+        pooled, off = lk.token_pool(t, o, 2)
+        return pooled.sum(0), off
+
+    got = torch.compile(f, backend="aot_eager")(t, o)
+    want = f(t, o)
+    torch.testing.assert_close(got[0], want[0])
+    assert torch.equal(got[1], want[1])
