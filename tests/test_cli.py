@@ -15,3 +15,11 @@ def test_demo_smoke(capsys):
     assert rel < 1e-5
     agree = float(out.split("PyLate-mode scores agree to ")[1].split()[0])
     assert agree < 1e-5
+
+
+def test_demo_with_token_pooling(capsys):
+    assert cli.main(["demo", "--smoke", "--pool-factor", "2"]) == 0
+    out = capsys.readouterr().out
+    before, after = out.split("token pooling (pool_factor 2, PyLate's Ward clustering): ")[1].split()[0:3:2]
+    assert int(after) < int(before)
+    assert "recall@10" in out

@@ -38,6 +38,12 @@ def demo(args) -> int:
     q, tokens, offsets, relevant = _corpus(args.docs, args.queries)
     print(f"corpus: {args.docs} docs, {tokens.shape[0]} tokens (64-300 per doc), d=128; "
           f"{args.queries} queries x 32 tokens")
+    if args.pool_factor > 1:
+        n_before = tokens.shape[0]
+        t = time.perf_counter()
+        tokens, offsets = lk.token_pool(tokens, offsets, args.pool_factor)
+        print(f"token pooling (pool_factor {args.pool_factor}, PyLate's Ward clustering): "
+              f"{n_before} -> {tokens.shape[0]} tokens in {(time.perf_counter() - t) * 1e3:.0f} ms")
     t = time.perf_counter()
     scores = lk.maxsim(q, tokens, offsets)
     t_ours = time.perf_counter() - t
@@ -77,6 +83,8 @@ def main(argv=None) -> int:
     d.add_argument("--queries", type=int, default=64, help="queries (default 64)")
     d.add_argument("--k", type=int, default=10, help="cut-off for recall/MRR (default 10)")
     d.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    d.add_argument("--pool-factor", type=int, default=1,
+                   help="pool document tokens by this factor before searching (default 1: off)")
     d.add_argument("--smoke", action="store_true", help="tiny run (CI)")
     args = ap.parse_args(argv)
     if args.cmd == "demo":
