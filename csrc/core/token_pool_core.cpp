@@ -26,6 +26,8 @@ void gram_upper_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int
                     int64_t ldg);
 void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt,
                     double* G, int64_t ldg);
+void cosine_dist_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D,
+                     int64_t ld);
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
 bool all_finite_u64(const uint64_t* v, int64_t n);
@@ -239,11 +241,19 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   double* inv = s.inv.data();
   inv[0] = 0.0;
   for (int64_t v = 1; v <= n; ++v) inv[v] = 1.0 / (double)v;
+  // Cached nearest live neighbour of each cluster (first index of the row minimum, what a
+  // fresh scan returns) and its distance; -1 = unknown, scan on demand. A merge of x into y
+  // changes only column y and retires column x, so a cache entry stays exact unless it
+  // pointed at x or y; the new column value is folded in with the scan's tie-breaking.
+  s.nn.assign(n, -1);
+  s.nnd.resize(n);
+  int32_t* nn = s.nn.data();
+  double* nnd = s.nnd.data();
   int64_t m = n, active = n;  // slots in the matrix, live clusters
   int32_t x = 0, y = 0;       // y persists across steps, as in scipy
   int64_t len = 0;
   for (int64_t k = 0; k + 1 < n; ++k) {
-    if (active * 4 <= m * 3 && m > 32) {
+    if (active * 2 <= m && m > 64) {
       // Drop the dead slots: rows/columns of live clusters move up in order (a monotone
       // renumbering keeps scipy's lowest-index tie-breaking). In place: every element moves
       // to a lower address and is read before anything overwrites it.
@@ -267,6 +277,9 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
       for (int64_t r = 0; r < a; ++r) {
         orig[r] = orig[keep[r]];
         size[r] = size[keep[r]];
+        const int32_t c = nn[keep[r]];
+        nn[r] = c >= 0 ? remap[c] : -1;  // cached neighbours are live (or unknown)
+        nnd[r] = nnd[keep[r]];
       }
       for (int64_t r = a; r < round_up(m, 8); ++r) size[r] = 0.0;
       for (int64_t c = 0; c < len; ++c) chain[c] = remap[chain[c]];
@@ -286,8 +299,9 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     for (;;) {
       x = chain[len - 1];
       const double* row = D + x * ld;
-      double mn;
-      const int32_t im = row_argmin(row, size, m, isa, &mn);
+      if (nn[x] < 0) nn[x] = row_argmin(row, size, m, isa, &nnd[x]);
+      const double mn = nnd[x];
+      const int32_t im = nn[x];
       if (len > 1) {
         const int32_t prev = chain[len - 2];
         cur = row[prev];
@@ -314,9 +328,21 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     --active;
     double* ry = D + y * ld;
     ward_update(ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
-    // Mirror row y into column y. Branch-free: rows of dead clusters are never read
-    // again, so writing them too is harmless (ry[y] stays +inf; scans skip dead columns).
-    for (int64_t i = 0; i < m; ++i) D[i * ld + y] = ry[i];
+    // Mirror row y into column y (rows of dead clusters are never read again, so writing
+    // them too is harmless; ry[y] stays +inf) and keep the neighbour cache exact.
+    nn[x] = -1;
+    nn[y] = -1;
+    for (int64_t i = 0; i < m; ++i) {
+      const double v = ry[i];
+      D[i * ld + y] = v;
+      const int32_t c = nn[i];
+      if (c == x || c == y) {
+        nn[i] = -1;
+      } else if (c >= 0 && (v < nnd[i] || (v == nnd[i] && y < c))) {
+        nn[i] = y;
+        nnd[i] = v;
+      }
+    }
   }
 }
 
@@ -494,12 +520,19 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
         s.xf[i] = dt == PoolDType::F16 ? detail::f16_to_f32(h[i]) : detail::bf16_to_f32(h[i]);
       xf = s.xf.data();
     }
-    s.xtf.assign(dim * ldt, 0.0f);
-    transpose_into(xf, n, dim, s.xtf.data(), ldt);
-    s.gf.resize(n * ldt);
-    detail::gram_upper_f32(xf, n, dim, s.xtf.data(), ldt, s.gf.data(), ldt);
+    // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
+    const int64_t ldt2 = round_up(n, 8) + 32;
+    s.xtf.assign(dim * ldt2, 0.0f);
+    transpose_into(xf, n, dim, s.xtf.data(), ldt2);
+    detail::cosine_dist_f32(xf, n, dim, s.xtf.data(), ldt2, D, ld);
+    for (int64_t i = 0; i < n; ++i) {
+      double* row = D + i * ld;
+      row[i] = kInf;
+      for (int64_t j = n; j < ld; ++j) row[j] = kInf;
+    }
+    return;
   }
-  // Upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.
+  // float64 paths: upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.
   for (int64_t i = 0; i < n; ++i) {
     double* row = D + i * ld;
     row[i] = kInf;
@@ -510,12 +543,9 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
         const double sq = 2.0 - 2.0 * g[j];
         row[j] = std::sqrt(sq > 0.0 ? sq : 0.0);
       }
-    } else if (wide) {
+    } else {
       const double* g = s.gd.data() + i * ldt;
       for (int64_t j = i + 1; j < n; ++j) row[j] = 1.0 - g[j];
-    } else {
-      const float* g = s.gf.data() + i * ldt;
-      for (int64_t j = i + 1; j < n; ++j) row[j] = (double)(1.0f - g[j]);  // PyLate: float32 1 - cos
     }
   }
   constexpr int64_t B = 16;
