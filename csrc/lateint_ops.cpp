@@ -59,6 +59,10 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // float64 distance matrix, and fcluster(Z, max_nc, criterion="maxclust").
   m.def("_ward_linkage(Tensor dist) -> Tensor");
   m.def("_fcluster_maxclust(Tensor Z, int max_nc) -> Tensor");
+  // The GPU path's host step: per-document cut of NN-chain merge lists made on the device
+  // (merges_x/y int32 [n_docs, W], merges_d float64 [n_docs, W]) -> token_pool_labels' output.
+  m.def("_token_pool_finish(Tensor merges_x, Tensor merges_y, Tensor merges_d, "
+        "Tensor doc_offsets, int pool_factor, int protected_tokens) -> (Tensor, Tensor)");
   // CPU instruction set of the kernels: request -1 queries, 0..3 forces scalar / avx2 /
   // avx512 / avx512bf16 (clamped to what the processor has), -2 restores the best.
   m.def("_cpu_isa(int request) -> int", &lateint_cpu_isa);

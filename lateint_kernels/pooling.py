@@ -1,10 +1,13 @@
 """Token pooling ops: `token_pool` and `token_pool_labels` (registration, fake kernels,
 backend choice, public API).
 
-CPU: the C++ kernel (csrc/cpu/token_pool.cpp). CUDA: there is no GPU kernel yet; CUDA
-tensors are clustered by the CPU kernel (one device -> host copy of the tokens, the labels
-come back) and the cluster means are a segment mean on the device. Without the native
-extension, the scipy reference serves every device.
+CPU: the C++ kernel (csrc/cpu/token_pool.cpp). CUDA: Triton kernels compute each
+document's distances and run Ward's nearest-neighbour chain on the device
+(lateint_kernels/triton/token_pool.py); the merge lists go to the host for scipy's
+sort/relabel/maxclust steps (the C++ core), and the cluster means are a segment mean on the
+device. Without Triton, CUDA tensors are clustered by the CPU kernel (host round trip).
+Without the native extension, the scipy reference serves every device. The Triton path is
+validated under TRITON_INTERPRET=1 only (no GPU was available when it was written).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ else:
 
 
 # ---------------------------------------------------------------------------------------
-# CUDA: clustering by the CPU kernel (host round trip), segment mean on the device.
+# CUDA: Triton distances + NN-chain on the device, host cut, device segment mean.
 def _segment_mean(doc_tokens, rows, new_offsets, doc_offsets, protected_tokens, normalize):
     n_out = int(new_offsets[-1])
     x = doc_tokens.float()
@@ -68,7 +71,19 @@ def _segment_mean(doc_tokens, rows, new_offsets, doc_offsets, protected_tokens, 
     return out.to(doc_tokens.dtype)
 
 
+_TRITON_POOL = None
+try:
+    from .triton import token_pool as _tpool
+
+    _TRITON_POOL = _tpool
+except Exception:  # triton missing or broken: host round trip below
+    _TRITON_POOL = None
+
+
 def _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+    if _TRITON_POOL is not None and NATIVE_LOADED:
+        return _TRITON_POOL.token_pool_labels_triton(doc_tokens, doc_offsets, pool_factor,
+                                                     protected_tokens, distance)
     rows, off = torch.ops.lateint_kernels.token_pool_labels(doc_tokens.cpu(), doc_offsets.cpu(), pool_factor,
                                                             protected_tokens, distance)
     return rows.to(doc_tokens.device), off.to(doc_tokens.device)
@@ -82,7 +97,8 @@ def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize
 torch.library.register_kernel(f"{_NS}::token_pool", "cuda", _pool_cuda)
 torch.library.register_kernel(f"{_NS}::token_pool_labels", "cuda", _labels_cuda)
 for _name in _POOL_OPS:
-    _ops._BACKENDS[(_name, "cuda")] = "cpp" if NATIVE_LOADED else "reference"  # via the host
+    _ops._BACKENDS[(_name, "cuda")] = ("triton" if _TRITON_POOL is not None and NATIVE_LOADED
+                                       else "cpp" if NATIVE_LOADED else "reference")
 _ops._KNOWN_OPS.update(_POOL_OPS)
 
 

@@ -336,3 +336,82 @@ def test_cuda_path_logic_on_cpu_tensors(normalize):
     want, want_off = lk.token_pool(tokens, off, 3, protected_tokens=2, normalize=normalize)
     assert torch.equal(got_off, want_off)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The Triton (GPU) path, under TRITON_INTERPRET=1 on CPU tensors when there is no GPU.
+def _triton_pool():
+    pytest.importorskip("triton")
+    if not lk.NATIVE_LOADED:
+        pytest.skip("native extension not built (the host cut is C++)")
+    from lateint_kernels.triton import token_pool as tp
+    return tp
+
+
+def _dev():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_triton_distances():
+    tp = _triton_pool()
+    tokens, off = docs_packed([5, 20, 1, 33, 0, 2], 24, seed=12)
+    ds = tp.pool_distances_triton(tokens.to(_dev()), off.to(_dev()), 1, 0, 6, 64).cpu()
+    for d in range(6):
+        x = tokens[off[d] + 1:off[d + 1]].double()
+        n = x.shape[0]
+        want = 1 - x @ x.T
+        want.fill_diagonal_(float("inf"))
+        torch.testing.assert_close(ds[d, :n, :n], want, rtol=0, atol=3e-7)
+        assert torch.isinf(ds[d, n:, :]).all() and torch.isinf(ds[d, :, n:]).all()
+
+
+def test_triton_ward_chain_bit_exact_vs_scipy():
+    tp = _triton_pool()
+    rng = np.random.default_rng()
+    NP = 64
+    for trial in range(6):
+        n = int(rng.integers(2, 48))
+        A = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
+        D = (A + A.T) / 2
+        np.fill_diagonal(D, np.inf)
+        ds = torch.full((1, NP, NP), float("inf"), dtype=torch.float64)
+        ds[0, :n, :n] = torch.from_numpy(D)
+        o = torch.tensor([0, n])
+        mx = torch.full((1, NP - 1), -1, dtype=torch.int32)
+        my, md = mx.clone(), torch.full((1, NP - 1), float("nan"), dtype=torch.float64)
+        dev = _dev()
+        mx, my, md, o_d = mx.to(dev), my.to(dev), md.to(dev), o.to(dev)
+        tp.ward_chain_triton(ds.to(dev), o_d, 0, 1, 0, mx, my, md, force=True)
+        mx, my, md = mx.cpu(), my.cpu(), md.cpu()
+        np.fill_diagonal(D, 0)
+        Z = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
+        # the merge heights, bit for bit, and the cut built from the device's merge list
+        assert np.array_equal(np.sort(md[0, :n - 1].numpy(), kind="mergesort"), Z[:, 2]), trial
+        pf = 3
+        rows, _ = torch.ops.lateint_kernels._token_pool_finish(mx, my, md, o, pf, 0)
+        want = scipy_hierarchy.fcluster(Z, max(n // pf, 1), criterion="maxclust") - 1
+        if max(n // pf, 1) < n:
+            assert np.array_equal(rows.numpy(), want), trial
+
+
+def test_triton_labels_end_to_end():
+    tp = _triton_pool()
+    tokens, off = docs_packed([1, 2, 9, 30, 0, 45, 17], 32, seed=int(torch.randint(0, 2**31 - 1, ())))
+    keep = _rounding_robust(tokens, off, 2)
+    rows, new_off = tp.token_pool_labels_triton(tokens.to(_dev()), off.to(_dev()), 2, 1, "cosine")
+    want_rows, want_off = lk.token_pool_labels(tokens, off, 2)
+    rows, new_off = rows.cpu(), new_off.cpu()
+    assert torch.equal(new_off, want_off) or not all(keep)
+    for d, ok in enumerate(keep):
+        if ok:
+            assert torch.equal(rows[off[d]:off[d + 1]] - new_off[d], want_rows[off[d]:off[d + 1]] - want_off[d]), d
+
+
+def test_finish_rejects_bad_merge_lists():
+    if not lk.NATIVE_LOADED:
+        pytest.skip("native extension not built")
+    mx = torch.tensor([[0, 5]], dtype=torch.int32)  # slot 5 of a 3-token document
+    my = torch.tensor([[1, 6]], dtype=torch.int32)
+    md = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="invalid merge list"):
+        torch.ops.lateint_kernels._token_pool_finish(mx, my, md, torch.tensor([0, 3]), 2, 0)

@@ -568,11 +568,17 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
   s.mx.resize(n);
   s.my.resize(n);
   s.Z.resize(4 * n);
-  std::vector<double>& md = s.MD;  // merge distances (MD is rebuilt by fcluster afterwards)
+  std::vector<double>& md = s.merge_d;
   md.resize(n);
   ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
-  linkage_from_merges(s.mx.data(), s.my.data(), md.data(), n, s.Z.data(), s);
-  const int64_t nc = fcluster_maxclust(s.Z.data(), n, k, labels, s);
+  return pool_labels_from_merges(s.mx.data(), s.my.data(), md.data(), n, k, labels, s);
+}
+
+int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
+                                int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s) {
+  s.Z.resize(4 * n);
+  linkage_from_merges(mx, my, mdist, n, s.Z.data(), s);
+  const int64_t nc = fcluster_maxclust(s.Z.data(), n, n_clusters, labels, s);
   for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
   return nc;
 }

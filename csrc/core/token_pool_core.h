@@ -32,7 +32,7 @@ enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 struct PoolScratch {
   std::vector<float> xf, xtf, gf;
   std::vector<double> xd, xtd, gd;
-  std::vector<double> D, size, mdist, Z, MD, inv, nnd;
+  std::vector<double> D, size, mdist, Z, MD, inv, nnd, merge_d;
   std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap, nn;
   std::vector<int64_t> keep;
   std::vector<uint8_t> visited;
@@ -67,6 +67,11 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
 
 // Whether all `count` values of x are finite (no NaN, no Inf).
 bool pool_all_finite(const void* x, PoolDType dt, int64_t count);
+
+// The cut of pool_labels from an NN-chain's merge list (n - 1 merges, any device made
+// them): labels[i] in 0..nc-1, returns nc. Used by the GPU path's host step.
+int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
+                                int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s);
 
 // Number of clusters PyLate asks for: max(1, n / pool_factor), or n when that does not
 // reduce the document.

@@ -263,6 +263,73 @@ at::Tensor fcluster_maxclust_cpu(const at::Tensor& Z, int64_t max_nc) {
   return T;
 }
 
+// Host step of the GPU path: per document, the cut of an NN-chain merge list computed on
+// the device. merges_x/merges_y int32 [nd, W], merges_d float64 [nd, W] (W >= longest
+// poolable document - 1; row d holds n_d - 1 merges of document d's poolable tokens).
+std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merges_x,
+                                                         const at::Tensor& merges_y,
+                                                         const at::Tensor& merges_d,
+                                                         const at::Tensor& doc_offsets,
+                                                         int64_t pool_factor,
+                                                         int64_t protected_tokens) {
+  const char* op = "_token_pool_finish";
+  LK_CHECK(pool_factor >= 1 && protected_tokens >= 0, op, "bad pool_factor / protected_tokens");
+  LK_CHECK_DTYPE(merges_x, at::kInt, op, "merges_x");
+  LK_CHECK_DTYPE(merges_y, at::kInt, op, "merges_y");
+  LK_CHECK_DTYPE(merges_d, at::kDouble, op, "merges_d");
+  LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
+  const int64_t nd = doc_offsets.size(0) - 1;
+  LK_CHECK(merges_x.dim() == 2 && merges_x.size(0) == nd && merges_y.sizes() == merges_x.sizes() &&
+               merges_d.sizes() == merges_x.sizes(),
+           op, "merge arrays must be [n_docs, W] alike");
+  at::Tensor ox = merges_x.contiguous(), oy = merges_y.contiguous(), od = merges_d.contiguous();
+  at::Tensor off = doc_offsets.contiguous();
+  const int64_t W = merges_x.size(1);
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t T = o[nd];
+  at::Tensor rows = at::empty({T}, doc_offsets.options());
+  at::Tensor new_off = at::empty({nd + 1}, doc_offsets.options());
+  int64_t* r = rows.data_ptr<int64_t>();
+  int64_t* no = new_off.data_ptr<int64_t>();
+  std::vector<int64_t> count(nd);
+  std::atomic<int64_t> bad{-1};
+  at::parallel_for(0, nd, 16, [&](int64_t b, int64_t e) {
+    lateint::PoolScratch scratch;
+    std::vector<int32_t> lab;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t len = o[d + 1] - o[d];
+      const int64_t p = std::min(protected_tokens, len), n = len - p;
+      for (int64_t i = 0; i < p; ++i) r[o[d] + i] = i;
+      const int64_t k = lateint::pool_target(n, pool_factor);
+      lab.resize(n);
+      int64_t nc = n;
+      if (k < n) {
+        if (n - 1 > W) {
+          bad = d;
+          continue;
+        }
+        const int32_t* mx = ox.data_ptr<int32_t>() + d * W;
+        const int32_t* my = oy.data_ptr<int32_t>() + d * W;
+        for (int64_t j = 0; j + 1 < n; ++j)
+          if (mx[j] < 0 || my[j] >= n || mx[j] >= my[j]) bad = d;
+        if (bad.load() == d) continue;
+        nc = lateint::pool_labels_from_merges(mx, my, od.data_ptr<double>() + d * W, n, k,
+                                              lab.data(), scratch);
+      } else {
+        for (int64_t i = 0; i < n; ++i) lab[i] = (int32_t)i;
+      }
+      for (int64_t i = 0; i < n; ++i) r[o[d] + p + i] = p + lab[i];
+      count[d] = p + nc;
+    }
+  });
+  LK_CHECK(bad.load() < 0, op, "invalid merge list for document ", bad.load());
+  no[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) no[d + 1] = no[d] + count[d];
+  for (int64_t d = 0; d < nd; ++d)
+    for (int64_t t = o[d]; t < o[d + 1]; ++t) r[t] += no[d];
+  return {rows, new_off};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
@@ -270,4 +337,5 @@ TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
   m.impl("token_pool_labels", &token_pool_labels_cpu);
   m.impl("_ward_linkage", &ward_linkage_cpu);
   m.impl("_fcluster_maxclust", &fcluster_maxclust_cpu);
+  m.impl("_token_pool_finish", &token_pool_finish_cpu);
 }
