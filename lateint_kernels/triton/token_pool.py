@@ -62,7 +62,7 @@ def _ward_chain_kernel(DS, OFF, MX, MY, MD, doc0, protect, pool_factor, W,
     t0 = tl.load(OFF + d)
     t1 = tl.load(OFF + d + 1)
     p = tl.minimum(protect, t1 - t0)
-    n = t1 - t0 - p
+    n = (t1 - t0 - p).to(tl.int32)  # every slot index and counter is int32 (loop-carried types)
     k_target = tl.maximum(n // pool_factor, 1)
     run = (k_target < n) | (FORCE & (n >= 2))
     if run:
