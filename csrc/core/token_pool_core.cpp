@@ -241,14 +241,6 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   double* inv = s.inv.data();
   inv[0] = 0.0;
   for (int64_t v = 1; v <= n; ++v) inv[v] = 1.0 / (double)v;
-  // Cached nearest live neighbour of each cluster (first index of the row minimum, what a
-  // fresh scan returns) and its distance; -1 = unknown, scan on demand. A merge of x into y
-  // changes only column y and retires column x, so a cache entry stays exact unless it
-  // pointed at x or y; the new column value is folded in with the scan's tie-breaking.
-  s.nn.assign(n, -1);
-  s.nnd.resize(n);
-  int32_t* nn = s.nn.data();
-  double* nnd = s.nnd.data();
   int64_t m = n, active = n;  // slots in the matrix, live clusters
   int32_t x = 0, y = 0;       // y persists across steps, as in scipy
   int64_t len = 0;
@@ -277,9 +269,6 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
       for (int64_t r = 0; r < a; ++r) {
         orig[r] = orig[keep[r]];
         size[r] = size[keep[r]];
-        const int32_t c = nn[keep[r]];
-        nn[r] = c >= 0 ? remap[c] : -1;  // cached neighbours are live (or unknown)
-        nnd[r] = nnd[keep[r]];
       }
       for (int64_t r = a; r < round_up(m, 8); ++r) size[r] = 0.0;
       for (int64_t c = 0; c < len; ++c) chain[c] = remap[chain[c]];
@@ -299,9 +288,8 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     for (;;) {
       x = chain[len - 1];
       const double* row = D + x * ld;
-      if (nn[x] < 0) nn[x] = row_argmin(row, size, m, isa, &nnd[x]);
-      const double mn = nnd[x];
-      const int32_t im = nn[x];
+      double mn;
+      const int32_t im = row_argmin(row, size, m, isa, &mn);
       if (len > 1) {
         const int32_t prev = chain[len - 2];
         cur = row[prev];
@@ -328,21 +316,9 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     --active;
     double* ry = D + y * ld;
     ward_update(ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
-    // Mirror row y into column y (rows of dead clusters are never read again, so writing
-    // them too is harmless; ry[y] stays +inf) and keep the neighbour cache exact.
-    nn[x] = -1;
-    nn[y] = -1;
-    for (int64_t i = 0; i < m; ++i) {
-      const double v = ry[i];
-      D[i * ld + y] = v;
-      const int32_t c = nn[i];
-      if (c == x || c == y) {
-        nn[i] = -1;
-      } else if (c >= 0 && (v < nnd[i] || (v == nnd[i] && y < c))) {
-        nn[i] = y;
-        nnd[i] = v;
-      }
-    }
+    // Mirror row y into column y. Branch-free: rows of dead clusters are never read again,
+    // so writing them too is harmless (ry[y] stays +inf; scans skip dead columns).
+    for (int64_t i = 0; i < m; ++i) D[i * ld + y] = ry[i];
   }
 }
 

@@ -32,8 +32,8 @@ enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 struct PoolScratch {
   std::vector<float> xf, xtf, gf;
   std::vector<double> xd, xtd, gd;
-  std::vector<double> D, size, mdist, Z, MD, inv, nnd, merge_d;
-  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap, nn;
+  std::vector<double> D, size, mdist, Z, MD, inv, merge_d;
+  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;
   std::vector<int64_t> keep;
   std::vector<uint8_t> visited;
 };
