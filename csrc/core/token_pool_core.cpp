@@ -444,14 +444,20 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
 }
 
 namespace {
-// dst[k * ldt + i] = src[i * dim + k], in 16 x 16 tiles.
+// dst[k * ldt + i] = src[i * dim + k] in 16 x 16 tiles (contiguous writes), columns n..ldt
+// of dst zeroed.
 template <typename T>
 void transpose_into(const T* src, int64_t n, int64_t dim, T* dst, int64_t ldt) {
   constexpr int64_t B = 16;
-  for (int64_t i0 = 0; i0 < n; i0 += B)
-    for (int64_t k0 = 0; k0 < dim; k0 += B)
-      for (int64_t i = i0; i < std::min(i0 + B, n); ++i)
-        for (int64_t k = k0; k < std::min(k0 + B, dim); ++k) dst[k * ldt + i] = src[i * dim + k];
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t i1 = std::min(i0 + B, n);
+    for (int64_t k0 = 0; k0 < dim; k0 += B) {
+      const int64_t k1 = std::min(k0 + B, dim);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t i = i0; i < i1; ++i) dst[k * ldt + i] = src[i * dim + k];
+    }
+  }
+  for (int64_t k = 0; k < dim; ++k) std::fill(dst + k * ldt + n, dst + (k + 1) * ldt, T(0));
 }
 }  // namespace
 
@@ -481,7 +487,7 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
         for (int64_t k = 0; k < dim; ++k) r[k] *= inv;
       }
     }
-    s.xtd.assign(dim * ldt, 0.0);
+    s.xtd.resize(dim * ldt);
     transpose_into(xd, n, dim, s.xtd.data(), ldt);
     s.gd.resize(n * ldt);
     detail::gram_upper_f64(xd, n, dim, s.xtd.data(), ldt, s.gd.data(), ldt);
@@ -498,7 +504,7 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
     }
     // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
     const int64_t ldt2 = round_up(n, 8) + 32;
-    s.xtf.assign(dim * ldt2, 0.0f);
+    s.xtf.resize(dim * ldt2);
     transpose_into(xf, n, dim, s.xtf.data(), ldt2);
     detail::cosine_dist_f32(xf, n, dim, s.xtf.data(), ldt2, D, ld);
     for (int64_t i = 0; i < n; ++i) {
