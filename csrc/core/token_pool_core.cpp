@@ -26,8 +26,8 @@ void gram_upper_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int
                     int64_t ldg);
 void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt,
                     double* G, int64_t ldg);
-void cosine_dist_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D,
-                     int64_t ld);
+void cosine_dist_f32(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);
+void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2);
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
 bool all_finite_u64(const uint64_t* v, int64_t n);
@@ -505,8 +505,8 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
     // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
     const int64_t ldt2 = round_up(n, 8) + 32;
     s.xtf.resize(dim * ldt2);
-    transpose_into(xf, n, dim, s.xtf.data(), ldt2);
-    detail::cosine_dist_f32(xf, n, dim, s.xtf.data(), ldt2, D, ld);
+    detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);
+    detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     for (int64_t i = 0; i < n; ++i) {
       double* row = D + i * ld;
       row[i] = kInf;

@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace lateint {
 namespace detail {
 
@@ -56,21 +60,20 @@ LATEINT_GRAM_CLONES void gram_upper_f64(const double* X, int64_t n, int64_t dim,
 
 // Cosine distances of one document straight from the register tiles (no Gram matrix):
 // D[i, j] = D[j, i] = double(1.0f - <X[i], X[j]>) for i < j < n, tiles of 8 rows x 32
-// columns starting on the diagonal. Xt: [dim, ldt], ldt >= round_up(n, 8) + 32, zero past n.
+// columns starting on the diagonal, both operands read from Xt = X transposed ([dim, ldt],
+// ldt >= round_up(n, 8) + 32, zero past n): a tile's 8 row values at one k share a line.
 // Each tile's mirror goes to 32 rows of D, 8 contiguous doubles (one cache line) apiece.
-LATEINT_GRAM_CLONES void cosine_dist_f32(const float* __restrict X, int64_t n, int64_t dim,
-                                         const float* __restrict Xt, int64_t ldt,
-                                         double* __restrict D, int64_t ld) {
+LATEINT_GRAM_CLONES void cosine_dist_f32(int64_t n, int64_t dim, const float* __restrict Xt,
+                                         int64_t ldt, double* __restrict D, int64_t ld) {
   constexpr int R = 8, W = 32;
   for (int64_t i0 = 0; i0 < n; i0 += R) {
-    const float* r[R];
-    for (int q = 0; q < R; ++q) r[q] = X + std::min<int64_t>(i0 + q, n - 1) * dim;
     for (int64_t j0 = i0; j0 < n; j0 += W) {
       float acc[R][W] = {};
       for (int64_t k = 0; k < dim; ++k) {
         const float* __restrict t = Xt + k * ldt + j0;
+        const float* __restrict rows = Xt + k * ldt + i0;  // the 8 rows' k-th values: one line
         for (int q = 0; q < R; ++q) {
-          const float a = r[q][k];
+          const float a = rows[q];
           for (int c = 0; c < W; ++c) acc[q][c] += a * t[c];
         }
       }
@@ -95,6 +98,54 @@ LATEINT_GRAM_CLONES void cosine_dist_f32(const float* __restrict X, int64_t n, i
         }
       }
     }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// 8 x 8 float transpose in AVX registers: dst[c * ldd + r] = src[r * lds + c].
+__attribute__((target("avx2"))) static inline void transpose8x8(const float* src, int64_t lds,
+                                                                float* dst, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+// dst[k * ldt + i] = src[i * dim + k] for i < n, k < dim; columns n..ldt of dst zeroed.
+// avx2: whether the processor has AVX2 (8 x 8 register transposes for whole blocks).
+void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2) {
+  int64_t i8 = 0, k8 = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (avx2) {
+    i8 = n / 8 * 8;
+    k8 = dim / 8 * 8;
+    for (int64_t i = 0; i < i8; i += 8)
+      for (int64_t k = 0; k < k8; k += 8) transpose8x8(src + i * dim + k, dim, dst + k * ldt + i, ldt);
+  }
+#endif
+  (void)avx2;
+  for (int64_t k = 0; k < dim; ++k) {
+    float* d = dst + k * ldt;
+    const int64_t i_start = k < k8 ? i8 : 0;  // rows the blocks did not cover
+    for (int64_t i = i_start; i < n; ++i) d[i] = src[i * dim + k];
+    std::fill(d + n, d + ldt, 0.0f);
   }
 }
 
