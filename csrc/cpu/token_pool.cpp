@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -117,27 +118,39 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   });
 }
 
-template <typename T>
-double as_double(T v) {
-  return static_cast<double>(static_cast<float>(v));
-}
-template <>
-double as_double<double>(double v) {
-  return v;
-}
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define LK_POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LK_POOL_CLONES
+#endif
 
-// Cluster means (float64 sums in token order), written in the input dtype. A document
-// whose rows all map one-to-one is copied as is; `normalize` L2-normalizes the means of
-// pooled documents.
+LK_POOL_CLONES void add_row_f32(float* __restrict a, const float* __restrict r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
+}
+LK_POOL_CLONES void add_row_f64(double* __restrict a, const double* __restrict r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
+}
+template <typename T>
+void add_row(float* a, const T* r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += static_cast<float>(r[k]);
+}
+void add_row(float* a, const float* r, int64_t dim) { add_row_f32(a, r, dim); }
+void add_row(double* a, const double* r, int64_t dim) { add_row_f64(a, r, dim); }
+
+// Cluster means written in the input dtype: sums in token order, then sum / count, both in
+// float32 (float64 for float64 inputs) -- PyLate's scatter_add and division, so float32
+// results are PyLate's bits. A document whose rows all map one-to-one is copied as is;
+// `normalize` L2-normalizes the means of pooled documents.
 template <typename T>
 void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_offsets,
                  bool normalize, T* out) {
+  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   const int64_t* o = in.offsets.data_ptr<int64_t>();
   const T* x = in.tokens.data_ptr<T>();
   const int64_t dim = in.dim;
   const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
   at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
-    std::vector<double> acc;
+    std::vector<Acc> acc;
     std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
       const int64_t len = o[d + 1] - o[d], nout = new_offsets[d + 1] - new_offsets[d];
@@ -149,26 +162,26 @@ void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_o
       const int64_t p = std::min(in.protect, len);
       std::copy(x + o[d] * dim, x + (o[d] + p) * dim, dst);
       const int64_t nc = nout - p;
-      acc.assign(nc * dim, 0.0);
+      acc.assign(nc * dim, Acc(0));
       cnt.assign(nc, 0);
       for (int64_t t = o[d] + p; t < o[d + 1]; ++t) {
         const int64_t c = rows[t] - new_offsets[d] - p;
-        double* a = acc.data() + c * dim;
-        const T* r = x + t * dim;
-        for (int64_t k = 0; k < dim; ++k) a[k] += as_double(r[k]);
+        add_row(acc.data() + c * dim, x + t * dim, dim);
         ++cnt[c];
       }
       for (int64_t c = 0; c < nc; ++c) {
-        double* a = acc.data() + c * dim;
-        const double inv = 1.0 / (double)cnt[c];
-        double ss = 0;
-        for (int64_t k = 0; k < dim; ++k) {
-          a[k] *= inv;
-          ss += a[k] * a[k];
-        }
-        const double scale = normalize ? 1.0 / std::max(std::sqrt(ss), 1e-12) : 1.0;
+        Acc* a = acc.data() + c * dim;
+        const Acc count = static_cast<Acc>(cnt[c]);
+        for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
         T* r = dst + (p + c) * dim;
-        for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k] * scale);
+        if (normalize) {
+          double ss = 0;
+          for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
+          const double scale = 1.0 / std::max(std::sqrt(ss), 1e-12);
+          for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>((double)a[k] * scale);
+        } else {
+          for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k]);
+        }
       }
     }
   });
