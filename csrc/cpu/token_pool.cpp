@@ -5,9 +5,6 @@
 #include <torch/types.h>
 
 #include <atomic>
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -121,21 +118,6 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   });
 }
 
-// A large output is written once, right after allocation: on Linux, ask for transparent
-// huge pages on it (where THP is in "madvise" mode), so the first touch faults once per
-// 2 MiB instead of once per 4 KiB. Only the whole 2 MiB pages inside the buffer.
-void advise_huge_pages(void* p, size_t bytes) {
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t b = ((uintptr_t)p + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = ((uintptr_t)p + bytes) & ~(kHuge - 1);
-  if (e > b) madvise((void*)b, e - b, MADV_HUGEPAGE);  // advice only: failure changes nothing
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #define LK_POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -231,7 +213,6 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
   int64_t* no = new_off.data_ptr<int64_t>();
   compute_labels(op, in, rows.data(), no);
   at::Tensor out = at::empty({no[in.nd], in.dim}, in.tokens.options());
-  advise_huge_pages(out.data_ptr(), out.nbytes());
   switch (in.dt) {
     case PoolDType::F32: write_means(in, rows.data(), no, normalize, out.data_ptr<float>()); break;
     case PoolDType::F64: write_means(in, rows.data(), no, normalize, out.data_ptr<double>()); break;
