@@ -43,6 +43,10 @@ TORCH_LIBRARY(lateint_kernels, m) {
   m.def("maxsim_backward_cuda_simt(Tensor grad, Tensor queries, Tensor? query_mask, "
         "Tensor doc_tokens, Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, "
         "str mask_mode) -> (Tensor, Tensor)");
+  // k-means assignment: for each row of x [n, dim], the centroid [k, dim] with the largest
+  // inner product (first index on ties) -> (codes int32 [n], best score float32 [n]). Fused
+  // GEMM + argmax: memory O(n + k * dim), never [n, k].
+  m.def("kmeans_assign(Tensor x, Tensor centroids) -> (Tensor, Tensor)");
   // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
   // tokens after the first `protected_tokens` are clustered by Ward linkage into
   // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the

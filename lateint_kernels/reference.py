@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["maxsim_ref", "maxsim_candidates_ref", "maxsim_argmax_ref", "pylate_colbert_scores_ref",
-           "token_pool_ref", "token_pool_labels_ref"]
+           "token_pool_ref", "token_pool_labels_ref", "kmeans_assign_ref"]
 
 
 def _padded(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, doc_ids: torch.Tensor):
@@ -189,3 +189,17 @@ def token_pool_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_fac
         is_mean = is_mean.to(x.device)
         out = torch.where(is_mean[:, None], torch.nn.functional.normalize(out, dim=-1, eps=1e-12), out)
     return out.to(doc_tokens.dtype), new_off
+
+
+# ---------------------------------------------------------------------------------------
+# k-means assignment
+def kmeans_assign_ref(x: torch.Tensor, centroids: torch.Tensor):
+    """(codes int32 [n], scores [n]): the centroid with the largest inner product (first
+    index on ties, torch.max's rule) and that product, computed in x's float type (float64
+    for the test oracle)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = x.to(dt) @ centroids.to(dt).T
+    if s.shape[1] == 0:
+        raise ValueError("kmeans_assign: `centroids` must hold at least one centroid")
+    best, arg = s.max(dim=1)
+    return arg.to(torch.int32), best

@@ -1,0 +1,133 @@
+"""kmeans_assign against the float64 reference, ties, dtypes, bad input, opcheck, compile,
+the Triton kernel under the interpreter, and the deterministic k-means built on it."""
+import os
+import sys
+
+import pytest
+import torch
+
+import lateint_kernels as lk
+from lateint_kernels import reference as ref
+
+from _data import clustered
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from lateint import kmeans as lkm  # noqa: E402
+
+
+def data(n, k, dim, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(max(k // 4, 1), dim, generator=g), dim=-1)
+    x = clustered(n, dim, generator=g, centres=centres)
+    c = clustered(k, dim, generator=g, centres=centres)
+    return x.to(dtype), c.to(dtype)
+
+
+@pytest.mark.parametrize("n,k,dim", [(1, 1, 1), (63, 31, 7), (64, 32, 128), (65, 33, 128),
+                                     (300, 1500, 64), (1000, 257, 96), (0, 5, 8)])
+def test_vs_float64_reference(n, k, dim):
+    seed = int(torch.randint(0, 2**31 - 1, ()))  # fresh inputs every run
+    x, c = data(n, k, dim, seed)
+    codes, scores = lk.kmeans_assign(x, c, return_scores=True)
+    want_codes, want_scores = ref.kmeans_assign_ref(x.double(), c.double())
+    assert codes.dtype == torch.int32 and scores.dtype == torch.float32
+    assert torch.equal(codes, want_codes), f"seed {seed}"
+    torch.testing.assert_close(scores.double(), want_scores, rtol=0, atol=2e-6)
+    assert torch.equal(lk.kmeans_assign(x, c), codes)
+
+
+def test_ties_take_the_first_centroid():
+    x, c = data(50, 40, 16, 1)
+    c[37] = c[3] = torch.nn.functional.normalize(torch.ones(16), dim=0)  # duplicates, far apart
+    x[:10] = c[3]
+    codes = lk.kmeans_assign(x, c)
+    assert (codes[:10] == 3).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    x, c = data(500, 300, 64, 2, dtype)
+    codes, scores = lk.kmeans_assign(x, c, return_scores=True)
+    s = x.double() @ c.double().T
+    top2 = s.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # rows whose best centroid is unambiguous
+    assert clear.float().mean() > 0.9
+    assert torch.equal(codes[clear].long(), s.argmax(1)[clear])
+    torch.testing.assert_close(scores.double(), top2[:, 0], rtol=0, atol=1e-5)
+
+
+def _bad():
+    x, c = data(20, 8, 16, 3)
+    nan_x, nan_c = x.clone(), c.clone()
+    nan_x[4, 2] = float("nan")
+    nan_c[1, 0] = float("inf")
+    return [((x[None], c), "x"), ((x, c[None]), "centroids"), ((x.int(), c.int()), "float32"),
+            ((x, c.half()), "dtype"), ((x, c[:, :8]), "dim"), ((x, c[:0]), "at least one"),
+            ((nan_x, c), "x"), ((x, nan_c), "centroids")]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_bad_input(case):
+    args, match = _bad()[case]
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        lk.kmeans_assign(*args)
+    if lk.NATIVE_LOADED and case not in (0, 1):  # (3-D inputs fail the schema's own checks too)
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.lateint_kernels.kmeans_assign(*args)
+
+
+def test_opcheck_and_compile():
+    x, c = data(70, 40, 32, 4)
+    torch.library.opcheck(torch.ops.lateint_kernels.kmeans_assign.default, (x, c))
+    f = torch.compile(lambda x, c: lk.kmeans_assign(x, c).long().bincount(minlength=40), fullgraph=True,
+                      backend="aot_eager")
+    assert torch.equal(f(x, c), lk.kmeans_assign(x, c).long().bincount(minlength=40))
+
+
+def test_triton_kernel():
+    pytest.importorskip("triton")
+    from lateint_kernels.triton.kmeans import kmeans_assign_triton
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: TRITON_INTERPRET=1 (conftest)
+    for n, k, dim in [(5, 3, 8), (130, 70, 40)]:
+        x, c = data(n, k, dim, int(torch.randint(0, 2**31 - 1, ())))
+        codes, scores = kmeans_assign_triton(x.to(dev), c.to(dev))
+        want_codes, want_scores = ref.kmeans_assign_ref(x.double(), c.double())
+        assert torch.equal(codes.cpu(), want_codes)
+        torch.testing.assert_close(scores.cpu().double(), want_scores, rtol=0, atol=2e-6)
+
+
+# ---------------------------------------------------------------------------------------
+def test_kmeans_fit_is_deterministic_across_threads():
+    x, _ = data(3000, 64, 32, 5)
+    a = lkm.fit(x, 48, niter=6, seed=7)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = lkm.fit(x, 48, niter=6, seed=7)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, lkm.fit(x, 48, niter=6, seed=8))
+
+
+def test_kmeans_fit_finds_planted_clusters():
+    g = torch.Generator().manual_seed(9)
+    centres = torch.nn.functional.normalize(torch.randn(8, 64, generator=g), dim=-1)
+    x = clustered(4000, 64, generator=g, centres=centres, noise=0.1)
+    # random starts (as PLAID's k-means) with twice as many centroids as planted clusters:
+    # every planted centre ends with a fitted centroid next to it, and the fit beats its start
+    c = lkm.fit(x, 16, niter=15, seed=0)
+    assert (centres @ c.T).max(1).values.min() > 0.95
+    start = lkm.fit(x, 16, niter=0, seed=0)
+    inertia = lambda cc: lk.kmeans_assign(x, cc, return_scores=True)[1].sum()
+    assert inertia(c) > inertia(start)
+
+
+def test_kmeans_fit_bad_arguments():
+    x, _ = data(10, 4, 8, 10)
+    with pytest.raises(ValueError, match="k"):
+        lkm.fit(x, 11)
+    with pytest.raises(ValueError, match="niter"):
+        lkm.fit(x, 2, niter=-1)
+    assert lkm.plaid_num_centroids(199_000) == 4096
