@@ -37,11 +37,15 @@ def test_vs_float64_reference(n, k, dim):
 
 
 def test_ties_take_the_first_centroid():
-    x, c = data(50, 40, 16, 1)
-    c[37] = c[3] = torch.nn.functional.normalize(torch.ones(16), dim=0)  # duplicates, far apart
+    x, c = data(50, 1100, 16, 1)
+    # exact duplicates in different lanes (3, 37), the same lane of one tile row (3, 35) and
+    # another centroid chunk (1027): the first index wins everywhere
+    c[3] = c[35] = c[37] = c[1027] = torch.nn.functional.normalize(torch.ones(16), dim=0)
     x[:10] = c[3]
     codes = lk.kmeans_assign(x, c)
     assert (codes[:10] == 3).all()
+    want, _ = ref.kmeans_assign_ref(x.double(), c.double())
+    assert torch.equal(codes, want)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
