@@ -135,3 +135,38 @@ def test_kmeans_fit_bad_arguments():
     with pytest.raises(ValueError, match="niter"):
         lkm.fit(x, 2, niter=-1)
     assert lkm.plaid_num_centroids(199_000) == 4096
+
+
+_COMPILE = r"""
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lateint_kernels.triton import kmeans as tk
+sig = {"X": "*fp32", "C": "*fp32", "CODES": "*i32", "SCORES": "*fp32", "n": "i32", "k": "i32", "dim": "i32",
+       "PRECISION": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr"}
+try:
+    out = triton.compile(ASTSource(fn=tk._kmeans_assign_kernel, signature=sig,
+                                   constexprs={"PRECISION": "tf32x3", "BLOCK_M": 64, "BLOCK_N": 64,
+                                               "BLOCK_D": 128}),
+                         target=GPUTarget("cuda", int(sys.argv[1]), 32))
+except (RuntimeError, FileNotFoundError, OSError) as e:
+    print("NO-PTXAS", e); sys.exit(0)
+assert "cubin" in out.asm
+print("COMPILED")
+"""
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernel_compiles_for_gpu(arch):
+    """The Triton kernel compiled to an sm_80 / sm_90 cubin (no GPU needed; a subprocess,
+    outside the interpreter)."""
+    pytest.importorskip("triton")
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", _COMPILE, str(arch)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if "NO-PTXAS" in out.stdout:
+        pytest.skip(out.stdout)
+    assert "COMPILED" in out.stdout
