@@ -47,6 +47,13 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // inner product (first index on ties) -> (codes int32 [n], best score float32 [n]). Fused
   // GEMM + argmax: memory O(n + k * dim), never [n, k].
   m.def("kmeans_assign(Tensor x, Tensor centroids) -> (Tensor, Tensor)");
+  // PLAID residual codec (layout in csrc/core/residual_core.h): x [n, dim], centroids
+  // [k, dim], codes int32 [n], bucket_cutoffs [2^nbits - 1] -> uint8 [n, dim * nbits / 8];
+  // and back: normalize(C[code] + bucket_weights[bucket]) -> float32 [n, dim].
+  m.def("compress_residuals(Tensor x, Tensor centroids, Tensor codes, Tensor bucket_cutoffs, "
+        "int nbits) -> Tensor");
+  m.def("decompress_residuals(Tensor codes, Tensor packed, Tensor centroids, "
+        "Tensor bucket_weights, int nbits) -> Tensor");
   // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
   // tokens after the first `protected_tokens` are clustered by Ward linkage into
   // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the

@@ -12,8 +12,9 @@ from .ops import (PackedDocs, backend_for, cpu_isa, maxsim, maxsim_candidates, p
                   pack_list, unpack)
 from .pooling import token_pool, token_pool_labels, token_pool_list
 from .kmeans import kmeans_assign
+from .residual import compress_residuals, decompress_residuals, residual_buckets
 from . import reference
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
-           "cpu_isa", "kmeans_assign", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
+           "cpu_isa", "kmeans_assign", "compress_residuals", "decompress_residuals", "residual_buckets", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

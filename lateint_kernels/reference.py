@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["maxsim_ref", "maxsim_candidates_ref", "maxsim_argmax_ref", "pylate_colbert_scores_ref",
-           "token_pool_ref", "token_pool_labels_ref", "kmeans_assign_ref"]
+           "token_pool_ref", "token_pool_labels_ref", "kmeans_assign_ref", "compress_residuals_ref",
+           "decompress_residuals_ref"]
 
 
 def _padded(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, doc_ids: torch.Tensor):
@@ -203,3 +204,29 @@ def kmeans_assign_ref(x: torch.Tensor, centroids: torch.Tensor):
         raise ValueError("kmeans_assign: `centroids` must hold at least one centroid")
     best, arg = s.max(dim=1)
     return arg.to(torch.int32), best
+
+
+# ---------------------------------------------------------------------------------------
+# PLAID residual codec (layout: csrc/core/residual_core.h)
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def compress_residuals_ref(x, centroids, codes, bucket_cutoffs, nbits: int):
+    n, dim = x.shape
+    r = x.float() - centroids.float()[codes.long()]
+    b = torch.bucketize(r, bucket_cutoffs.float())  # #{cutoffs < r}
+    bits = (b.unsqueeze(-1) >> torch.arange(nbits, device=x.device)) & 1  # least significant first
+    bits = bits.reshape(n, dim * nbits // 8, 8)
+    w = torch.tensor(_BIT_WEIGHTS, device=x.device)
+    return (bits * w).sum(-1).to(torch.uint8)
+
+
+def decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits: int):
+    n = packed.shape[0]
+    dim = centroids.shape[1]
+    dt = torch.float64 if centroids.dtype == torch.float64 else torch.float32
+    w = torch.tensor(_BIT_WEIGHTS, device=packed.device)
+    bits = ((packed.long().unsqueeze(-1) & w) != 0).long().reshape(n, dim, nbits)
+    b = (bits << torch.arange(nbits, device=packed.device)).sum(-1)
+    v = centroids.to(dt)[codes.long()] + bucket_weights.to(dt)[b]
+    return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)

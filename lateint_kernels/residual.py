@@ -1,0 +1,127 @@
+"""PLAID residual codec ops: `compress_residuals`, `decompress_residuals` and the bucket
+helper `residual_buckets`. CPU: C++ kernels (csrc/cpu/residual.cpp). CUDA: the reference
+for now (no GPU kernel yet: `backend_for` says "reference"). Layout: see
+csrc/core/residual_core.h (ColBERTv2/PLAID's: bucket bits least significant first,
+packed most significant bit first)."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from . import ops as _ops
+from . import reference as _ref
+from ._loader import NATIVE_LOADED
+
+_NS = "lateint_kernels"
+_SCHEMAS = {
+    "compress_residuals": "(Tensor x, Tensor centroids, Tensor codes, Tensor bucket_cutoffs, int nbits) -> Tensor",
+    "decompress_residuals": "(Tensor codes, Tensor packed, Tensor centroids, Tensor bucket_weights, int nbits) "
+                            "-> Tensor",
+}
+_REFS = {"compress_residuals": _ref.compress_residuals_ref,
+         "decompress_residuals": lambda *a: _ref.decompress_residuals_ref(*a).float()}
+_NBITS = (1, 2, 4, 8)
+
+for _name, _schema in _SCHEMAS.items():
+    if not NATIVE_LOADED:
+        torch.library.define(f"{_NS}::{_name}", _schema)
+        torch.library.impl(f"{_NS}::{_name}", "CompositeExplicitAutograd")(_REFS[_name])
+    else:
+        torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _REFS[_name])
+    _ops._BACKENDS[(_name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
+    _ops._BACKENDS[(_name, "cuda")] = "reference"
+    _ops._KNOWN_OPS.add(_name)
+
+
+@torch.library.register_fake(f"{_NS}::compress_residuals")
+def _(x, centroids, codes, bucket_cutoffs, nbits):
+    torch._check(x.dim() == 2, lambda: "`x` must be 2-D [n, dim]")
+    return x.new_empty(x.shape[0], x.shape[1] * nbits // 8, dtype=torch.uint8)
+
+
+@torch.library.register_fake(f"{_NS}::decompress_residuals")
+def _(codes, packed, centroids, bucket_weights, nbits):
+    torch._check(packed.dim() == 2, lambda: "`packed` must be 2-D")
+    return centroids.new_empty(packed.shape[0], centroids.shape[1], dtype=torch.float32)
+
+
+def _check_common(op, centroids, codes, nbits, n):
+    if nbits not in _NBITS or isinstance(nbits, bool):
+        raise ValueError(f"{op}: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
+    if not isinstance(centroids, torch.Tensor) or centroids.dim() != 2:
+        raise ValueError(f"{op}: `centroids` must be a 2-D tensor [k, dim]")
+    if centroids.shape[1] * nbits % 8:
+        raise ValueError(f"{op}: dim * nbits must be a multiple of 8, got dim {centroids.shape[1]}, nbits {nbits}")
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int32 or codes.shape != (n,):
+        raise ValueError(f"{op}: `codes` must be an int32 tensor [n] = [{n}]")
+    if codes.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= centroids.shape[0]:
+            raise ValueError(f"{op}: `codes` must hold centroid ids in [0, {centroids.shape[0]}), "
+                             f"got values in [{lo}, {hi}]")
+
+
+def compress_residuals(x: torch.Tensor, centroids: torch.Tensor, codes: torch.Tensor,
+                       bucket_cutoffs: torch.Tensor, nbits: int) -> torch.Tensor:
+    """Residuals x - centroids[codes] quantized to nbits per value by `bucket_cutoffs`
+    (2^nbits - 1 ascending values) -> uint8 [n, dim * nbits / 8]."""
+    op = "compress_residuals"
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"{op}: `x` must be a 2-D tensor [n, dim]")
+    _check_common(op, centroids, codes, nbits, x.shape[0])
+    if x.shape[1] != centroids.shape[1]:
+        raise ValueError(f"{op}: `centroids` has dim {centroids.shape[1]} but `x` has dim {x.shape[1]}")
+    if bucket_cutoffs.shape != ((1 << nbits) - 1,):
+        raise ValueError(f"{op}: `bucket_cutoffs` must hold 2^nbits - 1 = {(1 << nbits) - 1} values, "
+                         f"got shape {tuple(bucket_cutoffs.shape)}")
+    if _ops._forced_reference():
+        return _ref.compress_residuals_ref(x, centroids, codes, bucket_cutoffs, nbits)
+    return torch.ops.lateint_kernels.compress_residuals(x, centroids, codes, bucket_cutoffs, nbits)
+
+
+def decompress_residuals(codes: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor,
+                         bucket_weights: torch.Tensor, nbits: int) -> torch.Tensor:
+    """normalize(centroids[codes] + bucket_weights[bucket]) -> float32 [n, dim]."""
+    op = "decompress_residuals"
+    if not isinstance(packed, torch.Tensor) or packed.dim() != 2 or packed.dtype != torch.uint8:
+        raise ValueError(f"{op}: `packed` must be a 2-D uint8 tensor [n, dim * nbits / 8]")
+    _check_common(op, centroids, codes, nbits, packed.shape[0])
+    if packed.shape[1] != centroids.shape[1] * nbits // 8:
+        raise ValueError(f"{op}: `packed` must have dim * nbits / 8 = {centroids.shape[1] * nbits // 8} "
+                         f"bytes per row, got {packed.shape[1]}")
+    if bucket_weights.shape != (1 << nbits,):
+        raise ValueError(f"{op}: `bucket_weights` must hold 2^nbits = {1 << nbits} values, "
+                         f"got shape {tuple(bucket_weights.shape)}")
+    if _ops._forced_reference():
+        return _ref.decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits).float()
+    return torch.ops.lateint_kernels.decompress_residuals(codes, packed, centroids, bucket_weights, nbits)
+
+
+def _quantiles(sorted_values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    """torch.quantile's "linear" rule on an already sorted 1-D tensor, any size."""
+    n = sorted_values.shape[0]
+    pos = qs.double() * (n - 1)
+    lo = pos.floor().long().clamp(0, n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = (pos - lo.double())
+    v_lo, v_hi = sorted_values[lo].double(), sorted_values[hi].double()
+    return (v_lo + frac * (v_hi - v_lo)).float()
+
+
+def residual_buckets(residuals: torch.Tensor, nbits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bucket cutoffs (quantiles i / 2^nbits, i = 1 .. 2^nbits - 1) and weights (quantiles
+    (i + 0.5) / 2^nbits, i = 0 .. 2^nbits - 1) of a sample of residual values, as
+    ColBERTv2/PLAID derive them. Sort-based: no torch.quantile size limit (2^24)."""
+    if nbits not in _NBITS or isinstance(nbits, bool):
+        raise ValueError(f"residual_buckets: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
+    v = residuals.detach().reshape(-1).float()
+    if v.numel() == 0:
+        raise ValueError("residual_buckets: `residuals` is empty")
+    if not torch.isfinite(v).all():
+        raise ValueError("residual_buckets: `residuals` contains NaN or Inf")
+    s = torch.sort(v).values
+    m = 1 << nbits
+    cut_q = torch.arange(1, m, dtype=torch.float64) / m
+    w_q = (torch.arange(m, dtype=torch.float64) + 0.5) / m
+    return _quantiles(s, cut_q.to(s.device)), _quantiles(s, w_q.to(s.device))
