@@ -22,8 +22,6 @@
 
 namespace lateint {
 namespace detail {
-void gram_upper_f32(const float* X, int64_t n, int64_t dim, const float* Xt, int64_t ldt, float* G,
-                    int64_t ldg);
 void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt,
                     double* G, int64_t ldg);
 void cosine_dist_f32(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);

@@ -30,7 +30,7 @@ enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 
 // Per-thread scratch reused across documents (grown on demand, never shrunk).
 struct PoolScratch {
-  std::vector<float> xf, xtf, gf;
+  std::vector<float> xf, xtf;
   std::vector<double> xd, xtd, gd;
   std::vector<double> D, size, mdist, Z, MD, inv, merge_d;
   std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;

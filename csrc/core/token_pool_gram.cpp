@@ -47,12 +47,7 @@ __attribute__((always_inline)) inline void gram_upper_impl(const T* __restrict X
 
 }  // namespace
 
-// Xt: [dim, ldt] transposed copy of X with ldt a multiple of 32 and zero columns past n.
-LATEINT_GRAM_CLONES void gram_upper_f32(const float* X, int64_t n, int64_t dim, const float* Xt,
-                                        int64_t ldt, float* G, int64_t ldg) {
-  gram_upper_impl<float, 32>(X, n, dim, Xt, ldt, G, ldg);
-}
-
+// Xt: [dim, ldt] transposed copy of X with ldt a multiple of 16 and zero columns past n.
 LATEINT_GRAM_CLONES void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt,
                                         int64_t ldt, double* G, int64_t ldg) {
   gram_upper_impl<double, 16>(X, n, dim, Xt, ldt, G, ldg);
