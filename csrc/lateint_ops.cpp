@@ -54,6 +54,16 @@ TORCH_LIBRARY(lateint_kernels, m) {
         "int nbits) -> Tensor");
   m.def("decompress_residuals(Tensor codes, Tensor packed, Tensor centroids, "
         "Tensor bucket_weights, int nbits) -> Tensor");
+  // PLAID stage 1: per query, the sorted unique documents listed (ivf: CSR centroid -> doc
+  // ids) under the ncells best centroids of each unmasked query token; int64 [nq, width],
+  // -1 padded. scores: float32 [nq, lq, k] query-centroid scores.
+  m.def("ivf_candidates(Tensor scores, Tensor? query_mask, Tensor ivf_offsets, Tensor ivf_docs, "
+        "int n_docs, int ncells) -> Tensor");
+  // PLAID stages 2-3: centroid-only MaxSim of each candidate (codes int32 per token of the
+  // packed documents), ignoring centroids whose best score over the query tokens is below
+  // threshold; float32 [nq, n_candidates], -inf for -1.
+  m.def("approx_scores(Tensor scores, Tensor? query_mask, Tensor codes, Tensor doc_offsets, "
+        "Tensor candidates, float threshold) -> Tensor");
   // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
   // tokens after the first `protected_tokens` are clustered by Ward linkage into
   // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the

@@ -13,8 +13,9 @@ from .ops import (PackedDocs, backend_for, cpu_isa, maxsim, maxsim_candidates, p
 from .pooling import token_pool, token_pool_labels, token_pool_list
 from .kmeans import kmeans_assign
 from .residual import compress_residuals, decompress_residuals, residual_buckets
+from .plaid import approx_scores, centroid_scores, ivf_candidates
 from . import reference
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
-           "cpu_isa", "kmeans_assign", "compress_residuals", "decompress_residuals", "residual_buckets", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
+           "cpu_isa", "kmeans_assign", "compress_residuals", "decompress_residuals", "residual_buckets", "centroid_scores", "ivf_candidates", "approx_scores", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

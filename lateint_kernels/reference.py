@@ -6,7 +6,7 @@ import torch
 
 __all__ = ["maxsim_ref", "maxsim_candidates_ref", "maxsim_argmax_ref", "pylate_colbert_scores_ref",
            "token_pool_ref", "token_pool_labels_ref", "kmeans_assign_ref", "compress_residuals_ref",
-           "decompress_residuals_ref"]
+           "decompress_residuals_ref", "ivf_candidates_ref", "approx_scores_ref"]
 
 
 def _padded(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, doc_ids: torch.Tensor):
@@ -230,3 +230,45 @@ def decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits: in
     b = (bits << torch.arange(nbits, device=packed.device)).sum(-1)
     v = centroids.to(dt)[codes.long()] + bucket_weights.to(dt)[b]
     return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# PLAID centroid interaction
+def ivf_candidates_ref(scores, query_mask, ivf_offsets, ivf_docs, n_docs: int, ncells: int):
+    """Per query: sorted unique documents under the ncells best centroids (ties: lower id)
+    of each unmasked query token; int64 [nq, width] padded with -1."""
+    nq, lq, k = scores.shape
+    m = min(ncells, k)
+    per = []
+    for q in range(nq):
+        rows = scores[q] if query_mask is None else scores[q][query_mask[q]]
+        cells = set()
+        for r in rows:
+            order = torch.sort(-r.double(), stable=True).indices[:m]  # stable: ties keep id order
+            cells.update(order.tolist())
+        docs = set()
+        for c in cells:
+            docs.update(ivf_docs[ivf_offsets[c]:ivf_offsets[c + 1]].tolist())
+        per.append(sorted(docs))
+    width = max((len(p) for p in per), default=0)
+    out = torch.full((nq, width), -1, dtype=torch.int64)
+    for q, p in enumerate(per):
+        out[q, :len(p)] = torch.tensor(p, dtype=torch.int64)
+    return out.to(scores.device)
+
+
+def approx_scores_ref(scores, query_mask, codes, doc_offsets, candidates, threshold: float):
+    """Centroid-only MaxSim with centroid pruning, in float64: float64 [nq, n_candidates]."""
+    nq = scores.shape[0]
+    out = torch.empty(candidates.shape, dtype=torch.float64)
+    for q in range(nq):
+        s = scores[q].double() if query_mask is None else scores[q][query_mask[q]].double()
+        keep = (s.max(0).values >= threshold) if s.shape[0] else torch.zeros(s.shape[1], dtype=torch.bool)
+        for j, d in enumerate(candidates[q].tolist()):
+            if d < 0:
+                out[q, j] = float("-inf")
+                continue
+            cs = codes[doc_offsets[d]:doc_offsets[d + 1]].long()
+            cs = cs[keep[cs]]
+            out[q, j] = s[:, cs].max(1).values.sum() if cs.numel() and s.shape[0] else 0.0
+    return out.to(scores.device)

@@ -1,0 +1,138 @@
+// CPU binding of PLAID's centroid interaction ops (ivf_candidates, approx_scores): checks,
+// then the torch-free cores (csrc/core/plaid_core) per query over at::parallel_for.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <limits>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/plaid_core.h"
+
+namespace {
+
+void check_scores(const at::Tensor& s, const std::optional<at::Tensor>& qmask, const char* op) {
+  LK_CHECK_DIM(s, 3, op, "scores", "[n_queries, query_len, n_centroids]");
+  LK_CHECK_DTYPE(s, at::kFloat, op, "scores");
+  LK_CHECK(s.device().is_cpu(), op, "`scores` must be a CPU tensor here, got ", s.device());
+  LK_CHECK(s.size(2) >= 1, op, "`scores` must have at least one centroid");
+  if (qmask.has_value()) {
+    LK_CHECK(qmask->dim() == 2 && qmask->size(0) == s.size(0) && qmask->size(1) == s.size(1), op,
+             "`query_mask` must have shape [", s.size(0), ", ", s.size(1), "], got ", qmask->sizes());
+    LK_CHECK_DTYPE(*qmask, at::kBool, op, "query_mask");
+  }
+}
+
+void check_offsets(const at::Tensor& off, int64_t total, const char* op, const char* name) {
+  LK_CHECK(off.dim() == 1 && off.size(0) >= 1, op, "`", name, "` must be a 1-D tensor [n + 1]");
+  LK_CHECK(off.scalar_type() == at::kLong, op, "`", name, "` must have dtype int64, got ",
+           off.scalar_type());
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t n = off.size(0) - 1;
+  LK_CHECK(o[0] == 0 && o[n] == total, op, "`", name, "` must start at 0 and end at ", total,
+           ", got ", o[0], " ... ", o[n]);
+  for (int64_t i = 0; i < n; ++i)
+    LK_CHECK(o[i + 1] >= o[i], op, "`", name, "` must be non-decreasing at ", i + 1);
+}
+
+at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& query_mask,
+                              const at::Tensor& ivf_offsets, const at::Tensor& ivf_docs,
+                              int64_t n_docs, int64_t ncells) {
+  const char* op = "ivf_candidates";
+  check_scores(scores, query_mask, op);
+  const int64_t nq = scores.size(0), lq = scores.size(1), k = scores.size(2);
+  LK_CHECK(ncells >= 1, op, "`ncells` must be >= 1, got ", ncells);
+  LK_CHECK(n_docs >= 0, op, "`n_docs` must be >= 0, got ", n_docs);
+  LK_CHECK(ivf_offsets.size(0) == k + 1, op, "`ivf_offsets` must hold n_centroids + 1 = ", k + 1,
+           " entries, got ", ivf_offsets.size(0));
+  LK_CHECK(ivf_docs.dim() == 1, op, "`ivf_docs` must be 1-D");
+  LK_CHECK_DTYPE(ivf_docs, at::kLong, op, "ivf_docs");
+  const at::Tensor off = ivf_offsets.contiguous(), docs = ivf_docs.contiguous();
+  check_offsets(off, docs.size(0), op, "ivf_offsets");
+  const int64_t* dp = docs.data_ptr<int64_t>();
+  for (int64_t i = 0; i < docs.size(0); ++i)
+    LK_CHECK(dp[i] >= 0 && dp[i] < n_docs, op, "`ivf_docs` must hold document ids in [0, ", n_docs,
+             "); ivf_docs[", i, "] = ", dp[i]);
+  const at::Tensor s = scores.contiguous();
+  at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
+  std::vector<std::vector<int64_t>> per(nq);
+  at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
+    std::vector<uint8_t> seen;
+    std::vector<int32_t> order;
+    for (int64_t q = b; q < e; ++q)
+      lateint::ivf_candidates_query(s.data_ptr<float>() + q * lq * k,
+                                    qm.defined() ? (const uint8_t*)qm.data_ptr<bool>() + q * lq : nullptr,
+                                    lq, k, off.data_ptr<int64_t>(), dp, n_docs, ncells, &per[q],
+                                    &seen, &order);
+  });
+  int64_t width = 0;
+  for (const auto& v : per) width = std::max<int64_t>(width, (int64_t)v.size());
+  at::Tensor out = at::full({nq, width}, -1, scores.options().dtype(at::kLong));
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t q = 0; q < nq; ++q) std::copy(per[q].begin(), per[q].end(), o + q * width);
+  return out;
+}
+
+at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& query_mask,
+                             const at::Tensor& codes, const at::Tensor& doc_offsets,
+                             const at::Tensor& candidates, double threshold) {
+  const char* op = "approx_scores";
+  check_scores(scores, query_mask, op);
+  const int64_t nq = scores.size(0), lq = scores.size(1), k = scores.size(2);
+  LK_CHECK(codes.dim() == 1, op, "`codes` must be 1-D [total_tokens]");
+  LK_CHECK_DTYPE(codes, at::kInt, op, "codes");
+  const at::Tensor cd = codes.contiguous(), off = doc_offsets.contiguous();
+  check_offsets(off, cd.size(0), op, "doc_offsets");
+  const int64_t nd = off.size(0) - 1;
+  const int32_t* cp = cd.data_ptr<int32_t>();
+  for (int64_t i = 0; i < cd.size(0); ++i)
+    LK_CHECK(cp[i] >= 0 && cp[i] < k, op, "`codes` must hold centroid ids in [0, ", k, "); codes[", i,
+             "] = ", cp[i]);
+  LK_CHECK(candidates.dim() == 2 && candidates.size(0) == nq, op,
+           "`candidates` must have shape [n_queries, n_candidates] with n_queries = ", nq, ", got ",
+           candidates.sizes());
+  LK_CHECK_DTYPE(candidates, at::kLong, op, "candidates");
+  const at::Tensor cand = candidates.contiguous();
+  const int64_t nc = cand.size(1);
+  const int64_t* ca = cand.data_ptr<int64_t>();
+  for (int64_t i = 0; i < nq * nc; ++i)
+    LK_CHECK(ca[i] >= -1 && ca[i] < nd, op, "`candidates` must hold document ids in [0, ", nd,
+             ") or -1; got ", ca[i]);
+  const at::Tensor s = scores.contiguous();
+  at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({nq, nc}, scores.options());
+  at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> st;
+    std::vector<uint8_t> keep(k);
+    for (int64_t q = b; q < e; ++q) {
+      // scores of the unmasked query tokens, transposed to [k, lq'] (one centroid = one row)
+      const float* sq = s.data_ptr<float>() + q * lq * k;
+      const bool* m = qm.defined() ? qm.data_ptr<bool>() + q * lq : nullptr;
+      int64_t l2 = 0;
+      for (int64_t i = 0; i < lq; ++i) l2 += (!m || m[i]);
+      st.assign(k * std::max<int64_t>(l2, 1), 0.f);
+      int64_t r = 0;
+      for (int64_t i = 0; i < lq; ++i) {
+        if (m && !m[i]) continue;
+        for (int64_t c = 0; c < k; ++c) st[c * l2 + r] = sq[i * k + c];
+        ++r;
+      }
+      for (int64_t c = 0; c < k; ++c) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < l2; ++i) mx = std::max(mx, st[c * l2 + i]);
+        keep[c] = l2 > 0 && mx >= threshold;
+      }
+      lateint::approx_scores_query(st.data(), l2, k, keep.data(), cp, off.data_ptr<int64_t>(),
+                                   ca + q * nc, nc, out.data_ptr<float>() + q * nc);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
+  m.impl("ivf_candidates", &ivf_candidates_cpu);
+  m.impl("approx_scores", &approx_scores_cpu);
+}

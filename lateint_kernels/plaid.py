@@ -1,0 +1,84 @@
+"""PLAID centroid interaction: `centroid_scores`, `ivf_candidates` (stage 1) and
+`approx_scores` (stages 2-3, centroid pruning). CPU: C++ kernels (csrc/cpu/plaid.cpp);
+CUDA: the references for now (`backend_for` says so). `centroid_scores` is one matmul and
+is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import ops as _ops
+from . import reference as _ref
+from ._loader import NATIVE_LOADED
+
+_NS = "lateint_kernels"
+_SCHEMAS = {
+    "ivf_candidates": "(Tensor scores, Tensor? query_mask, Tensor ivf_offsets, Tensor ivf_docs, int n_docs, "
+                      "int ncells) -> Tensor",
+    "approx_scores": "(Tensor scores, Tensor? query_mask, Tensor codes, Tensor doc_offsets, Tensor candidates, "
+                     "float threshold) -> Tensor",
+}
+_REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
+         "approx_scores": lambda *a: _ref.approx_scores_ref(*a).float()}
+
+for _name, _schema in _SCHEMAS.items():
+    if not NATIVE_LOADED:
+        torch.library.define(f"{_NS}::{_name}", _schema)
+        torch.library.impl(f"{_NS}::{_name}", "CompositeExplicitAutograd")(_REFS[_name])
+    else:
+        torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _REFS[_name])
+    _ops._BACKENDS[(_name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
+    _ops._BACKENDS[(_name, "cuda")] = "reference"
+    _ops._KNOWN_OPS.add(_name)
+
+
+@torch.library.register_fake(f"{_NS}::ivf_candidates")
+def _(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells):
+    width = torch.library.get_ctx().new_dynamic_size()
+    return scores.new_empty(scores.shape[0], width, dtype=torch.int64)
+
+
+@torch.library.register_fake(f"{_NS}::approx_scores")
+def _(scores, query_mask, codes, doc_offsets, candidates, threshold):
+    return scores.new_empty(candidates.shape, dtype=torch.float32)
+
+
+def _check_scores(op, scores, query_mask):
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.dtype != torch.float32:
+        raise ValueError(f"{op}: `scores` must be a float32 tensor [n_queries, query_len, n_centroids]")
+    if query_mask is not None and (query_mask.dtype != torch.bool or query_mask.shape != scores.shape[:2]):
+        raise ValueError(f"{op}: `query_mask` must be a bool tensor [n_queries, query_len] = "
+                         f"{list(scores.shape[:2])}")
+
+
+def centroid_scores(queries: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Query-token x centroid inner products: queries [nq, Lq, dim], centroids [k, dim] ->
+    float32 [nq, Lq, k]."""
+    if queries.dim() != 3 or centroids.dim() != 2 or queries.shape[2] != centroids.shape[1]:
+        raise ValueError("centroid_scores: `queries` must be [n_queries, query_len, dim] and `centroids` "
+                         "[k, dim] with the same dim")
+    return torch.matmul(queries.float(), centroids.float().T)
+
+
+def ivf_candidates(scores: torch.Tensor, ivf_offsets: torch.Tensor, ivf_docs: torch.Tensor, n_docs: int,
+                   ncells: int, *, query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Candidate documents per query: the union of the IVF lists (CSR: ivf_offsets [k + 1],
+    ivf_docs) of the `ncells` best centroids of each query token -> int64 [nq, width],
+    sorted, -1 padded."""
+    _check_scores("ivf_candidates", scores, query_mask)
+    if _ops._forced_reference():
+        return _ref.ivf_candidates_ref(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells)
+    return torch.ops.lateint_kernels.ivf_candidates(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells)
+
+
+def approx_scores(scores: torch.Tensor, codes: torch.Tensor, doc_offsets: torch.Tensor, candidates: torch.Tensor,
+                  *, threshold: float = float("-inf"), query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Centroid-only MaxSim of each candidate (codes: int32 centroid id per packed token),
+    ignoring centroids whose best score over the query tokens is below `threshold` (PLAID's
+    centroid pruning) -> float32 [nq, n_candidates] (-inf for -1)."""
+    _check_scores("approx_scores", scores, query_mask)
+    if _ops._forced_reference():
+        return _ref.approx_scores_ref(scores, query_mask, codes, doc_offsets, candidates, threshold).float()
+    return torch.ops.lateint_kernels.approx_scores(scores, query_mask, codes, doc_offsets, candidates,
+                                                   float(threshold))

@@ -1,0 +1,105 @@
+"""PLAID centroid interaction ops against their references: ivf_candidates (exact sets,
+tie-breaking, masks) and approx_scores (float64 reference, pruning, -1 candidates), bad
+input, opcheck."""
+import pytest
+import torch
+
+import lateint_kernels as lk
+from lateint_kernels import reference as ref
+
+from _data import clustered
+
+
+def problem(nq=3, lq=8, k=50, nd=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dim = 32
+    centres = torch.nn.functional.normalize(torch.randn(12, dim, generator=g), dim=-1)
+    c = clustered(k, dim, generator=g, centres=centres)
+    lens = torch.randint(0, 30, (nd,), generator=g)
+    off = torch.zeros(nd + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    tokens = clustered(int(off[-1]), dim, generator=g, centres=centres)
+    codes = lk.kmeans_assign(tokens, c)
+    q = clustered(nq * lq, dim, generator=g, centres=centres).reshape(nq, lq, dim)
+    scores = lk.centroid_scores(q, c)
+    # IVF: centroid -> sorted unique documents holding one of its tokens
+    doc_of = torch.repeat_interleave(torch.arange(nd), lens)
+    pairs = torch.unique(torch.stack([codes.long(), doc_of], 1), dim=0)
+    ivf_docs = pairs[:, 1].contiguous()
+    ivf_off = torch.zeros(k + 1, dtype=torch.int64)
+    ivf_off[1:] = torch.cumsum(torch.bincount(pairs[:, 0], minlength=k), 0)
+    mask = torch.rand(nq, lq, generator=g) > 0.2
+    return scores, mask, codes, off, ivf_off, ivf_docs, nd
+
+
+@pytest.mark.parametrize("ncells", [1, 2, 4, 100])
+@pytest.mark.parametrize("masked", [False, True])
+def test_ivf_candidates(ncells, masked):
+    scores, mask, codes, off, ivf_off, ivf_docs, nd = problem(seed=int(torch.randint(0, 2**31 - 1, ())))
+    m = mask if masked else None
+    got = lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, ncells, query_mask=m)
+    want = ref.ivf_candidates_ref(scores, m, ivf_off, ivf_docs, nd, ncells)
+    assert torch.equal(got, want)
+    if ncells >= scores.shape[2]:  # every centroid: every document that has a token
+        assert set(got[0][got[0] >= 0].tolist()) == set(torch.unique(ivf_docs).tolist())
+
+
+def test_ivf_ties_go_to_the_lower_centroid():
+    scores = torch.zeros(1, 1, 4)
+    scores[0, 0, 1] = scores[0, 0, 3] = 1.0  # tie for the best cell
+    ivf_off = torch.tensor([0, 1, 2, 3, 4])
+    ivf_docs = torch.tensor([0, 1, 2, 3])
+    assert lk.ivf_candidates(scores, ivf_off, ivf_docs, 4, 1).tolist() == [[1]]
+
+
+@pytest.mark.parametrize("threshold", [float("-inf"), 0.3, 0.6, 2.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_approx_scores(threshold, masked):
+    scores, mask, codes, off, ivf_off, ivf_docs, nd = problem(seed=int(torch.randint(0, 2**31 - 1, ())))
+    m = mask if masked else None
+    cand = lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, 3, query_mask=m)
+    cand = torch.cat([cand, torch.full((cand.shape[0], 2), -1), torch.zeros(cand.shape[0], 1, dtype=torch.int64)], 1)
+    got = lk.approx_scores(scores, codes, off, cand, threshold=threshold, query_mask=m)
+    want = ref.approx_scores_ref(scores, m, codes, off, cand, threshold)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    assert torch.isneginf(got[cand < 0]).all()
+
+
+def test_approx_scores_without_pruning_is_maxsim_of_the_centroids():
+    """With no pruning, the approximate score is exact MaxSim against the documents'
+    centroid vectors (every token replaced by its centroid)."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=-1)
+    off = torch.tensor([0, 5, 9, 9, 30])
+    codes = torch.randint(0, 20, (30,), generator=g, dtype=torch.int32)
+    q = torch.nn.functional.normalize(torch.randn(2, 6, 16, generator=g), dim=-1)
+    s = lk.approx_scores(lk.centroid_scores(q, c), codes, off, torch.arange(4).repeat(2, 1))
+    exact = lk.maxsim(q, c[codes.long()], off)
+    torch.testing.assert_close(s, exact, rtol=0, atol=1e-5)
+
+
+def test_bad_input():
+    scores, mask, codes, off, ivf_off, ivf_docs, nd = problem()
+    with pytest.raises(ValueError, match="scores"):
+        lk.approx_scores(scores.double(), codes, off, torch.zeros(3, 1, dtype=torch.int64))
+    with pytest.raises((ValueError, RuntimeError), match="candidates"):
+        lk.approx_scores(scores, codes, off, torch.full((3, 1), nd))
+    bad = codes.clone()
+    bad[0] = 50
+    with pytest.raises((ValueError, RuntimeError), match="codes"):
+        lk.approx_scores(scores, bad, off, torch.zeros(3, 1, dtype=torch.int64))
+    with pytest.raises((ValueError, RuntimeError), match="ivf_docs"):
+        lk.ivf_candidates(scores, ivf_off, ivf_docs + nd, nd, 2)
+    with pytest.raises((ValueError, RuntimeError), match="ncells"):
+        lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, 0)
+    with pytest.raises((ValueError, RuntimeError), match="ivf_offsets"):
+        lk.ivf_candidates(scores, ivf_off[:-1], ivf_docs, nd, 2)
+
+
+def test_opcheck():
+    scores, mask, codes, off, ivf_off, ivf_docs, nd = problem(nq=2, lq=4, k=10, nd=8)
+    torch.library.opcheck(torch.ops.lateint_kernels.approx_scores.default,
+                          (scores, mask, codes, off, torch.tensor([[0, 3, -1], [7, 1, 2]]), 0.1))
+    torch.library.opcheck(torch.ops.lateint_kernels.ivf_candidates.default,
+                          (scores, mask, ivf_off, ivf_docs, nd, 2))
