@@ -1,0 +1,172 @@
+"""PLAID index on lateint_kernels' ops (issue 3, in progress): build and search in memory.
+Not yet: save/load, add/delete, subset-aware candidate generation beyond filtering.
+
+Build: sample documents -> spherical k-means (lateint.kmeans.fit) -> every token's code
+(kmeans_assign) -> residual buckets from a held-out sample -> packed residuals
+(compress_residuals) -> IVF lists (centroid -> documents).
+Search, batched over queries: centroid scores -> IVF candidates (ncells per query token)
+-> approximate scores with centroid pruning -> the best ndocs -> their tokens decompressed
+once for the whole batch -> exact MaxSim (maxsim_candidates) -> top-k.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+import lateint_kernels as lk
+
+from . import kmeans as _kmeans
+
+
+def _defaults_for_k(k: int) -> Tuple[int, float, int]:
+    """(ncells, centroid_score_threshold, ndocs) as PLAID picks them from k."""
+    if k <= 10:
+        return 1, 0.5, 256
+    if k <= 100:
+        return 2, 0.45, 1024
+    return 4, 0.4, max(k * 4, 4096)
+
+
+class PLAIDIndex:
+    def __init__(self, centroids, codes, packed, doc_offsets, ivf_offsets, ivf_docs, bucket_cutoffs,
+                 bucket_weights, nbits, ids):
+        self.centroids = centroids
+        self.codes = codes
+        self.packed = packed
+        self.doc_offsets = doc_offsets
+        self.ivf_offsets = ivf_offsets
+        self.ivf_docs = ivf_docs
+        self.bucket_cutoffs = bucket_cutoffs
+        self.bucket_weights = bucket_weights
+        self.nbits = nbits
+        self.ids = ids
+
+    @property
+    def n_docs(self) -> int:
+        return self.doc_offsets.shape[0] - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return self.codes.shape[0]
+
+    # -----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,
+              nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None, kmeans_niter: int = 20,
+              sample_docs: Optional[int] = None) -> "PLAIDIndex":
+        """Index packed documents (doc_tokens [T, dim] float, L2-normalized; doc_offsets
+        int64 [n + 1]). Centroid count and k-means sample follow PLAID's rules unless given:
+        sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
+        2 ** floor(log2(16 * sqrt(tokens of the sample scaled to the corpus)))."""
+        if doc_tokens.dim() != 2 or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
+            raise ValueError("PLAIDIndex.build: `doc_tokens` must be [T, dim] and `doc_offsets` int64 [n + 1]")
+        n = doc_offsets.shape[0] - 1
+        if n < 1 or doc_tokens.shape[0] < 1:
+            raise ValueError("PLAIDIndex.build: no documents (or no tokens) to index")
+        if nbits not in (1, 2, 4, 8):
+            raise ValueError(f"PLAIDIndex.build: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
+        if doc_tokens.shape[1] * nbits % 8:
+            raise ValueError("PLAIDIndex.build: dim * nbits must be a multiple of 8")
+        if int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0] or \
+                bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
+            raise ValueError("PLAIDIndex.build: `doc_offsets` must go from 0 to len(doc_tokens), non-decreasing")
+        if ids is None:
+            ids_t = torch.arange(n, dtype=torch.int64)
+        else:
+            ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
+            if ids_t.shape != (n,) or torch.unique(ids_t).numel() != n:
+                raise ValueError(f"PLAIDIndex.build: `ids` must be {n} distinct integers")
+        x = doc_tokens.float().contiguous()
+        if not torch.isfinite(x).all():
+            raise ValueError("PLAIDIndex.build: `doc_tokens` contains NaN or Inf")
+        g = torch.Generator().manual_seed(seed)
+        n_sample = sample_docs or min(n, 1 + int(16 * math.sqrt(120 * n)))
+        sample = torch.sort(torch.randperm(n, generator=g)[:n_sample]).values
+        lens = doc_offsets[1:] - doc_offsets[:-1]
+        tok_idx = torch.cat([torch.arange(int(doc_offsets[d]), int(doc_offsets[d + 1])) for d in sample.tolist()])
+        sample_x = x[tok_idx]
+        if n_centroids is None:
+            est = max(1, int(sample_x.shape[0] * n / n_sample))
+            n_centroids = min(_kmeans.plaid_num_centroids(est), sample_x.shape[0])
+        # 5% of the sample held out for the residual buckets, as ColBERTv2 does
+        perm = torch.randperm(sample_x.shape[0], generator=g)
+        n_held = max(1, sample_x.shape[0] // 20) if sample_x.shape[0] > n_centroids + 1 else 0
+        held, train = sample_x[perm[:n_held]], sample_x[perm[n_held:]]
+        centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed)
+        ref = held if n_held else train
+        ref_codes = lk.kmeans_assign(ref, centroids)
+        cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
+        codes = lk.kmeans_assign(x, centroids)
+        packed = lk.compress_residuals(x, centroids, codes, cutoffs, nbits)
+        doc_of = torch.repeat_interleave(torch.arange(n), lens)
+        pairs = torch.unique(codes.long() * n + doc_of)  # sorted by (centroid, document)
+        ivf_docs = pairs % n
+        ivf_offsets = torch.zeros(centroids.shape[0] + 1, dtype=torch.int64)
+        ivf_offsets[1:] = torch.cumsum(torch.bincount(pairs // n, minlength=centroids.shape[0]), 0)
+        return cls(centroids, codes, packed, doc_offsets.clone(), ivf_offsets, ivf_docs, cutoffs, weights,
+                   nbits, ids_t)
+
+    # -----------------------------------------------------------------------------------
+    def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
+               ncells: Optional[int] = None, centroid_score_threshold: Optional[float] = None,
+               ndocs: Optional[int] = None, subset: Optional[Sequence[int]] = None):
+        """queries [nq, Lq, dim] -> (ids int64 [nq, k], scores float32 [nq, k]); -1 / -inf
+        where fewer than k documents qualify."""
+        if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
+            raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
+                             f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
+        if k < 1:
+            raise ValueError(f"PLAIDIndex.search: `k` must be >= 1, got {k}")
+        d_cells, d_thr, d_ndocs = _defaults_for_k(k)
+        ncells = d_cells if ncells is None else ncells
+        thr = d_thr if centroid_score_threshold is None else centroid_score_threshold
+        ndocs = max(k, d_ndocs if ndocs is None else ndocs)
+        q = queries.float()
+        nq = q.shape[0]
+        s = lk.centroid_scores(q, self.centroids)
+        cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask)
+        if subset is not None:
+            allowed = torch.zeros(self.n_docs + 1, dtype=torch.bool)  # slot n_docs: the -1 padding
+            pos = torch.nonzero(torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64))).flatten()
+            allowed[pos] = True
+            cand = torch.where(allowed[cand.clamp(min=-1) % (self.n_docs + 1)] & (cand >= 0), cand,
+                               torch.full_like(cand, -1))
+        if cand.shape[1] == 0:
+            return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+        approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask)
+        keep = min(ndocs, cand.shape[1])
+        top = approx.topk(keep, dim=1)
+        best = torch.gather(cand, 1, top.indices)
+        best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
+        # decompress every distinct document once for the batch, then exact MaxSim
+        docs = torch.unique(best[best >= 0])
+        if docs.numel() == 0:
+            return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+        starts, ends = self.doc_offsets[docs], self.doc_offsets[docs + 1]
+        lens = ends - starts
+        tok = torch.repeat_interleave(starts - torch.cumsum(lens, 0) + lens, lens) + torch.arange(int(lens.sum()))
+        sub_tokens = lk.decompress_residuals(self.codes[tok], self.packed[tok], self.centroids, self.bucket_weights,
+                                             self.nbits)
+        sub_off = torch.zeros(docs.numel() + 1, dtype=torch.int64)
+        sub_off[1:] = torch.cumsum(lens, 0)
+        local = torch.searchsorted(docs, best.clamp(min=0))
+        local = torch.where(best >= 0, local, torch.full_like(local, -1))
+        exact = lk.maxsim_candidates(q, sub_tokens, sub_off, local, query_mask=query_mask)
+        kk = min(k, exact.shape[1])
+        fin = exact.topk(kk, dim=1)
+        doc_idx = torch.gather(best, 1, fin.indices)
+        out_ids = torch.where(doc_idx >= 0, self.ids[doc_idx.clamp(min=0)], torch.full_like(doc_idx, -1))
+        out_scores = torch.where(doc_idx >= 0, fin.values, torch.full_like(fin.values, float("-inf")))
+        if kk < k:
+            out_ids = torch.cat([out_ids, torch.full((nq, k - kk), -1, dtype=torch.int64)], 1)
+            out_scores = torch.cat([out_scores, torch.full((nq, k - kk), float("-inf"))], 1)
+        return out_ids, out_scores
+
+    def bytes_per_token(self) -> float:
+        """Bytes the compressed corpus takes per token: residuals + code + the IVF and the
+        centroids amortized."""
+        total = (self.packed.numel() + self.codes.numel() * 4 + self.ivf_docs.numel() * 8
+                 + self.centroids.numel() * 4 + self.doc_offsets.numel() * 8)
+        return total / max(1, self.n_tokens)
