@@ -118,6 +118,20 @@ for _name in _OPS:
     _BACKENDS[(_name, "cuda")] = _which
 
 
+def register_cpu_kernel_ops(schemas: dict, refs: dict) -> None:
+    """Ops served on CPU by the C++ kernels registered in csrc/ (the references when the
+    extension is not built) and on CUDA by their references (no GPU kernel yet)."""
+    for name, schema in schemas.items():
+        if not NATIVE_LOADED:
+            torch.library.define(f"{_NS}::{name}", schema)
+            torch.library.impl(f"{_NS}::{name}", "CompositeExplicitAutograd")(refs[name])
+        else:
+            torch.library.register_kernel(f"{_NS}::{name}", "cuda", refs[name])
+        _BACKENDS[(name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
+        _BACKENDS[(name, "cuda")] = "reference"
+        _KNOWN_OPS.add(name)
+
+
 def _forced_reference() -> bool:
     return os.environ.get(_FORCE_ENV, "").lower() == "reference"
 

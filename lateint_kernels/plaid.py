@@ -10,7 +10,6 @@ import torch
 
 from . import ops as _ops
 from . import reference as _ref
-from ._loader import NATIVE_LOADED
 
 _NS = "lateint_kernels"
 _SCHEMAS = {
@@ -22,15 +21,7 @@ _SCHEMAS = {
 _REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
          "approx_scores": lambda *a: _ref.approx_scores_ref(*a).float()}
 
-for _name, _schema in _SCHEMAS.items():
-    if not NATIVE_LOADED:
-        torch.library.define(f"{_NS}::{_name}", _schema)
-        torch.library.impl(f"{_NS}::{_name}", "CompositeExplicitAutograd")(_REFS[_name])
-    else:
-        torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _REFS[_name])
-    _ops._BACKENDS[(_name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
-    _ops._BACKENDS[(_name, "cuda")] = "reference"
-    _ops._KNOWN_OPS.add(_name)
+_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
 
 
 @torch.library.register_fake(f"{_NS}::ivf_candidates")

@@ -11,7 +11,6 @@ import torch
 
 from . import ops as _ops
 from . import reference as _ref
-from ._loader import NATIVE_LOADED
 
 _NS = "lateint_kernels"
 _SCHEMAS = {
@@ -23,15 +22,7 @@ _REFS = {"compress_residuals": _ref.compress_residuals_ref,
          "decompress_residuals": lambda *a: _ref.decompress_residuals_ref(*a).float()}
 _NBITS = (1, 2, 4, 8)
 
-for _name, _schema in _SCHEMAS.items():
-    if not NATIVE_LOADED:
-        torch.library.define(f"{_NS}::{_name}", _schema)
-        torch.library.impl(f"{_NS}::{_name}", "CompositeExplicitAutograd")(_REFS[_name])
-    else:
-        torch.library.register_kernel(f"{_NS}::{_name}", "cuda", _REFS[_name])
-    _ops._BACKENDS[(_name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
-    _ops._BACKENDS[(_name, "cuda")] = "reference"
-    _ops._KNOWN_OPS.add(_name)
+_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
 
 
 @torch.library.register_fake(f"{_NS}::compress_residuals")
