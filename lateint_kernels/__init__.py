@@ -17,5 +17,7 @@ from .plaid import approx_scores, centroid_scores, ivf_candidates
 from . import reference
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
-           "cpu_isa", "kmeans_assign", "compress_residuals", "decompress_residuals", "residual_buckets", "centroid_scores", "ivf_candidates", "approx_scores", "token_pool", "token_pool_labels", "token_pool_list", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
+           "cpu_isa", "token_pool", "token_pool_labels", "token_pool_list", "kmeans_assign",
+           "compress_residuals", "decompress_residuals", "residual_buckets", "centroid_scores",
+           "ivf_candidates", "approx_scores", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

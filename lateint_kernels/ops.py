@@ -28,7 +28,7 @@ _SCHEMAS = {
                        "Tensor doc_offsets, Tensor? candidates, Tensor? doc_padded, str mask_mode) "
                        "-> (Tensor, Tensor)",
 }
-_KNOWN_OPS = set(_OPS)  # pooling.py adds its ops
+_KNOWN_OPS = set(_OPS)  # the other op modules (pooling, kmeans, residual, plaid) add theirs
 _FORCE_ENV = "LATEINT_BACKEND"  # "reference" forces the pure-torch path everywhere
 
 
