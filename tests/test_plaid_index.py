@@ -70,3 +70,71 @@ def test_bad_input(corpus, index):
         PLAIDIndex.build(tokens, off, ids=[0] * 400)
     with pytest.raises(ValueError, match="doc_offsets"):
         PLAIDIndex.build(tokens, off + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# On disk
+def test_save_load_round_trip(corpus, index, tmp_path):
+    q, _, _ = corpus
+    path = str(tmp_path / "idx")
+    index.save(path)
+    loaded = PLAIDIndex.load(path)
+    for name in ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "ids"):
+        assert torch.equal(getattr(index, name), getattr(loaded, name)), name
+    a, b = index.search(q, 10), loaded.search(q, 10)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    index.save(path)  # a second save replaces the first: one version directory left
+    assert sorted(os.listdir(path)) == ["CURRENT", "v2"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "missing"])
+def test_damaged_index_is_refused(corpus, index, tmp_path, damage):
+    from lateint.plaid import IndexFormatError
+    import json
+
+    path = str(tmp_path / "idx")
+    index.save(path)
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    f = os.path.join(vdir, "packed.npy")
+    if damage == "flip":
+        data = bytearray(open(f, "rb").read())
+        data[-5] ^= 0xFF
+        open(f, "wb").write(bytes(data))
+    elif damage == "truncate":
+        os.truncate(f, os.path.getsize(f) // 2)
+    elif damage == "version":
+        meta = json.load(open(os.path.join(vdir, "meta.json")))
+        meta["version"] = 99
+        json.dump(meta, open(os.path.join(vdir, "meta.json"), "w"))
+    else:
+        os.remove(f)
+    with pytest.raises(IndexFormatError, match="damaged|version|missing"):
+        PLAIDIndex.load(path)
+
+
+@pytest.mark.parametrize("kill_after", [0, 4, 9, 10])  # before array 0 / 4, before the rename, before CURRENT
+def test_crash_mid_save_keeps_the_old_index(corpus, index, tmp_path, kill_after):
+    """A process saving a different index over the old one is killed (SIGKILL) part way:
+    the old index still loads and searches exactly as before."""
+    import subprocess
+
+    q, tokens, off = corpus
+    path = str(tmp_path / "idx")
+    index.save(path)
+    before = PLAIDIndex.load(path).search(q, 10)
+    other = tmp_path / "other.pt"
+    torch.save((tokens[: int(off[200])], off[:201]), other)
+    script = (
+        "import sys, torch; sys.path.insert(0, sys.argv[3])\n"
+        "from lateint.plaid import PLAIDIndex\n"
+        "t, o = torch.load(sys.argv[1])\n"
+        "PLAIDIndex.build(t, o, nbits=2, n_centroids=32, kmeans_niter=2).save(sys.argv[2])\n")
+    env = dict(os.environ, LATEINT_TEST_KILL_SAVE_AFTER=str(kill_after))
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+    out = subprocess.run([sys.executable, "-c", script, str(other), path, root], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == -9, out.stderr[-2000:]  # killed, not finished
+    after = PLAIDIndex.load(path).search(q, 10)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    index.save(path)  # and the next save cleans up what the crash left
+    assert sorted(os.listdir(path)) == ["CURRENT", "v2"]

@@ -1,5 +1,5 @@
-"""PLAID index on lateint_kernels' ops (issue 3, in progress): build and search in memory.
-Not yet: save/load, add/delete, subset-aware candidate generation beyond filtering.
+"""PLAID index on lateint_kernels' ops (issue 3, in progress): build, search, save, load.
+Not yet: add/delete, subset-aware candidate generation beyond filtering.
 
 Build: sample documents -> spherical k-means (lateint.kmeans.fit) -> every token's code
 (kmeans_assign) -> residual buckets from a held-out sample -> packed residuals
@@ -10,14 +10,46 @@ once for the whole batch -> exact MaxSim (maxsim_candidates) -> top-k.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import shutil
+import signal
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 import lateint_kernels as lk
 
 from . import kmeans as _kmeans
+
+
+FORMAT = "lateint-plaid"
+FORMAT_VERSION = 1
+_ARRAYS = ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "bucket_cutoffs",
+           "bucket_weights", "ids")
+
+
+class IndexFormatError(ValueError):
+    """An index directory that is not a complete, intact index of a supported version."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _defaults_for_k(k: int) -> Tuple[int, float, int]:
@@ -163,6 +195,106 @@ class PLAIDIndex:
             out_ids = torch.cat([out_ids, torch.full((nq, k - kk), -1, dtype=torch.int64)], 1)
             out_scores = torch.cat([out_scores, torch.full((nq, k - kk), float("-inf"))], 1)
         return out_ids, out_scores
+
+    # -----------------------------------------------------------------------------------
+    # On disk: path/CURRENT names the live version directory path/v<N>/ (meta.json + one .npy
+    # per array). A save writes v<N+1> completely (fsync), then replaces CURRENT atomically
+    # (os.replace of a file), then removes the old version: a crash at any point leaves
+    # CURRENT naming a complete index.
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        cur = os.path.join(path, "CURRENT")
+        old = open(cur).read().strip() if os.path.exists(cur) else None
+        n = int(old[1:]) + 1 if old and old[1:].isdigit() else 1
+        name = f"v{n}"
+        tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        # tests only: SIGKILL before array i (i < 9), before the rename (9), before CURRENT (10)
+        crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {}}
+        for i, key in enumerate(_ARRAYS):
+            if i == crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-save, for the tests
+            arr = getattr(self, key).contiguous().numpy()
+            fpath = os.path.join(tmp, f"{key}.npy")
+            with open(fpath, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            meta["arrays"][key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": _sha256(fpath)}
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if crash_after == len(_ARRAYS):
+            os.kill(os.getpid(), signal.SIGKILL)
+        final = os.path.join(path, name)
+        shutil.rmtree(final, ignore_errors=True)  # leftover of a crash after this point
+        os.rename(tmp, final)
+        _fsync_dir(path)
+        if crash_after == len(_ARRAYS) + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        with open(cur + ".tmp", "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(cur + ".tmp", cur)
+        _fsync_dir(path)
+        for entry in os.listdir(path):  # older versions and crashed saves
+            if entry not in (name, "CURRENT") and (entry.startswith("v") or entry.startswith(".v")):
+                shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: str) -> "PLAIDIndex":
+        """Loads an index saved by `save`, arrays memory-mapped (copy-on-write). Refuses, with
+        IndexFormatError, a directory that is not a complete index of this format version,
+        or whose arrays do not match their recorded dtype, shape and SHA-256."""
+        cur = os.path.join(path, "CURRENT")
+        if not os.path.isfile(cur):
+            raise IndexFormatError(f"{path}: not a lateint PLAID index (no CURRENT file)")
+        name = open(cur).read().strip()
+        vdir = os.path.join(path, name)
+        try:
+            with open(os.path.join(vdir, "meta.json")) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"{path}: unreadable meta.json in {name}: {e}") from e
+        if meta.get("format") != FORMAT:
+            raise IndexFormatError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta.get("version") != FORMAT_VERSION:
+            raise IndexFormatError(f"{path}: format version {meta.get('version')!r}; this lateint reads "
+                                   f"version {FORMAT_VERSION}")
+        arrays = {}
+        for key in _ARRAYS:
+            info = meta.get("arrays", {}).get(key)
+            fpath = os.path.join(vdir, f"{key}.npy")
+            if info is None or not os.path.isfile(fpath):
+                raise IndexFormatError(f"{path}: array {key!r} missing")
+            if _sha256(fpath) != info["sha256"]:
+                raise IndexFormatError(f"{path}: {key}.npy is damaged (checksum mismatch)")
+            try:
+                arr = np.load(fpath, mmap_mode="c", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise IndexFormatError(f"{path}: {key}.npy unreadable: {e}") from e
+            if str(arr.dtype) != info["dtype"] or list(arr.shape) != info["shape"]:
+                raise IndexFormatError(f"{path}: {key}.npy is {arr.dtype} {list(arr.shape)}, recorded "
+                                       f"{info['dtype']} {info['shape']}")
+            arrays[key] = torch.from_numpy(arr)
+        k, dim = arrays["centroids"].shape
+        n_tok = arrays["codes"].shape[0]
+        nbits = meta.get("nbits")
+        consistent = (nbits in (1, 2, 4, 8) and arrays["packed"].shape == (n_tok, dim * nbits // 8)
+                      and arrays["ivf_offsets"].shape == (k + 1,)
+                      and arrays["ids"].shape[0] == arrays["doc_offsets"].shape[0] - 1
+                      and int(arrays["doc_offsets"][-1]) == n_tok
+                      and int(arrays["ivf_offsets"][-1]) == arrays["ivf_docs"].shape[0])
+        if not consistent:
+            raise IndexFormatError(f"{path}: arrays of inconsistent shapes")
+        return cls(arrays["centroids"], arrays["codes"], arrays["packed"], arrays["doc_offsets"],
+                   arrays["ivf_offsets"], arrays["ivf_docs"], arrays["bucket_cutoffs"], arrays["bucket_weights"],
+                   nbits, arrays["ids"])
 
     def bytes_per_token(self) -> float:
         """Bytes the compressed corpus takes per token: residuals + code + the IVF and the
