@@ -112,7 +112,7 @@ def test_damaged_index_is_refused(corpus, index, tmp_path, damage):
         PLAIDIndex.load(path)
 
 
-@pytest.mark.parametrize("kill_after", [0, 4, 9, 10])  # before array 0 / 4, before the rename, before CURRENT
+@pytest.mark.parametrize("kill_after", [0, 4, 10, 11])  # before array 0 / 4, before the rename, before CURRENT
 def test_crash_mid_save_keeps_the_old_index(corpus, index, tmp_path, kill_after):
     """A process saving a different index over the old one is killed (SIGKILL) part way:
     the old index still loads and searches exactly as before."""
@@ -138,3 +138,56 @@ def test_crash_mid_save_keeps_the_old_index(corpus, index, tmp_path, kill_after)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     index.save(path)  # and the next save cleans up what the crash left
     assert sorted(os.listdir(path)) == ["CURRENT", "v2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Updates
+def _exact_top(q, tokens, off, ids, k=10, allowed=None):
+    s = lk.maxsim(q, tokens, off)
+    if allowed is not None:
+        s[:, ~allowed] = float("-inf")
+    return ids[s.topk(k, dim=1).indices]
+
+
+def test_add_then_search_matches_exact_like_a_fresh_build(corpus):
+    q, tokens, off = corpus
+    cut = int(off[300])
+    idx = PLAIDIndex.build(tokens[:cut], off[:301], ids=list(range(1000, 1300)), nbits=4, n_centroids=128,
+                           kmeans_niter=6)
+    idx.add(tokens[cut:], off[300:] - off[300], ids=list(range(1300, 1400)))
+    assert idx.n_docs == 400 and idx.n_tokens == tokens.shape[0]
+    fresh = PLAIDIndex.build(tokens, off, ids=list(range(1000, 1400)), nbits=4, n_centroids=128, kmeans_niter=6)
+    exact = _exact_top(q, tokens, off, torch.arange(1000, 1400))
+    kw = dict(ncells=4, centroid_score_threshold=0.2, ndocs=200)
+    r_upd = _recall(idx.search(q, 10, **kw)[0], exact)
+    r_fresh = _recall(fresh.search(q, 10, **kw)[0], exact)
+    assert r_upd >= 0.85 and r_upd >= r_fresh - 0.05, (r_upd, r_fresh)
+    with pytest.raises(ValueError, match="already"):
+        idx.add(tokens[:10], torch.tensor([0, 10]), ids=[1000])
+
+
+def test_delete_compact_and_persist(corpus, tmp_path):
+    q, tokens, off = corpus
+    idx = PLAIDIndex.build(tokens, off, ids=list(range(1000, 1400)), nbits=4, n_centroids=128, kmeans_niter=6)
+    kw = dict(ncells=4, centroid_score_threshold=0.2, ndocs=200)
+    first = idx.search(q, 10, **kw)[0]
+    gone = sorted(set(first[:, 0].tolist()))  # every query's current best
+    idx.delete(gone)
+    allowed = ~torch.isin(torch.arange(1000, 1400), torch.tensor(gone))
+    exact = _exact_top(q, tokens, off, torch.arange(1000, 1400), allowed=allowed)
+    ids, scores = idx.search(q, 10, **kw)
+    assert not torch.isin(ids, torch.tensor(gone)).any()
+    assert _recall(ids, exact) >= 0.85
+    with pytest.raises(KeyError):
+        idx.delete([gone[0]])  # already deleted
+    with pytest.raises(KeyError):
+        idx.delete([5])
+    path = str(tmp_path / "idx")
+    idx.save(path)
+    loaded = PLAIDIndex.load(path)
+    assert torch.equal(loaded.search(q, 10, **kw)[0], ids)
+    idx.compact()
+    assert idx.n_docs == 400 - len(gone)
+    c_ids, c_scores = idx.search(q, 10, **kw)
+    assert torch.equal(c_ids, ids)
+    torch.testing.assert_close(c_scores, scores)

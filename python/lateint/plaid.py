@@ -1,5 +1,6 @@
 """PLAID index on lateint_kernels' ops (issue 3, in progress): build, search, save, load.
-Not yet: add/delete, subset-aware candidate generation beyond filtering.
+Updates: `add` assigns new documents to the existing centroids and buckets (no k-means);
+`delete` marks tombstones that search skips and `compact` drops.
 
 Build: sample documents -> spherical k-means (lateint.kmeans.fit) -> every token's code
 (kmeans_assign) -> residual buckets from a held-out sample -> packed residuals
@@ -29,7 +30,7 @@ from . import kmeans as _kmeans
 FORMAT = "lateint-plaid"
 FORMAT_VERSION = 1
 _ARRAYS = ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "bucket_cutoffs",
-           "bucket_weights", "ids")
+           "bucket_weights", "ids", "deleted")
 
 
 class IndexFormatError(ValueError):
@@ -52,6 +53,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _ivf(codes: torch.Tensor, doc_offsets: torch.Tensor, k: int):
+    """CSR centroid -> sorted unique documents having a token with that code."""
+    n = doc_offsets.shape[0] - 1
+    doc_of = torch.repeat_interleave(torch.arange(n), doc_offsets[1:] - doc_offsets[:-1])
+    pairs = torch.unique(codes.long() * max(n, 1) + doc_of)  # sorted by (centroid, document)
+    ivf_docs = pairs % max(n, 1)
+    ivf_offsets = torch.zeros(k + 1, dtype=torch.int64)
+    ivf_offsets[1:] = torch.cumsum(torch.bincount(pairs // max(n, 1), minlength=k), 0)
+    return ivf_offsets, ivf_docs
+
+
 def _defaults_for_k(k: int) -> Tuple[int, float, int]:
     """(ncells, centroid_score_threshold, ndocs) as PLAID picks them from k."""
     if k <= 10:
@@ -63,7 +75,7 @@ def _defaults_for_k(k: int) -> Tuple[int, float, int]:
 
 class PLAIDIndex:
     def __init__(self, centroids, codes, packed, doc_offsets, ivf_offsets, ivf_docs, bucket_cutoffs,
-                 bucket_weights, nbits, ids):
+                 bucket_weights, nbits, ids, deleted=None):
         self.centroids = centroids
         self.codes = codes
         self.packed = packed
@@ -74,6 +86,7 @@ class PLAIDIndex:
         self.bucket_weights = bucket_weights
         self.nbits = nbits
         self.ids = ids
+        self.deleted = torch.zeros(ids.shape[0], dtype=torch.bool) if deleted is None else deleted
 
     @property
     def n_docs(self) -> int:
@@ -132,13 +145,56 @@ class PLAIDIndex:
         cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
         codes = lk.kmeans_assign(x, centroids)
         packed = lk.compress_residuals(x, centroids, codes, cutoffs, nbits)
-        doc_of = torch.repeat_interleave(torch.arange(n), lens)
-        pairs = torch.unique(codes.long() * n + doc_of)  # sorted by (centroid, document)
-        ivf_docs = pairs % n
-        ivf_offsets = torch.zeros(centroids.shape[0] + 1, dtype=torch.int64)
-        ivf_offsets[1:] = torch.cumsum(torch.bincount(pairs // n, minlength=centroids.shape[0]), 0)
+        ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, centroids.shape[0])
         return cls(centroids, codes, packed, doc_offsets.clone(), ivf_offsets, ivf_docs, cutoffs, weights,
                    nbits, ids_t)
+
+    # -----------------------------------------------------------------------------------
+    def add(self, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Sequence[int]) -> None:
+        """Appends documents under new ids: their tokens go to the existing centroids and
+        buckets (no k-means), the IVF is rebuilt from the codes."""
+        m = doc_offsets.shape[0] - 1
+        ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
+        if doc_tokens.dim() != 2 or doc_tokens.shape[1] != self.centroids.shape[1]:
+            raise ValueError(f"PLAIDIndex.add: `doc_tokens` must be [T, {self.centroids.shape[1]}]")
+        if ids_t.shape != (m,) or torch.unique(ids_t).numel() != m:
+            raise ValueError(f"PLAIDIndex.add: `ids` must be {m} distinct integers")
+        clash = torch.isin(ids_t, self.ids)
+        if clash.any():
+            raise ValueError(f"PLAIDIndex.add: ids already in the index: {ids_t[clash][:5].tolist()}")
+        if int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0] or \
+                bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
+            raise ValueError("PLAIDIndex.add: `doc_offsets` must go from 0 to len(doc_tokens), non-decreasing")
+        x = doc_tokens.float().contiguous()
+        codes = lk.kmeans_assign(x, self.centroids)
+        packed = lk.compress_residuals(x, self.centroids, codes, self.bucket_cutoffs, self.nbits)
+        self.codes = torch.cat([self.codes, codes])
+        self.packed = torch.cat([self.packed, packed])
+        self.doc_offsets = torch.cat([self.doc_offsets, self.doc_offsets[-1] + doc_offsets[1:]])
+        self.ids = torch.cat([self.ids, ids_t])
+        self.deleted = torch.cat([self.deleted, torch.zeros(m, dtype=torch.bool)])
+        self.ivf_offsets, self.ivf_docs = _ivf(self.codes, self.doc_offsets, self.centroids.shape[0])
+
+    def delete(self, ids: Sequence[int]) -> None:
+        """Tombstones documents by id (search skips them; `compact` removes them)."""
+        ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
+        live = self.ids[~self.deleted]
+        unknown = ids_t[~torch.isin(ids_t, live)]
+        if unknown.numel():
+            raise KeyError(f"PLAIDIndex.delete: ids not in the index: {unknown[:5].tolist()}")
+        self.deleted = self.deleted | torch.isin(self.ids, ids_t)
+
+    def compact(self) -> None:
+        """Drops tombstoned documents from the arrays (ids of the others stay)."""
+        keep = ~self.deleted
+        lens = self.doc_offsets[1:] - self.doc_offsets[:-1]
+        tok_keep = torch.repeat_interleave(keep, lens)
+        self.codes = self.codes[tok_keep]
+        self.packed = self.packed[tok_keep]
+        self.doc_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens[keep], 0)])
+        self.ids = self.ids[keep]
+        self.deleted = torch.zeros(self.ids.shape[0], dtype=torch.bool)
+        self.ivf_offsets, self.ivf_docs = _ivf(self.codes, self.doc_offsets, self.centroids.shape[0])
 
     # -----------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
@@ -159,10 +215,11 @@ class PLAIDIndex:
         nq = q.shape[0]
         s = lk.centroid_scores(q, self.centroids)
         cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask)
-        if subset is not None:
+        if subset is not None or bool(self.deleted.any()):
             allowed = torch.zeros(self.n_docs + 1, dtype=torch.bool)  # slot n_docs: the -1 padding
-            pos = torch.nonzero(torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64))).flatten()
-            allowed[pos] = True
+            allowed[:-1] = ~self.deleted
+            if subset is not None:
+                allowed[:-1] &= torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64))
             cand = torch.where(allowed[cand.clamp(min=-1) % (self.n_docs + 1)] & (cand >= 0), cand,
                                torch.full_like(cand, -1))
         if cand.shape[1] == 0:
@@ -210,7 +267,7 @@ class PLAIDIndex:
         tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        # tests only: SIGKILL before array i (i < 9), before the rename (9), before CURRENT (10)
+        # tests only: SIGKILL before array i (i < 10), before the rename (10), before CURRENT (11)
         crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {}}
         for i, key in enumerate(_ARRAYS):
@@ -288,13 +345,14 @@ class PLAIDIndex:
         consistent = (nbits in (1, 2, 4, 8) and arrays["packed"].shape == (n_tok, dim * nbits // 8)
                       and arrays["ivf_offsets"].shape == (k + 1,)
                       and arrays["ids"].shape[0] == arrays["doc_offsets"].shape[0] - 1
+                      and arrays["deleted"].shape == arrays["ids"].shape
                       and int(arrays["doc_offsets"][-1]) == n_tok
                       and int(arrays["ivf_offsets"][-1]) == arrays["ivf_docs"].shape[0])
         if not consistent:
             raise IndexFormatError(f"{path}: arrays of inconsistent shapes")
         return cls(arrays["centroids"], arrays["codes"], arrays["packed"], arrays["doc_offsets"],
                    arrays["ivf_offsets"], arrays["ivf_docs"], arrays["bucket_cutoffs"], arrays["bucket_weights"],
-                   nbits, arrays["ids"])
+                   nbits, arrays["ids"], arrays["deleted"])
 
     def bytes_per_token(self) -> float:
         """Bytes the compressed corpus takes per token: residuals + code + the IVF and the
