@@ -191,3 +191,16 @@ def test_delete_compact_and_persist(corpus, tmp_path):
     c_ids, c_scores = idx.search(q, 10, **kw)
     assert torch.equal(c_ids, ids)
     torch.testing.assert_close(c_scores, scores)
+
+
+def test_concurrent_searches_match_serial(corpus, index):
+    """Many threads searching one shared index at once give the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    q, _, _ = corpus
+    serial = [index.search(q[i:i + 1], 10) for i in range(q.shape[0])]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(index.search, q[i:i + 1], 10) for i in range(q.shape[0])]
+        results = [f.result() for f in futures]
+    for (a_ids, a_sc), (b_ids, b_sc) in zip(serial, results):
+        assert torch.equal(a_ids, b_ids) and torch.equal(a_sc, b_sc)
