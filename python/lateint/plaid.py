@@ -64,6 +64,10 @@ def _ivf(codes: torch.Tensor, doc_offsets: torch.Tensor, k: int):
     return ivf_offsets, ivf_docs
 
 
+def _no_results(nq: int, k: int):
+    return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+
+
 def _defaults_for_k(k: int) -> Tuple[int, float, int]:
     """(ncells, centroid_score_threshold, ndocs) as PLAID picks them from k."""
     if k <= 10:
@@ -223,7 +227,7 @@ class PLAIDIndex:
             cand = torch.where(allowed[cand.clamp(min=-1) % (self.n_docs + 1)] & (cand >= 0), cand,
                                torch.full_like(cand, -1))
         if cand.shape[1] == 0:
-            return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+            return _no_results(nq, k)
         approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask)
         keep = min(ndocs, cand.shape[1])
         top = approx.topk(keep, dim=1)
@@ -232,7 +236,7 @@ class PLAIDIndex:
         # decompress every distinct document once for the batch, then exact MaxSim
         docs = torch.unique(best[best >= 0])
         if docs.numel() == 0:
-            return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+            return _no_results(nq, k)
         starts, ends = self.doc_offsets[docs], self.doc_offsets[docs + 1]
         lens = ends - starts
         tok = torch.repeat_interleave(starts - torch.cumsum(lens, 0) + lens, lens) + torch.arange(int(lens.sum()))
@@ -249,8 +253,8 @@ class PLAIDIndex:
         out_ids = torch.where(doc_idx >= 0, self.ids[doc_idx.clamp(min=0)], torch.full_like(doc_idx, -1))
         out_scores = torch.where(doc_idx >= 0, fin.values, torch.full_like(fin.values, float("-inf")))
         if kk < k:
-            out_ids = torch.cat([out_ids, torch.full((nq, k - kk), -1, dtype=torch.int64)], 1)
-            out_scores = torch.cat([out_scores, torch.full((nq, k - kk), float("-inf"))], 1)
+            pad_ids, pad_scores = _no_results(nq, k - kk)
+            out_ids, out_scores = torch.cat([out_ids, pad_ids], 1), torch.cat([out_scores, pad_scores], 1)
         return out_ids, out_scores
 
     # -----------------------------------------------------------------------------------
