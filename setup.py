@@ -94,7 +94,7 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.6", "numpy"],
+    install_requires=["torch>=2.6", "numpy", "tqdm"],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark", "triton>=3.2", "scipy"],
         "bench": ["pytest-benchmark", "maxsim-cpu==0.1.0"],

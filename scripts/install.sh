@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q "torch==2.13.0" ninja pybind11 numpy "setuptools>=64" wheel
-$PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy maxsim-cpu==0.1.0
+$PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy tqdm maxsim-cpu==0.1.0
 if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
 $PY -m pip install -q --no-build-isolation -e ".[test]"
 command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH

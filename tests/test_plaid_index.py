@@ -204,3 +204,10 @@ def test_concurrent_searches_match_serial(corpus, index):
         results = [f.result() for f in futures]
     for (a_ids, a_sc), (b_ids, b_sc) in zip(serial, results):
         assert torch.equal(a_ids, b_ids) and torch.equal(a_sc, b_sc)
+
+
+def test_build_progress_bar(corpus, capsys):
+    _, tokens, off = corpus
+    PLAIDIndex.build(tokens[: int(off[50])], off[:51], nbits=2, n_centroids=16, kmeans_niter=2,
+                     show_progress_bar=True)
+    assert "k-means (16 centroids" in capsys.readouterr().err

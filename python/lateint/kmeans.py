@@ -20,7 +20,8 @@ def plaid_num_centroids(n_tokens: int) -> int:
     return 2 ** int(math.floor(math.log2(16 * math.sqrt(n_tokens))))
 
 
-def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0) -> torch.Tensor:
+def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0,
+        show_progress_bar: bool = False) -> torch.Tensor:
     """Centroids [k, dim] float32 (L2-normalized) of the rows of x [n, dim]: k distinct rows
     drawn with `seed` as the start, then `niter` rounds of assignment (by inner product) and
     normalized means. A centroid that loses all its rows keeps its previous position."""
@@ -36,7 +37,12 @@ def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0) -> torch.Ten
     c = torch.nn.functional.normalize(x[start].float(), dim=-1)
     xf = x.float()
     xd = x.double()
-    for _ in range(niter):
+    steps = range(niter)
+    if show_progress_bar:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"k-means ({k} centroids, {n} points)")
+    for _ in steps:
         codes = lk.kmeans_assign(xf, c).long()
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, codes, xd)
         counts = torch.bincount(codes, minlength=k)

@@ -104,7 +104,7 @@ class PLAIDIndex:
     @classmethod
     def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,
               nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None, kmeans_niter: int = 20,
-              sample_docs: Optional[int] = None) -> "PLAIDIndex":
+              sample_docs: Optional[int] = None, show_progress_bar: bool = False) -> "PLAIDIndex":
         """Index packed documents (doc_tokens [T, dim] float, L2-normalized; doc_offsets
         int64 [n + 1]). Centroid count and k-means sample follow PLAID's rules unless given:
         sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
@@ -143,7 +143,8 @@ class PLAIDIndex:
         perm = torch.randperm(sample_x.shape[0], generator=g)
         n_held = max(1, sample_x.shape[0] // 20) if sample_x.shape[0] > n_centroids + 1 else 0
         held, train = sample_x[perm[:n_held]], sample_x[perm[n_held:]]
-        centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed)
+        centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed,
+                                show_progress_bar=show_progress_bar)
         ref = held if n_held else train
         ref_codes = lk.kmeans_assign(ref, centroids)
         cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
