@@ -1,0 +1,115 @@
+"""PLAID indexes side by side on one corpus: lateint's PLAIDIndex, fast-plaid 1.7 (its own
+venv: it pins torch 2.11) and exact brute-force MaxSim (lk.maxsim) as the truth.
+
+Every library runs in its own process through a driver (bench/plaid_drivers/) that reads
+the same corpus file and reports build time, peak RSS, bytes on disk, and for a sweep of
+search settings p50/p95 latency at batch 1, queries/s at batch 32 and the top-10 ids;
+recall@10 is computed here against the exact top-10.
+
+    python3 -m venv ~/.venvs/fastplaid && ~/.venvs/fastplaid/bin/pip install "fast-plaid==1.7.0.2110" numpy
+    python bench/bench_plaid.py [--docs 2000] [--fastplaid-python ~/.venvs/fastplaid/bin/python]
+Appends rows to bench/results/plaid.csv, writes bench/results/plaid_frontier.png when
+matplotlib is installed. (In progress: xtr-warp-rs and the real-text corpus are not wired
+in yet.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+
+import lateint_kernels as lk  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_driver(python, driver, corpus, work, nbits):
+    report = os.path.join(work, f"{os.path.basename(driver)}-{nbits}.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(HERE), "python")
+    out = subprocess.run([python, os.path.join(HERE, "plaid_drivers", driver), corpus, work, str(nbits), report],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(f"{driver} failed:\n{out.stderr[-3000:]}")
+        return None
+    with open(report) as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=2000)
+    ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--fastplaid-python", default=os.path.expanduser("~/.venvs/fastplaid/bin/python"))
+    ap.add_argument("--work", default=os.path.expanduser("~/.cache/lateint/bench_plaid"))
+    args = ap.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    q, tokens, offsets, _ = __import__("lateint.synthetic", fromlist=["x"]).clustered_corpus(
+        args.docs, 30, 170, 128, nq=args.queries, lq=32, n_topics=512, seed=0)
+    corpus = os.path.join(args.work, f"corpus-{args.docs}.pt")
+    torch.save({"tokens": tokens, "offsets": offsets, "queries": q}, corpus)
+    exact = lk.maxsim(q, tokens, offsets).topk(10, dim=1).indices.tolist()
+    t = H.time_cpu(lambda: lk.maxsim(q[:1], tokens, offsets), repeats=5)
+    shape = f"{args.docs} docs {tokens.shape[0]} tok d128"
+    print(f"{shape}; exact MaxSim top-10: {t * 1e3:.1f} ms per query (batch 1)")
+    rows = [H.row("plaid_search", "exact_maxsim", torch.float32, shape, "p50_ms", t * 1e3, "ms")]
+    drivers = [("lateint", sys.executable, "lateint_driver.py")]
+    if os.path.exists(args.fastplaid_python):
+        drivers.append(("fast-plaid", args.fastplaid_python, "fastplaid_driver.py"))
+    else:
+        print(f"fast-plaid python not found at {args.fastplaid_python}: lateint only")
+    curves = {}
+    for nbits in (2, 4):
+        for name, python, driver in drivers:
+            rep = run_driver(python, driver, corpus, args.work, nbits)
+            if rep is None:
+                continue
+            bpt = rep["disk_bytes"] / rep["n_tokens"]
+            print(f"\n{name} nbits {nbits}: build {rep['build_s']:.1f} s, peak RSS {rep['peak_rss_mb']:.0f} MB, "
+                  f"{bpt:.1f} bytes/token on disk")
+            label = f"{shape} nbits{nbits}"
+            rows += [H.row("plaid_build", name, "nbits%d" % nbits, label, "seconds", rep["build_s"], "s"),
+                     H.row("plaid_build", name, "nbits%d" % nbits, label, "peak_rss_mb", rep["peak_rss_mb"], "MB"),
+                     H.row("plaid_index", name, "nbits%d" % nbits, label, "bytes_per_token", bpt, "B")]
+            for r in rep["results"]:
+                rec = sum(len(set(a) & set(b)) for a, b in zip(r["ids"], exact)) / (10 * len(exact))
+                s = ",".join(f"{k}={v}" for k, v in r["setting"].items())
+                print(f"  {s:55s} recall@10 {rec:.3f}  p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
+                      f"{r['qps_batch32']:7.1f} q/s @32")
+                curves.setdefault((name, nbits), []).append((r["p50_ms"], rec))
+                for metric, v, unit in (("recall10", rec, "ratio"), ("p50_ms", r["p50_ms"], "ms"),
+                                        ("p95_ms", r["p95_ms"], "ms"), ("qps_batch32", r["qps_batch32"], "q/s")):
+                    rows.append(H.row("plaid_search", name, "nbits%d" % nbits, f"{label} {s}", metric, v, unit))
+    print(f"\nrows -> {H.append_rows('plaid', rows)}")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, nbits), pts in sorted(curves.items()):
+        pts.sort()
+        ax.plot([p for p, _ in pts], [r for _, r in pts], marker="o", label=f"{name} nbits {nbits}")
+    ax.axhline(0.95, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per query, batch 1 (ms)")
+    ax.set_ylabel("recall@10 vs exact MaxSim")
+    ax.set_title(f"{shape}, {H.cpu_model()}")
+    ax.legend()
+    path = os.path.join(HERE, "results", "plaid_frontier.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot -> {path}")
+
+
+if __name__ == "__main__":
+    main()
