@@ -104,11 +104,13 @@ class PLAIDIndex:
     @classmethod
     def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,
               nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None, kmeans_niter: int = 20,
-              sample_docs: Optional[int] = None, show_progress_bar: bool = False) -> "PLAIDIndex":
+              sample_docs: Optional[int] = None, show_progress_bar: bool = False,
+              pool_factor: int = 1) -> "PLAIDIndex":
         """Index packed documents (doc_tokens [T, dim] float, L2-normalized; doc_offsets
         int64 [n + 1]). Centroid count and k-means sample follow PLAID's rules unless given:
         sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
-        2 ** floor(log2(16 * sqrt(tokens of the sample scaled to the corpus)))."""
+        2 ** floor(log2(16 * sqrt(tokens of the sample scaled to the corpus))). pool_factor > 1
+        first pools each document's tokens (lk.token_pool, PyLate's hierarchical pooling)."""
         if doc_tokens.dim() != 2 or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
             raise ValueError("PLAIDIndex.build: `doc_tokens` must be [T, dim] and `doc_offsets` int64 [n + 1]")
         n = doc_offsets.shape[0] - 1
@@ -121,6 +123,8 @@ class PLAIDIndex:
         if int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0] or \
                 bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
             raise ValueError("PLAIDIndex.build: `doc_offsets` must go from 0 to len(doc_tokens), non-decreasing")
+        if pool_factor != 1:
+            doc_tokens, doc_offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor)
         if ids is None:
             ids_t = torch.arange(n, dtype=torch.int64)
         else:
