@@ -306,6 +306,29 @@ class _kernel_checks:
             _tmaxsim.CHECKS.reset(self.token)
 
 
+def offsets_flags(doc_offsets: torch.Tensor, n_rows: int) -> list:
+    """The data-dependent conditions on packed offsets, as 0-d bool tensors (fuse them with
+    other checks into one host sync): [first != 0, last != n_rows, decreasing somewhere]."""
+    return [doc_offsets[:1].ne(0).any(), doc_offsets[-1:].ne(n_rows).any(),
+            (doc_offsets[1:] < doc_offsets[:-1]).any()]
+
+
+def raise_bad_offsets(op: str, doc_offsets: torch.Tensor, n_rows: int, flags) -> None:
+    """Raises the error naming `doc_offsets` for the first set flag of offsets_flags."""
+    if flags[0] or flags[1]:
+        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = {n_rows}, "
+                         f"got {int(doc_offsets[0])} ... {int(doc_offsets[-1])}")
+    if flags[2]:
+        i = int((doc_offsets[1:] < doc_offsets[:-1]).nonzero()[0])
+        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing, but doc_offsets[{i + 1}] = "
+                         f"{int(doc_offsets[i + 1])} < doc_offsets[{i}] = {int(doc_offsets[i])}")
+
+
+def check_offsets(op: str, doc_offsets: torch.Tensor, n_rows: int) -> None:
+    """offsets_flags + raise_bad_offsets, for callers with nothing to fuse them with."""
+    raise_bad_offsets(op, doc_offsets, n_rows, torch.stack(offsets_flags(doc_offsets, n_rows)).tolist())
+
+
 def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask_mode,
               candidates=None, validate=True):
     """Checks with messages naming the argument. The data-dependent ones (offsets, ids, NaN)
@@ -354,9 +377,7 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
         return  # the Triton kernel checks offsets, ids and NaN/Inf in-kernel
     # One fused reduction (one host sync on GPU) for the data-dependent conditions; the
     # message is worked out only when something is wrong.
-    checks = [doc_offsets[:1].ne(0).any(),
-              doc_offsets[-1:].ne(doc_tokens.shape[0]).any(),
-              (doc_offsets[1:] < doc_offsets[:-1]).any()]
+    checks = offsets_flags(doc_offsets, doc_tokens.shape[0])
     if candidates is not None and candidates.numel():
         checks += [(candidates < -1).any() | (candidates >= nd).any()]
     # (only the reference and CUDA SIMT paths get here; neither checks NaN/Inf itself)
@@ -365,13 +386,7 @@ def _validate(op, queries, doc_tokens, doc_offsets, query_mask, doc_padded, mask
     flags = torch.stack([c.reshape(()) for c in checks]).tolist()
     if not any(flags):
         return
-    if flags[0] or flags[1]:
-        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = {doc_tokens.shape[0]}, "
-                         f"got {int(doc_offsets[0])} ... {int(doc_offsets[-1])}")
-    if flags[2]:
-        i = int((doc_offsets[1:] < doc_offsets[:-1]).nonzero()[0])
-        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing, but doc_offsets[{i + 1}] = "
-                         f"{int(doc_offsets[i + 1])} < doc_offsets[{i}] = {int(doc_offsets[i])}")
+    raise_bad_offsets(op, doc_offsets, doc_tokens.shape[0], flags[:3])
     k = 3
     if candidates is not None and candidates.numel():
         if flags[k]:

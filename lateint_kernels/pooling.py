@@ -146,16 +146,9 @@ def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distan
         return
     if doc_tokens.device.type == "cpu" and NATIVE_LOADED and not _ops._forced_reference():
         return  # the C++ op checks offsets and NaN/Inf itself
-    o = doc_offsets
-    flags = torch.stack([o[:1].ne(0).any(), o[-1:].ne(doc_tokens.shape[0]).any(),
-                         (o[1:] < o[:-1]).any(), ~torch.isfinite(doc_tokens).all()]).tolist()
-    if flags[0] or flags[1]:
-        raise ValueError(f"{op}: `doc_offsets` must start at 0 and end at len(doc_tokens) = "
-                         f"{doc_tokens.shape[0]}, got {int(o[0])} ... {int(o[-1])}")
-    if flags[2]:
-        i = int((o[1:] < o[:-1]).nonzero()[0])
-        raise ValueError(f"{op}: `doc_offsets` must be non-decreasing, but doc_offsets[{i + 1}] = "
-                         f"{int(o[i + 1])} < doc_offsets[{i}] = {int(o[i])}")
+    flags = torch.stack(_ops.offsets_flags(doc_offsets, doc_tokens.shape[0])
+                        + [~torch.isfinite(doc_tokens).all()]).tolist()
+    _ops.raise_bad_offsets(op, doc_offsets, doc_tokens.shape[0], flags[:3])
     if flags[3]:
         raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
 

@@ -120,9 +120,7 @@ class PLAIDIndex:
             raise ValueError(f"PLAIDIndex.build: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
         if doc_tokens.shape[1] * nbits % 8:
             raise ValueError("PLAIDIndex.build: dim * nbits must be a multiple of 8")
-        if int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0] or \
-                bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
-            raise ValueError("PLAIDIndex.build: `doc_offsets` must go from 0 to len(doc_tokens), non-decreasing")
+        lk.ops.check_offsets("PLAIDIndex.build", doc_offsets, doc_tokens.shape[0])
         if pool_factor != 1:
             doc_tokens, doc_offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor)
         if ids is None:
@@ -171,9 +169,7 @@ class PLAIDIndex:
         clash = torch.isin(ids_t, self.ids)
         if clash.any():
             raise ValueError(f"PLAIDIndex.add: ids already in the index: {ids_t[clash][:5].tolist()}")
-        if int(doc_offsets[0]) != 0 or int(doc_offsets[-1]) != doc_tokens.shape[0] or \
-                bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
-            raise ValueError("PLAIDIndex.add: `doc_offsets` must go from 0 to len(doc_tokens), non-decreasing")
+        lk.ops.check_offsets("PLAIDIndex.add", doc_offsets, doc_tokens.shape[0])
         x = doc_tokens.float().contiguous()
         codes = lk.kmeans_assign(x, self.centroids)
         packed = lk.compress_residuals(x, self.centroids, codes, self.bucket_cutoffs, self.nbits)
