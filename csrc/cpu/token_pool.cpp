@@ -81,6 +81,19 @@ const void* row_ptr(const PoolInputs& in, int64_t row) {
   return static_cast<const char*>(in.tokens.data_ptr()) + row * in.dim * esz;
 }
 
+// Per-document output counts -> output offsets, and each token's row within its document
+// -> its global output row.
+void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t* rows,
+                    int64_t* new_offsets) {
+  new_offsets[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) new_offsets[d + 1] = new_offsets[d] + count[d];
+  const int64_t grain = std::max<int64_t>(1, nd / (8 * at::get_num_threads()));
+  at::parallel_for(0, nd, grain, [&](int64_t b, int64_t e) {
+    for (int64_t d = b; d < e; ++d)
+      for (int64_t t = o[d]; t < o[d + 1]; ++t) rows[t] += new_offsets[d];
+  });
+}
+
 // Per-token output row (global) and the new offsets: protected tokens keep a row each, the
 // rest map to their cluster's row.
 void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
@@ -110,12 +123,7 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   });
   const int64_t bad = bad_doc.load();
   LK_CHECK(bad < 0, op, "`doc_tokens` contains NaN or Inf (in document ", bad, ")");
-  new_offsets[0] = 0;
-  for (int64_t d = 0; d < in.nd; ++d) new_offsets[d + 1] = new_offsets[d] + count[d];
-  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
-    for (int64_t d = b; d < e; ++d)
-      for (int64_t t = o[d]; t < o[d + 1]; ++t) rows[t] += new_offsets[d];
-  });
+  rows_to_global(o, in.nd, count.data(), rows, new_offsets);
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -336,10 +344,7 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
     }
   });
   LK_CHECK(bad.load() < 0, op, "invalid merge list for document ", bad.load());
-  no[0] = 0;
-  for (int64_t d = 0; d < nd; ++d) no[d + 1] = no[d] + count[d];
-  for (int64_t d = 0; d < nd; ++d)
-    for (int64_t t = o[d]; t < o[d + 1]; ++t) r[t] += no[d];
+  rows_to_global(o, nd, count.data(), r, no);
   return {rows, new_off};
 }
 
