@@ -1,0 +1,128 @@
+"""Token pooling and kmeans_assign on a CUDA GPU, checked before they are timed.
+
+- token_pool: the Triton path (device distances + Ward NN-chain, host sort/cut, device means)
+  vs the C++ CPU op on the same machine and PyLate-equivalent answers: cluster labels are
+  compared document by document with the CPU op's (which is bit-identical to scipy/PyLate).
+- kmeans_assign: the Triton fused matmul + argmax vs torch on the same GPU (one matmul +
+  argmax per chunk, the way one writes it without materializing [n, k]); answers compared
+  first (exact equality of the assignments, ties are measure-zero on this data).
+
+Times: CUDA-synchronized wall clock, median of repeats after a warm-up (the pooling path has
+a host step, so do_bench's kernel-only timing would flatter it). Appends rows to
+bench/results/gpu_ops.csv.
+
+    python bench/bench_gpu_ops.py [--smoke]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+
+import lateint_kernels as lk  # noqa: E402
+
+
+def time_cuda(fn, repeats=5):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def torch_assign(x, c, chunk=65536):
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        out[i:i + chunk] = (x[i:i + chunk] @ c.T).argmax(1)
+    return out
+
+
+def bench_pool(n_docs, rows, table):
+    _, tokens, offsets = H.clustered_corpus(n_docs, 64, 300, 128, seed=0)
+    label0 = f"{n_docs} docs 64-300 tok d128"
+    tg, og = tokens.cuda(), offsets.cuda()
+    for pf in (2, 4):
+        want = lk.token_pool_labels(tokens, offsets, pf)
+        got = lk.token_pool_labels(tg, og, pf)
+        same_labels = bool(torch.equal(got.cpu(), want))
+        p_cpu, o_cpu = lk.token_pool(tokens, offsets, pf)
+        p_gpu, o_gpu = lk.token_pool(tg, og, pf)
+        same_off = bool(torch.equal(o_gpu.cpu(), o_cpu))
+        err = float((p_gpu.cpu().double() - p_cpu.double()).abs().max()) if same_off else float("nan")
+        t_gpu = time_cuda(lambda: lk.token_pool(tg, og, pf))
+        t_cpu = H.time_cpu(lambda: lk.token_pool(tokens, offsets, pf), repeats=3, min_repeats_slow=3)
+        label = f"{label0} pf{pf}"
+        rows += [H.row("token_pool_gpu", "lateint triton", torch.float32, label, "seconds", t_gpu, "s", device="cuda"),
+                 H.row("token_pool_gpu", f"lateint cpu ({torch.get_num_threads()} threads)", torch.float32, label,
+                       "seconds", t_cpu, "s"),
+                 H.row("token_pool_gpu", "lateint triton", torch.float32, label, "labels_equal_cpu",
+                       float(same_labels), "bool", device="cuda"),
+                 H.row("token_pool_gpu", "lateint triton", torch.float32, label, "max_abs_err_vs_cpu",
+                       err, "abs", device="cuda")]
+        table.append(f"token_pool {label}: GPU {t_gpu * 1e3:.1f} ms, CPU op ({torch.get_num_threads()} threads) "
+                     f"{t_cpu * 1e3:.1f} ms; labels equal to CPU/scipy: {same_labels}; "
+                     f"offsets equal: {same_off}; max |pooled gpu - cpu| {err:.2e}")
+
+
+def bench_kmeans(shapes, rows, table):
+    dim = 128
+    for n, k in shapes:
+        _, tokens, _ = H.clustered_corpus(max(n // 150, 1), 100, 200, dim, seed=1)
+        x = tokens[:n].contiguous().cuda()
+        n = x.shape[0]
+        c = x[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].cuda()].contiguous()
+        got = lk.kmeans_assign(x, c).long()
+        ref = torch_assign(x, c)
+        agree = float((got == ref).double().mean())
+        # Where they differ it must be a float32 near-tie: check against float64 scores.
+        diff = (got != ref).nonzero().flatten()[:1000]
+        if diff.numel():
+            s = x[diff].double() @ c.double().T
+            gap = float((s.gather(1, got[diff, None]) - s.gather(1, ref[diff, None])).abs().max())
+        else:
+            gap = 0.0
+        t_ours = time_cuda(lambda: lk.kmeans_assign(x, c))
+        t_torch = time_cuda(lambda: torch_assign(x, c))
+        tf = 2 * n * k * dim / t_ours / 1e12
+        label = f"{n} x {k} centroids d{dim}"
+        rows += [H.row("kmeans_assign_gpu", "lateint triton", torch.float32, label, "seconds", t_ours, "s", device="cuda"),
+                 H.row("kmeans_assign_gpu", "torch chunked matmul+argmax", torch.float32, label, "seconds", t_torch,
+                       "s", device="cuda"),
+                 H.row("kmeans_assign_gpu", "lateint triton", torch.float32, label, "agreement_vs_torch", agree,
+                       "fraction", device="cuda")]
+        table.append(f"kmeans_assign {label}: triton {t_ours * 1e3:.2f} ms ({tf:.1f} TFLOP/s), torch chunked "
+                     f"{t_torch * 1e3:.2f} ms ({t_torch / t_ours:.2f}x); agreement {agree:.6f} "
+                     f"(largest fp64 score gap where they differ {gap:.1e})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu_ops.py needs a CUDA device")
+    rows, table = [], []
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {H.triton_version()}; "
+          f"backends: token_pool {lk.backend_for('token_pool', 'cuda')}, "
+          f"kmeans_assign {lk.backend_for('kmeans_assign', 'cuda')}", flush=True)
+    bench_pool(200 if args.smoke else 2000, rows, table)
+    print("\n".join(table), flush=True)
+    bench_kmeans([(20_000, 1024)] if args.smoke else [(200_000, 4096), (1_000_000, 16384)], rows, table)
+    print("\n".join(table[-2:]))
+    if not args.smoke:
+        print(f"rows -> {H.append_rows('gpu_ops', rows)}")
+
+
+if __name__ == "__main__":
+    main()
