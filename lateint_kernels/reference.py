@@ -129,6 +129,25 @@ def _pool_distances_condensed(x: torch.Tensor, distance: str):
     raise ValueError(f'token_pool: `distance` must be "cosine" or "euclidean", got {distance!r}')
 
 
+def _scipy_hierarchy_module():
+    """scipy's compiled hierarchy module (for its maxclust cut): scipy.cluster._hierarchy
+    in the scipy we install, scipy.cluster.hierarchy._hierarchy in newer releases where
+    hierarchy is a package (seen on the GPU machine's scipy)."""
+    import importlib
+
+    for name in ("scipy.cluster.hierarchy._hierarchy", "scipy.cluster._hierarchy"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "cluster_maxclust_dist"):
+            return mod
+    import scipy
+
+    raise ImportError(f"token_pool reference: scipy {scipy.__version__} has no cluster_maxclust_dist "
+                      "in scipy.cluster(.hierarchy)._hierarchy")
+
+
 def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int,
                           protected_tokens: int = 1, distance: str = "cosine"):
     """Per-token output row (int64 [T]) and output offsets of token pooling: per document the
@@ -136,8 +155,9 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
     linkage into max(1, n // pool_factor) clusters (fcluster maxclust), one row per cluster in
     scipy's label order; documents the cut would not shrink are kept as they are."""
     import numpy as np
-    from scipy.cluster import _hierarchy as _scipy_hierarchy_c
     from scipy.cluster import hierarchy
+
+    _scipy_hierarchy_c = _scipy_hierarchy_module()
 
     x_all = doc_tokens.detach().cpu()
     off = doc_offsets.cpu().tolist()
