@@ -53,9 +53,9 @@ def bench_pool(n_docs, rows, table):
     label0 = f"{n_docs} docs 64-300 tok d128"
     tg, og = tokens.cuda(), offsets.cuda()
     for pf in (2, 4):
-        want = lk.token_pool_labels(tokens, offsets, pf)
-        got = lk.token_pool_labels(tg, og, pf)
-        same_labels = bool(torch.equal(got.cpu(), want))
+        want_rows, want_off = lk.token_pool_labels(tokens, offsets, pf)
+        got_rows, got_off = lk.token_pool_labels(tg, og, pf)
+        same_labels = bool(torch.equal(got_rows.cpu(), want_rows) and torch.equal(got_off.cpu(), want_off))
         p_cpu, o_cpu = lk.token_pool(tokens, offsets, pf)
         p_gpu, o_gpu = lk.token_pool(tg, og, pf)
         same_off = bool(torch.equal(o_gpu.cpu(), o_cpu))

@@ -4,21 +4,25 @@
 # benchmarks. Logs go to ${OUT:-.}. Pass LATEINT_COMMIT=<sha> when the tree arrives without
 # .git (the device tool). GPU_BENCH="maxsim ops" picks the benchmarks (default both).
 #
-# The build uses the system compiler (CC=gcc CXX=g++): on the lent machines' image Python's
-# sysconfig names /opt/gcc/bin/g++, whose libstdc++ headers do not match the libstdc++ loaded
-# at run time, and every TORCH_CHECK failure raised from the extension then segfaulted while
-# formatting its message (docs/design-notes.md).
+# The build uses the system compiler (/usr/bin/g++): the lent machines' image exports
+# CXX=/opt/gcc/bin/g++, which torch's extension builder takes for compiling and linking; the
+# extension then carried its own copy of libstdc++'s ostream code, and every TORCH_CHECK
+# failure raised from it segfaulted while formatting its message (docs/design-notes.md).
 set -uo pipefail
 OUT=${OUT:-.}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import sys, sysconfig, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'sysconfig CXX', sysconfig.get_config_var('CXX'))" | tee -a "$OUT/gpu.txt"
 g++ --version | head -1 | tee -a "$OUT/gpu.txt"
-export MAX_JOBS=${MAX_JOBS:-16} CC=${CC:-gcc} CXX=${CXX:-g++} LDSHARED=${LDSHARED:-"g++ -shared"}
+echo "image CXX=${CXX:-unset} CC=${CC:-unset}" | tee -a "$OUT/gpu.txt"
+export MAX_JOBS=${MAX_JOBS:-16}
+if [ -z "${LATEINT_KEEP_CXX:-}" ] && [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 SECONDS=0
 LATEINT_USE_CUDA=1 LATEINT_CUDA_ARCH=${LATEINT_CUDA_ARCH:-90} python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build ${SECONDS}s"
+echo "build ${SECONDS}s with $(grep -m1 -o '^\[1/[0-9]*\] [^ ]*' "$OUT/build.log")"
+so=$(ls lateint_kernels/_C*.so)
+echo "libstdc++ linked: $(ldd "$so" | grep -o 'libstdc++[^ ]* => [^ ]*'); ostream code inside the .so: $(nm -C --defined-only "$so" | grep -c '_M_insert<long>')" | tee -a "$OUT/gpu.txt"
 export PYTHONPATH=$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import lateint_kernels as lk; print('native', lk.NATIVE_LOADED, {op: lk.backend_for(op, 'cuda') for op in ('maxsim', 'maxsim_backward', 'token_pool', 'kmeans_assign')})" | tee -a "$OUT/gpu.txt"
 python3 -X faulthandler scripts/throw_probe.py > "$OUT/throw_probe.log" 2>&1
