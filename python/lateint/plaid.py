@@ -28,9 +28,13 @@ from . import kmeans as _kmeans
 
 
 FORMAT = "lateint-plaid"
-FORMAT_VERSION = 1
-_ARRAYS = ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "bucket_cutoffs",
-           "bucket_weights", "ids", "deleted")
+FORMAT_VERSION = 2
+# Stored arrays. The IVF (centroid -> documents) is not stored: it is derived from the codes
+# at load (one sort), which keeps it off the disk budget (4 bytes per (centroid, document)
+# pair, ~3.5 bytes per token). Centroids are stored in float16 (the index computes with the
+# float16-rounded values from the build on, so a load gives back the same index); codes in
+# uint16 when there are at most 65,536 centroids.
+_ARRAYS = ("centroids", "codes", "packed", "doc_offsets", "bucket_cutoffs", "bucket_weights", "ids", "deleted")
 
 
 class IndexFormatError(ValueError):
@@ -147,6 +151,7 @@ class PLAIDIndex:
         held, train = sample_x[perm[:n_held]], sample_x[perm[n_held:]]
         centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed,
                                 show_progress_bar=show_progress_bar)
+        centroids = centroids.half().float()  # what the disk keeps: compute with exactly that
         ref = held if n_held else train
         ref_codes = lk.kmeans_assign(ref, centroids)
         cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
@@ -272,13 +277,14 @@ class PLAIDIndex:
         tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        # tests only: SIGKILL before array i (i < 10), before the rename (10), before CURRENT (11)
+        # tests only: SIGKILL before array i (i < len(_ARRAYS)), before the rename (len), before
+        # CURRENT (len + 1)
         crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {}}
         for i, key in enumerate(_ARRAYS):
             if i == crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-save, for the tests
-            arr = getattr(self, key).contiguous().numpy()
+            arr = self._disk_array(key)
             fpath = os.path.join(tmp, f"{key}.npy")
             with open(fpath, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
@@ -307,6 +313,14 @@ class PLAIDIndex:
         for entry in os.listdir(path):  # older versions and crashed saves
             if entry not in (name, "CURRENT") and (entry.startswith("v") or entry.startswith(".v")):
                 shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+
+    def _disk_array(self, key: str) -> np.ndarray:
+        arr = getattr(self, key).contiguous().numpy()
+        if key == "centroids":
+            return arr.astype(np.float16)
+        if key == "codes" and self.centroids.shape[0] <= 65536:
+            return arr.astype(np.uint16)
+        return arr
 
     @classmethod
     def load(cls, path: str) -> "PLAIDIndex":
@@ -348,20 +362,30 @@ class PLAIDIndex:
         n_tok = arrays["codes"].shape[0]
         nbits = meta.get("nbits")
         consistent = (nbits in (1, 2, 4, 8) and arrays["packed"].shape == (n_tok, dim * nbits // 8)
-                      and arrays["ivf_offsets"].shape == (k + 1,)
+                      and arrays["centroids"].dtype == torch.float16
+                      and arrays["codes"].dtype in (torch.uint16, torch.int32)
                       and arrays["ids"].shape[0] == arrays["doc_offsets"].shape[0] - 1
                       and arrays["deleted"].shape == arrays["ids"].shape
-                      and int(arrays["doc_offsets"][-1]) == n_tok
-                      and int(arrays["ivf_offsets"][-1]) == arrays["ivf_docs"].shape[0])
+                      and int(arrays["doc_offsets"][-1]) == n_tok)
         if not consistent:
-            raise IndexFormatError(f"{path}: arrays of inconsistent shapes")
-        return cls(arrays["centroids"], arrays["codes"], arrays["packed"], arrays["doc_offsets"],
-                   arrays["ivf_offsets"], arrays["ivf_docs"], arrays["bucket_cutoffs"], arrays["bucket_weights"],
-                   nbits, arrays["ids"], arrays["deleted"])
+            raise IndexFormatError(f"{path}: arrays of inconsistent shapes or dtypes")
+        codes = arrays["codes"].to(torch.int32)
+        if n_tok and int(codes.max()) >= k:
+            raise IndexFormatError(f"{path}: codes refer to centroids past the {k} stored")
+        doc_offsets = arrays["doc_offsets"]
+        ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, k)
+        return cls(arrays["centroids"].float(), codes, arrays["packed"], doc_offsets, ivf_offsets, ivf_docs,
+                   arrays["bucket_cutoffs"], arrays["bucket_weights"], nbits, arrays["ids"], arrays["deleted"])
 
-    def bytes_per_token(self) -> float:
-        """Bytes the compressed corpus takes per token: residuals + code + the IVF and the
-        centroids amortized."""
-        total = (self.packed.numel() + self.codes.numel() * 4 + self.ivf_docs.numel() * 8
-                 + self.centroids.numel() * 4 + self.doc_offsets.numel() * 8)
+    def bytes_per_token(self, where: str = "disk") -> float:
+        """Bytes per token of the index: "disk" = the arrays `save` writes (residuals, codes,
+        float16 centroids and the per-document arrays amortized); "memory" = what a loaded
+        index holds (codes as int32, float32 centroids, plus the derived IVF)."""
+        if where == "disk":
+            total = sum(self._disk_array(key).nbytes for key in _ARRAYS)
+        elif where == "memory":
+            total = sum(getattr(self, key).numel() * getattr(self, key).element_size()
+                        for key in _ARRAYS + ("ivf_offsets", "ivf_docs"))
+        else:
+            raise ValueError(f'bytes_per_token: `where` must be "disk" or "memory", got {where!r}')
         return total / max(1, self.n_tokens)
