@@ -64,6 +64,14 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // threshold; float32 [nq, n_candidates], -inf for -1.
   m.def("approx_scores(Tensor scores, Tensor? query_mask, Tensor codes, Tensor doc_offsets, "
         "Tensor candidates, float threshold) -> Tensor");
+  // PLAID final stage, fused: exact MaxSim of each candidate document (-1: none -> -inf)
+  // against its decompressed tokens normalize(C[code] + bucket_weights[bucket]), without
+  // materializing them; bit-identical to decompress_residuals + maxsim_candidates.
+  // queries float32 [nq, lq, dim]; codes int32 [T]; packed uint8 [T, dim * nbits / 8];
+  // doc_offsets int64 [n_docs + 1]; candidates int64 [nq, nc] -> float32 [nq, nc].
+  m.def("decompress_maxsim(Tensor queries, Tensor? query_mask, Tensor codes, Tensor packed, "
+        "Tensor doc_offsets, Tensor centroids, Tensor bucket_weights, int nbits, Tensor candidates) "
+        "-> Tensor");
   // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
   // tokens after the first `protected_tokens` are clustered by Ward linkage into
   // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the

@@ -1,5 +1,6 @@
-"""PLAID centroid interaction: `centroid_scores`, `ivf_candidates` (stage 1) and
-`approx_scores` (stages 2-3, centroid pruning). CPU: C++ kernels (csrc/cpu/plaid.cpp);
+"""PLAID centroid interaction: `centroid_scores`, `ivf_candidates` (stage 1),
+`approx_scores` (stages 2-3, centroid pruning) and `decompress_maxsim` (stage 4: exact
+MaxSim on the decompressed candidates, fused so the decompressed corpus never exists). CPU: C++ kernels (csrc/cpu/plaid.cpp);
 CUDA: the references for now (`backend_for` says so). `centroid_scores` is one matmul and
 is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
 from __future__ import annotations
@@ -17,9 +18,12 @@ _SCHEMAS = {
                       "int ncells) -> Tensor",
     "approx_scores": "(Tensor scores, Tensor? query_mask, Tensor codes, Tensor doc_offsets, Tensor candidates, "
                      "float threshold) -> Tensor",
+    "decompress_maxsim": "(Tensor queries, Tensor? query_mask, Tensor codes, Tensor packed, Tensor doc_offsets, "
+                         "Tensor centroids, Tensor bucket_weights, int nbits, Tensor candidates) -> Tensor",
 }
 _REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
-         "approx_scores": lambda *a: _ref.approx_scores_ref(*a).float()}
+         "approx_scores": lambda *a: _ref.approx_scores_ref(*a).float(),
+         "decompress_maxsim": lambda *a: _ref.decompress_maxsim_ref(*a).float()}
 
 _ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
 
@@ -33,6 +37,14 @@ def _(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells):
 @torch.library.register_fake(f"{_NS}::approx_scores")
 def _(scores, query_mask, codes, doc_offsets, candidates, threshold):
     return scores.new_empty(candidates.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{_NS}::decompress_maxsim")
+def _(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights, nbits, candidates):
+    torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
+    torch._check(candidates.dim() == 2 and candidates.shape[0] == queries.shape[0],
+                 lambda: "`candidates` must be [n_queries, n_candidates]")
+    return queries.new_empty(candidates.shape, dtype=torch.float32)
 
 
 def _check_scores(op, scores, query_mask):
@@ -73,3 +85,29 @@ def approx_scores(scores: torch.Tensor, codes: torch.Tensor, doc_offsets: torch.
         return _ref.approx_scores_ref(scores, query_mask, codes, doc_offsets, candidates, threshold).float()
     return torch.ops.lateint_kernels.approx_scores(scores, query_mask, codes, doc_offsets, candidates,
                                                    float(threshold))
+
+
+def decompress_maxsim(queries: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor, doc_offsets: torch.Tensor,
+                      centroids: torch.Tensor, bucket_weights: torch.Tensor, nbits: int, candidates: torch.Tensor, *,
+                      query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Exact MaxSim of candidate documents of a compressed corpus: queries [nq, Lq, dim]
+    against document candidates[q, j] (-1: none -> -inf) whose tokens are
+    normalize(centroids[codes] + bucket_weights[bucket]) (the residual codec's decompression)
+    -> float32 [nq, n_candidates]. Equals decompress_residuals + maxsim_candidates on the
+    gathered documents, bit for bit, without building their float32 tokens: each distinct
+    candidate is decompressed once, in cache, and scored for every query listing it."""
+    op = "decompress_maxsim"
+    if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
+        raise ValueError(f"{op}: `queries` must be a tensor [n_queries, query_len, dim]")
+    if not isinstance(candidates, torch.Tensor) or candidates.dim() != 2 or candidates.shape[0] != queries.shape[0]:
+        raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, n_candidates] with "
+                         f"n_queries = {queries.shape[0]}")
+    if query_mask is not None and (query_mask.dtype != torch.bool or query_mask.shape != queries.shape[:2]):
+        raise ValueError(f"{op}: `query_mask` must be a bool tensor [n_queries, query_len] = {list(queries.shape[:2])}")
+    q = queries if queries.dtype == torch.float32 else queries.float()
+    c = centroids if centroids.dtype == torch.float32 else centroids.float()
+    if _ops._forced_reference():
+        return _ref.decompress_maxsim_ref(q, query_mask, codes, packed, doc_offsets, c, bucket_weights, nbits,
+                                          candidates).float()
+    return torch.ops.lateint_kernels.decompress_maxsim(q, query_mask, codes, packed, doc_offsets, c,
+                                                       bucket_weights, int(nbits), candidates)

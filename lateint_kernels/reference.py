@@ -252,6 +252,15 @@ def decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits: in
     return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)
 
 
+def decompress_maxsim_ref(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights,
+                          nbits: int, candidates):
+    """decompress_residuals_ref of the whole corpus, then maxsim_candidates_ref (float64
+    when centroids are float64)."""
+    docs = decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits)
+    q = queries.to(docs.dtype)
+    return maxsim_candidates_ref(q, docs, doc_offsets, candidates, query_mask=query_mask)
+
+
 # ---------------------------------------------------------------------------------------
 # PLAID centroid interaction
 def ivf_candidates_ref(scores, query_mask, ivf_offsets, ivf_docs, n_docs: int, ncells: int):

@@ -103,3 +103,76 @@ def test_opcheck():
                           (scores, mask, codes, off, torch.tensor([[0, 3, -1], [7, 1, 2]]), 0.1))
     torch.library.opcheck(torch.ops.lateint_kernels.ivf_candidates.default,
                           (scores, mask, ivf_off, ivf_docs, nd, 2))
+
+
+# ---------------------------------------------------------------------------------------
+# decompress_maxsim: the fused final stage
+def compressed(nbits, seed, nd=40, dim=32, k=24):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(8, dim, generator=g), dim=-1)
+    lens = torch.randint(0, 25, (nd,), generator=g)
+    lens[3] = 0  # an empty document among the candidates
+    off = torch.zeros(nd + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    x = clustered(int(off[-1]), dim, generator=g, centres=centres)
+    c = clustered(k, dim, generator=g, centres=centres)
+    codes = lk.kmeans_assign(x, c)
+    cut, w = lk.residual_buckets(x - c[codes.long()], nbits)
+    packed = lk.compress_residuals(x, c, codes, cut, nbits)
+    q = clustered(4 * 6, dim, generator=g, centres=centres).reshape(4, 6, dim)
+    cand = torch.randint(-1, nd, (4, 9), generator=g)
+    cand[0, :3] = 3
+    cand[1, 0] = cand[2, 0] = 5  # one document listed by several queries and twice by one
+    cand[1, 1] = 5
+    mask = torch.rand(4, 6, generator=g) > 0.25
+    return q, mask, codes, packed, off, c, w, cand
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4, 8])
+@pytest.mark.parametrize("masked", [False, True])
+def test_decompress_maxsim(nbits, masked):
+    q, mask, codes, packed, off, c, w, cand = compressed(nbits, int(torch.randint(0, 2**31 - 1, ())))
+    m = mask if masked else None
+    got = lk.decompress_maxsim(q, codes, packed, off, c, w, nbits, cand, query_mask=m)
+    want = ref.decompress_maxsim_ref(q.double(), m, codes, packed, off, c.double(), w.double(), nbits, cand)
+    assert got.dtype == torch.float32 and got.shape == cand.shape
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5)
+    assert torch.isinf(got[cand < 0]).all() and (got[cand < 0] < 0).all()
+    # bit-identical to the unfused path: decompress the corpus, then maxsim_candidates
+    docs = lk.decompress_residuals(codes, packed, c, w, nbits)
+    assert torch.equal(got, lk.maxsim_candidates(q, docs, off, cand, query_mask=m))
+
+
+def test_decompress_maxsim_bad_input():
+    q, mask, codes, packed, off, c, w, cand = compressed(2, 0)
+    with pytest.raises((ValueError, RuntimeError), match="candidates"):
+        lk.decompress_maxsim(q, codes, packed, off, c, w, 2, torch.full((4, 2), off.shape[0] - 1))
+    with pytest.raises((ValueError, RuntimeError), match="candidates"):
+        lk.decompress_maxsim(q, codes, packed, off, c, w, 2, cand[:2])
+    bad = codes.clone()
+    bad[int(off[5])] = c.shape[0]  # a token of document 5, which is a candidate
+    with pytest.raises(RuntimeError, match="codes"):
+        lk.decompress_maxsim(q, bad, packed, off, c, w, 2, cand)
+    with pytest.raises(RuntimeError, match="packed"):
+        lk.decompress_maxsim(q, codes, packed[:, :-1], off, c, w, 2, cand)
+    with pytest.raises(RuntimeError, match="nbits"):
+        lk.decompress_maxsim(q, codes, packed, off, c, w, 3, cand)
+    with pytest.raises(RuntimeError, match="dim"):
+        lk.decompress_maxsim(q[..., :16], codes, packed, off, c, w, 2, cand)
+    with pytest.raises(RuntimeError, match="doc_offsets"):
+        lk.decompress_maxsim(q, codes, packed, off.flip(0), c, w, 2, cand)
+    nan_c = c.clone()
+    nan_c[int(codes[int(off[5])])] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN"):
+        lk.decompress_maxsim(q, codes, packed, off, nan_c, w, 2, cand)
+    nan_q = q.clone()
+    nan_q[1, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="queries"):
+        lk.decompress_maxsim(nan_q, codes, packed, off, c, w, 2, cand)
+
+
+def test_decompress_maxsim_opcheck():
+    q, mask, codes, packed, off, c, w, cand = compressed(4, 1, nd=10)
+    cand = cand.clamp(max=9)
+    torch.library.opcheck(torch.ops.lateint_kernels.decompress_maxsim.default,
+                          (q, mask, codes, packed, off, c, w, 4, cand))

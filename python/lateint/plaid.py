@@ -239,20 +239,12 @@ class PLAIDIndex:
         top = approx.topk(keep, dim=1)
         best = torch.gather(cand, 1, top.indices)
         best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
-        # decompress every distinct document once for the batch, then exact MaxSim
-        docs = torch.unique(best[best >= 0])
-        if docs.numel() == 0:
+        if not bool((best >= 0).any()):
             return _no_results(nq, k)
-        starts, ends = self.doc_offsets[docs], self.doc_offsets[docs + 1]
-        lens = ends - starts
-        tok = torch.repeat_interleave(starts - torch.cumsum(lens, 0) + lens, lens) + torch.arange(int(lens.sum()))
-        sub_tokens = lk.decompress_residuals(self.codes[tok], self.packed[tok], self.centroids, self.bucket_weights,
-                                             self.nbits)
-        sub_off = torch.zeros(docs.numel() + 1, dtype=torch.int64)
-        sub_off[1:] = torch.cumsum(lens, 0)
-        local = torch.searchsorted(docs, best.clamp(min=0))
-        local = torch.where(best >= 0, local, torch.full_like(local, -1))
-        exact = lk.maxsim_candidates(q, sub_tokens, sub_off, local, query_mask=query_mask)
+        # exact MaxSim on the decompressed candidates, each decompressed once for the batch
+        # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
+        exact = lk.decompress_maxsim(q, self.codes, self.packed, self.doc_offsets, self.centroids,
+                                     self.bucket_weights, self.nbits, best, query_mask=query_mask)
         kk = min(k, exact.shape[1])
         fin = exact.topk(kk, dim=1)
         doc_idx = torch.gather(best, 1, fin.indices)

@@ -1,0 +1,153 @@
+// CPU binding of decompress_maxsim: PLAID's final stage without materializing the
+// decompressed corpus. Each distinct candidate document is decompressed once per call into
+// a per-thread buffer (csrc/core/residual_core, the same arithmetic as
+// decompress_residuals) and scored at once by the MaxSim micro-kernels (csrc/core/
+// maxsim_core, the same arithmetic as maxsim_candidates) for every query that lists it, so
+// the result is bit-identical to decompress_residuals + maxsim_candidates on the gathered
+// documents, without their [n_tokens, dim] float32 intermediate.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/maxsim_core.h"
+#include "../core/residual_core.h"
+
+namespace {
+
+at::Tensor decompress_maxsim_cpu(const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
+                                 const at::Tensor& codes, const at::Tensor& packed,
+                                 const at::Tensor& doc_offsets, const at::Tensor& centroids,
+                                 const at::Tensor& bucket_weights, int64_t nbits,
+                                 const at::Tensor& candidates) {
+  const char* op = "decompress_maxsim";
+  LK_CHECK_DIM(queries, 3, op, "queries", "[n_queries, query_len, dim]");
+  LK_CHECK_DIM(centroids, 2, op, "centroids", "[k, dim]");
+  LK_CHECK_DIM(packed, 2, op, "packed", "[total_tokens, dim * nbits / 8]");
+  LK_CHECK_DIM(codes, 1, op, "codes", "[total_tokens]");
+  LK_CHECK_DIM(doc_offsets, 1, op, "doc_offsets", "[n_docs + 1]");
+  LK_CHECK_DIM(candidates, 2, op, "candidates", "[n_queries, n_candidates]");
+  for (const at::Tensor* t : {&queries, &codes, &packed, &doc_offsets, &centroids, &bucket_weights, &candidates})
+    LK_CHECK(t->device().is_cpu(), op, "all inputs must be CPU tensors here, got ", t->device());
+  LK_CHECK_DTYPE(queries, at::kFloat, op, "queries");
+  LK_CHECK_DTYPE(centroids, at::kFloat, op, "centroids");
+  LK_CHECK_DTYPE(codes, at::kInt, op, "codes");
+  LK_CHECK_DTYPE(packed, at::kByte, op, "packed");
+  LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
+  LK_CHECK_DTYPE(candidates, at::kLong, op, "candidates");
+  const int64_t nq = queries.size(0), lq = queries.size(1), dim = queries.size(2);
+  const int64_t k = centroids.size(0), T = codes.size(0), nd = doc_offsets.size(0) - 1;
+  LK_CHECK(centroids.size(1) == dim, op, "`centroids` has dim ", centroids.size(1), " but `queries` has dim ", dim);
+  LK_CHECK(nbits == 1 || nbits == 2 || nbits == 4 || nbits == 8, op, "`nbits` must be 1, 2, 4 or 8, got ", nbits);
+  LK_CHECK(dim * nbits % 8 == 0, op, "dim * nbits must be a multiple of 8, got ", dim, " * ", nbits);
+  LK_CHECK(packed.size(0) == T && packed.size(1) == dim * nbits / 8, op, "`packed` must have shape [", T, ", ",
+           dim * nbits / 8, "] (one row of dim * nbits / 8 bytes per code), got ", packed.sizes());
+  LK_CHECK(bucket_weights.dim() == 1 && bucket_weights.size(0) == (int64_t(1) << nbits), op,
+           "`bucket_weights` must be a 1-D tensor of 2^nbits = ", (1 << nbits), " values, got shape ",
+           bucket_weights.sizes());
+  LK_CHECK(candidates.size(0) == nq, op, "`candidates` must have n_queries = ", nq, " rows, got ",
+           candidates.size(0));
+  LK_CHECK(nd >= 0, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
+  const at::Tensor off = doc_offsets.contiguous();
+  {
+    const int64_t* o = off.data_ptr<int64_t>();
+    LK_CHECK(o[0] == 0 && o[nd] == T, op, "`doc_offsets` must start at 0 and end at the number of codes (", T,
+             "), got ", o[0], " ... ", o[nd]);
+    for (int64_t i = 0; i < nd; ++i)
+      LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[", i + 1, "] = ",
+               o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
+  }
+  at::Tensor qm;
+  if (query_mask.has_value()) {
+    LK_CHECK(query_mask->dim() == 2 && query_mask->size(0) == nq && query_mask->size(1) == lq, op,
+             "`query_mask` must have shape [", nq, ", ", lq, "], got ", query_mask->sizes());
+    LK_CHECK_DTYPE(*query_mask, at::kBool, op, "query_mask");
+    qm = query_mask->contiguous();
+  }
+  const at::Tensor cand = candidates.contiguous();
+  const int64_t nc = cand.size(1);
+  const int64_t* ca = cand.data_ptr<int64_t>();
+  // (document, output slot) pairs, grouped by document: each document is decompressed once.
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(nq * nc);
+  for (int64_t i = 0; i < nq * nc; ++i) {
+    LK_CHECK(ca[i] >= -1 && ca[i] < nd, op, "`candidates` must hold document ids in [0, ", nd,
+             ") or -1 for none; candidates[", i / nc, ", ", i % nc, "] = ", ca[i]);
+    if (ca[i] >= 0) pairs.emplace_back(ca[i], i);
+  }
+  std::sort(pairs.begin(), pairs.end());
+  std::vector<int64_t> starts;  // first pair of each distinct document
+  for (int64_t i = 0; i < (int64_t)pairs.size(); ++i)
+    if (i == 0 || pairs[i].first != pairs[i - 1].first) starts.push_back(i);
+  starts.push_back((int64_t)pairs.size());
+  const int64_t ndist = (int64_t)starts.size() - 1;
+
+  at::Tensor out = at::full({nq, nc}, -std::numeric_limits<float>::infinity(), queries.options());
+  if (ndist == 0 || nq == 0) return out;
+  const at::Tensor q = queries.contiguous(), cc = centroids.contiguous(), cd = codes.contiguous();
+  const at::Tensor pk = packed.contiguous();
+  const at::Tensor w = bucket_weights.to(at::kFloat).contiguous();
+  std::vector<float> table(256 * 8 / nbits);
+  lateint::residual_byte_table(w.data_ptr<float>(), (int)nbits, table.data());
+
+  lateint::MaxSimProblem p;  // the queries; documents are set per decompressed document
+  p.nq = nq;
+  p.lq = lq;
+  p.dim = dim;
+  p.queries = q.data_ptr<float>();
+  p.query_mask = qm.defined() ? (const uint8_t*)qm.data_ptr<bool>() : nullptr;
+  p.dtype = lateint::DType::F32;
+  p.mode = lateint::MaskMode::Ignore;
+  lateint::PackedQueries pq;
+  lateint::pack_queries(p, lateint::cpu_active_isa(), &pq);
+
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int32_t* cp = cd.data_ptr<int32_t>();
+  const int64_t row_bytes = dim * nbits / 8;
+  float* res = out.data_ptr<float>();
+  std::atomic<int64_t> bad_code{-1};
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, ndist, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> buf, score(nq);
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t d = pairs[starts[u]].first, t0 = o[d], n = o[d + 1] - t0;
+      for (int64_t t = t0; t < t0 + n; ++t)
+        if (cp[t] < 0 || cp[t] >= k) bad_code = t;
+      if (bad_code >= 0) return;
+      buf.resize(std::max<int64_t>(n, 1) * dim);
+      lateint::decompress_residuals_range(cp + t0, pk.data_ptr<uint8_t>() + t0 * row_bytes, cc.data_ptr<float>(),
+                                          table.data(), (int)nbits, dim, 0, n, buf.data());
+      lateint::MaxSimProblem pd = p;
+      const int64_t doc_off[2] = {0, n};
+      pd.docs = buf.data();
+      pd.offsets = doc_off;
+      pd.nd = 1;
+      for (int64_t i = starts[u]; i < starts[u + 1]; ++i) {
+        const int64_t slot = pairs[i].second, qi = slot / nc;
+        if (!lateint::maxsim_forward_range(pd, pq, qi, qi + 1, 0, 1, score.data(), nullptr)) finite = false;
+        res[slot] = score[qi];
+      }
+    }
+  });
+  if (bad_code >= 0) {
+    const int64_t t = bad_code.load();
+    TORCH_CHECK(false, op, ": `codes` must hold centroid ids in [0, ", k, "); codes[", t, "] = ", cp[t]);
+  }
+  if (!finite) {
+    at::Tensor qq = qm.defined() ? q.index({qm}) : q;
+    if (!at::isfinite(qq).all().item<bool>())
+      TORCH_CHECK(false, op, ": `queries` contains NaN or Inf (in an unmasked token)");
+    TORCH_CHECK(false, op, ": `centroids` or `bucket_weights` contains NaN or Inf");
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) { m.impl("decompress_maxsim", &decompress_maxsim_cpu); }
