@@ -65,6 +65,13 @@ def test_bad_input(corpus, index):
     q, tokens, off = corpus
     with pytest.raises(ValueError, match="queries"):
         index.search(q[..., :32], 10)
+    nan_q = q.clone()
+    nan_q[2, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(nan_q, 10)
+    masked = torch.ones(q.shape[:2], dtype=torch.bool)
+    masked[2, 5] = False  # a NaN in a masked token is ignored
+    assert index.search(nan_q, 10, query_mask=masked)[0].shape == (q.shape[0], 10)
     with pytest.raises(ValueError, match="nbits"):
         PLAIDIndex.build(tokens, off, nbits=3)
     with pytest.raises(ValueError, match="ids"):

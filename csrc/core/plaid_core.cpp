@@ -21,7 +21,7 @@ LATEINT_PLAID_CLONES void max_into(float* __restrict best, const float* __restri
 
 }  // namespace
 
-void ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
+bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
                           const int64_t* ivf_offsets, const int64_t* ivf_docs, int64_t nd,
                           int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
                           std::vector<int32_t>* order) {
@@ -33,6 +33,23 @@ void ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
   for (int64_t i = 0; i < lq; ++i) {
     if (qmask && !qmask[i]) continue;
     const float* s = scores + i * k;
+    if (m <= 16) {
+      // One scan keeping the m best (score descending, lower index first on ties: a later
+      // centroid must score strictly higher to displace one), as partial_sort would pick.
+      int32_t top[16];
+      int64_t have = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        if (have == m && !(s[c] > s[top[m - 1]])) continue;
+        int64_t j = have < m ? have++ : m - 1;
+        while (j > 0 && s[c] > s[top[j - 1]]) {
+          top[j] = top[j - 1];
+          --j;
+        }
+        top[j] = (int32_t)c;
+      }
+      for (int64_t j = 0; j < have; ++j) cell[top[j]] = 1;
+      continue;
+    }
     std::iota(order->begin(), order->end(), 0);
     std::partial_sort(order->begin(), order->begin() + m, order->end(), [&](int32_t a, int32_t b) {
       return s[a] > s[b] || (s[a] == s[b] && a < b);
@@ -43,6 +60,7 @@ void ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
     if (!cell[c]) continue;
     for (int64_t p = ivf_offsets[c]; p < ivf_offsets[c + 1]; ++p) {
       const int64_t d = ivf_docs[p];
+      if (d < 0 || d >= nd) return false;
       if (!(*seen)[d]) {
         (*seen)[d] = 1;
         out->push_back(d);
@@ -50,14 +68,13 @@ void ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
     }
   }
   std::sort(out->begin(), out->end());
+  return true;
 }
 
-void approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const uint8_t* keep,
-                         const int32_t* codes, const int64_t* doc_offsets, const int64_t* cand,
-                         int64_t ncand, float* out) {
-  (void)k;
+bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
+                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> best(lq);
+  std::vector<float> best(std::max<int64_t>(lq, 1));
   for (int64_t c = 0; c < ncand; ++c) {
     const int64_t d = cand[c];
     if (d < 0) {
@@ -65,14 +82,18 @@ void approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const uin
       continue;
     }
     std::fill(best.begin(), best.end(), ninf);
+    // Pruned centroids have -inf rows: no branch on the pruning (it mispredicted), and
+    // max with -inf leaves `best` as it was, which is what skipping them did.
     for (int64_t t = doc_offsets[d]; t < doc_offsets[d + 1]; ++t) {
       const int32_t code = codes[t];
-      if (keep[code]) max_into(best.data(), scores_t + (int64_t)code * lq, lq);
+      if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
+      max_into(best.data(), scores_t + (int64_t)code * lq, lq);
     }
     float s = 0.f;
     for (int64_t i = 0; i < lq; ++i) s += best[i] == ninf ? 0.f : best[i];
     out[c] = s;
   }
+  return true;
 }
 
 }  // namespace lateint

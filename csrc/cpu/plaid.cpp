@@ -4,6 +4,7 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -51,21 +52,24 @@ at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::
   const at::Tensor off = ivf_offsets.contiguous(), docs = ivf_docs.contiguous();
   check_offsets(off, docs.size(0), op, "ivf_offsets");
   const int64_t* dp = docs.data_ptr<int64_t>();
-  for (int64_t i = 0; i < docs.size(0); ++i)
-    LK_CHECK(dp[i] >= 0 && dp[i] < n_docs, op, "`ivf_docs` must hold document ids in [0, ", n_docs,
-             "); ivf_docs[", i, "] = ", dp[i]);
   const at::Tensor s = scores.contiguous();
   at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
   std::vector<std::vector<int64_t>> per(nq);
+  std::atomic<bool> docs_ok{true};  // the lists visited are checked as they are read
   at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
     std::vector<uint8_t> seen;
     std::vector<int32_t> order;
     for (int64_t q = b; q < e; ++q)
-      lateint::ivf_candidates_query(s.data_ptr<float>() + q * lq * k,
-                                    qm.defined() ? (const uint8_t*)qm.data_ptr<bool>() + q * lq : nullptr,
-                                    lq, k, off.data_ptr<int64_t>(), dp, n_docs, ncells, &per[q],
-                                    &seen, &order);
+      if (!lateint::ivf_candidates_query(s.data_ptr<float>() + q * lq * k,
+                                         qm.defined() ? (const uint8_t*)qm.data_ptr<bool>() + q * lq : nullptr,
+                                         lq, k, off.data_ptr<int64_t>(), dp, n_docs, ncells, &per[q],
+                                         &seen, &order))
+        docs_ok = false;
   });
+  if (!docs_ok)
+    for (int64_t i = 0; i < docs.size(0); ++i)
+      LK_CHECK(dp[i] >= 0 && dp[i] < n_docs, op, "`ivf_docs` must hold document ids in [0, ", n_docs,
+               "); ivf_docs[", i, "] = ", dp[i]);
   int64_t width = 0;
   for (const auto& v : per) width = std::max<int64_t>(width, (int64_t)v.size());
   at::Tensor out = at::full({nq, width}, -1, scores.options().dtype(at::kLong));
@@ -86,9 +90,6 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   check_offsets(off, cd.size(0), op, "doc_offsets");
   const int64_t nd = off.size(0) - 1;
   const int32_t* cp = cd.data_ptr<int32_t>();
-  for (int64_t i = 0; i < cd.size(0); ++i)
-    LK_CHECK(cp[i] >= 0 && cp[i] < k, op, "`codes` must hold centroid ids in [0, ", k, "); codes[", i,
-             "] = ", cp[i]);
   LK_CHECK(candidates.dim() == 2 && candidates.size(0) == nq, op,
            "`candidates` must have shape [n_queries, n_candidates] with n_queries = ", nq, ", got ",
            candidates.sizes());
@@ -102,31 +103,56 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   const at::Tensor s = scores.contiguous();
   at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
   at::Tensor out = at::empty({nq, nc}, scores.options());
-  at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> st;
-    std::vector<uint8_t> keep(k);
-    for (int64_t q = b; q < e; ++q) {
-      // scores of the unmasked query tokens, transposed to [k, lq'] (one centroid = one row)
-      const float* sq = s.data_ptr<float>() + q * lq * k;
-      const bool* m = qm.defined() ? qm.data_ptr<bool>() + q * lq : nullptr;
-      int64_t l2 = 0;
-      for (int64_t i = 0; i < lq; ++i) l2 += (!m || m[i]);
-      st.assign(k * std::max<int64_t>(l2, 1), 0.f);
-      int64_t r = 0;
-      for (int64_t i = 0; i < lq; ++i) {
-        if (m && !m[i]) continue;
-        for (int64_t c = 0; c < k; ++c) st[c * l2 + r] = sq[i * k + c];
-        ++r;
+  // Queries in chunks (bounded memory): per query, its unmasked scores transposed to
+  // [k, lq'] (one centroid = one row) with the pruned centroids' rows set to -inf; then
+  // (query, block of candidates) items, so that a single query still uses every thread.
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t qc = 16, cb = 64, nb = (nc + cb - 1) / cb;
+  std::vector<std::vector<float>> st(std::min(nq, qc));
+  std::vector<int64_t> l2s(std::min(nq, qc));
+  std::atomic<bool> codes_ok{true};
+  for (int64_t q0 = 0; q0 < nq; q0 += qc) {
+    const int64_t q1 = std::min(nq, q0 + qc);
+    at::parallel_for(q0, q1, 1, [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) {
+        const float* sq = s.data_ptr<float>() + q * lq * k;
+        const bool* m = qm.defined() ? qm.data_ptr<bool>() + q * lq : nullptr;
+        int64_t l2 = 0;
+        for (int64_t i = 0; i < lq; ++i) l2 += (!m || m[i]);
+        l2s[q - q0] = l2;
+        std::vector<float>& t = st[q - q0];
+        t.assign(k * std::max<int64_t>(l2, 1), ninf);
+        int64_t r = 0;
+        for (int64_t i = 0; i < lq; ++i) {
+          if (m && !m[i]) continue;
+          for (int64_t c = 0; c < k; ++c) t[c * l2 + r] = sq[i * k + c];
+          ++r;
+        }
+        for (int64_t c = 0; c < k; ++c) {
+          float mx = ninf;
+          for (int64_t i = 0; i < l2; ++i) mx = std::max(mx, t[c * l2 + i]);
+          if (!(l2 > 0 && mx >= threshold)) std::fill(t.begin() + c * l2, t.begin() + (c + 1) * l2, ninf);
+        }
       }
-      for (int64_t c = 0; c < k; ++c) {
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < l2; ++i) mx = std::max(mx, st[c * l2 + i]);
-        keep[c] = l2 > 0 && mx >= threshold;
+    });
+    at::parallel_for(0, (q1 - q0) * nb, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t q = q0 + it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
+        if (!lateint::approx_scores_query(st[q - q0].data(), l2s[q - q0], k, cp, off.data_ptr<int64_t>(),
+                                          ca + q * nc + c0, c1 - c0, out.data_ptr<float>() + q * nc + c0))
+          codes_ok = false;
       }
-      lateint::approx_scores_query(st.data(), l2, k, keep.data(), cp, off.data_ptr<int64_t>(),
-                                   ca + q * nc, nc, out.data_ptr<float>() + q * nc);
+    });
+  }
+  if (!codes_ok) {
+    for (int64_t i = 0; i < nq * nc; ++i) {
+      if (ca[i] < 0) continue;
+      const int64_t* o = off.data_ptr<int64_t>();
+      for (int64_t t = o[ca[i]]; t < o[ca[i] + 1]; ++t)
+        LK_CHECK(cp[t] >= 0 && cp[t] < k, op, "`codes` must hold centroid ids in [0, ", k, "); codes[", t,
+                 "] = ", cp[t]);
     }
-  });
+  }
   return out;
 }
 

@@ -217,6 +217,8 @@ class PLAIDIndex:
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
         if k < 1:
             raise ValueError(f"PLAIDIndex.search: `k` must be >= 1, got {k}")
+        if not bool(torch.isfinite(queries if query_mask is None else queries[query_mask]).all()):
+            raise ValueError("PLAIDIndex.search: `queries` contains NaN or Inf (in an unmasked token)")
         d_cells, d_thr, d_ndocs = _defaults_for_k(k)
         ncells = d_cells if ncells is None else ncells
         thr = d_thr if centroid_score_threshold is None else centroid_score_threshold
