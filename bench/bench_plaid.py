@@ -68,6 +68,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=None, help="default: 2000 synthetic, all 2,225 BBC articles")
     ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--nbits", type=int, nargs="+", default=[2, 4], choices=(1, 2, 4, 8))
     ap.add_argument("--corpus", choices=("synthetic", "bbc"), default="synthetic")
     ap.add_argument("--fastplaid-python", default=os.path.expanduser("~/.venvs/fastplaid/bin/python"))
     ap.add_argument("--xtrwarp-python", default=os.path.expanduser("~/.venvs/xtrwarp/bin/python"))
@@ -99,7 +100,7 @@ def main(argv=None):
     else:
         print(f"xtr-warp-rs python not found at {args.xtrwarp_python}: skipped")
     curves = {}
-    for nbits in (2, 4):
+    for nbits in args.nbits:
         for name, python, driver in drivers:
             rep = run_driver(python, driver, corpus, args.work, nbits)
             if rep is None:
@@ -138,8 +139,10 @@ def main(argv=None):
     ax.set_ylabel("recall@10 vs exact MaxSim")
     ax.set_title(f"{shape}, {H.cpu_model()}")
     ax.legend()
-    path = os.path.join(HERE, "results", "plaid_frontier.png" if args.corpus == "synthetic"
-                        else f"plaid_frontier_{args.corpus}.png")
+    default_docs = {"synthetic": 2000, "bbc": 2225}[args.corpus]
+    suffix = ("" if args.corpus == "synthetic" else f"_{args.corpus}") + \
+        ("" if args.docs == default_docs else f"_{args.docs}")
+    path = os.path.join(HERE, "results", f"plaid_frontier{suffix}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot -> {path}")

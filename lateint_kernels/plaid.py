@@ -1,7 +1,8 @@
 """PLAID centroid interaction: `centroid_scores`, `ivf_candidates` (stage 1),
 `approx_scores` (stages 2-3, centroid pruning) and `decompress_maxsim` (stage 4: exact
-MaxSim on the decompressed candidates, fused so the decompressed corpus never exists). CPU: C++ kernels (csrc/cpu/plaid.cpp);
-CUDA: the references for now (`backend_for` says so). `centroid_scores` is one matmul and
+MaxSim on the decompressed candidates, fused so the decompressed corpus never exists).
+CPU: C++ kernels (csrc/cpu/plaid.cpp, plaid_score.cpp); CUDA: the references for now
+(`backend_for` says so). `centroid_scores` is one matmul and
 is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
 from __future__ import annotations
 

@@ -364,8 +364,8 @@ class PLAIDIndex:
         if not consistent:
             raise IndexFormatError(f"{path}: arrays of inconsistent shapes or dtypes")
         codes = arrays["codes"].to(torch.int32)
-        if n_tok and int(codes.max()) >= k:
-            raise IndexFormatError(f"{path}: codes refer to centroids past the {k} stored")
+        if n_tok and (int(codes.max()) >= k or int(codes.min()) < 0):
+            raise IndexFormatError(f"{path}: codes refer to centroids past the {k} stored (or negative)")
         doc_offsets = arrays["doc_offsets"]
         ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, k)
         return cls(arrays["centroids"].float(), codes, arrays["packed"], doc_offsets, ivf_offsets, ivf_docs,
