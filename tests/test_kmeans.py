@@ -115,6 +115,17 @@ def test_kmeans_fit_is_deterministic_across_threads():
     assert not torch.equal(a, lkm.fit(x, 48, niter=6, seed=8))
 
 
+def test_kmeans_fit_sums_in_chunks_like_one_pass(monkeypatch):
+    """The float64 centroid sums are accumulated chunk by chunk (no float64 copy of x):
+    the result must not depend on the chunk size, nor on the input's precision path."""
+    x, _ = data(3000, 64, 32, 9)
+    a = lkm.fit(x, 40, niter=4, seed=3)
+    monkeypatch.setattr(lkm, "_SUM_CHUNK", 7)
+    assert torch.equal(a, lkm.fit(x, 40, niter=4, seed=3))
+    monkeypatch.setattr(lkm, "_SUM_CHUNK", 1 << 30)
+    assert torch.equal(a, lkm.fit(x, 40, niter=4, seed=3))
+
+
 def test_kmeans_fit_finds_planted_clusters():
     g = torch.Generator().manual_seed(9)
     centres = torch.nn.functional.normalize(torch.randn(8, 64, generator=g), dim=-1)

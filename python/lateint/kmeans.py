@@ -20,6 +20,9 @@ def plaid_num_centroids(n_tokens: int) -> int:
     return 2 ** int(math.floor(math.log2(16 * math.sqrt(n_tokens))))
 
 
+_SUM_CHUNK = 1 << 16  # rows converted to float64 at a time for the centroid sums
+
+
 def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0,
         show_progress_bar: bool = False) -> torch.Tensor:
     """Centroids [k, dim] float32 (L2-normalized) of the rows of x [n, dim]: k distinct rows
@@ -36,7 +39,9 @@ def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0,
     start = torch.randperm(n, generator=g)[:k].to(x.device)
     c = torch.nn.functional.normalize(x[start].float(), dim=-1)
     xf = x.float()
-    xd = x.double()
+    # float64 sums without a float64 copy of x (it was 2x the sample's size in memory): rows
+    # are added chunk after chunk in their order, the same additions as one index_add_.
+    chunk = _SUM_CHUNK
     steps = range(niter)
     if show_progress_bar:
         from tqdm.auto import tqdm
@@ -44,7 +49,9 @@ def fit(x: torch.Tensor, k: int, *, niter: int = 20, seed: int = 0,
         steps = tqdm(steps, desc=f"k-means ({k} centroids, {n} points)")
     for _ in steps:
         codes = lk.kmeans_assign(xf, c).long()
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, codes, xd)
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+        for i in range(0, n, chunk):
+            sums.index_add_(0, codes[i:i + chunk], x[i:i + chunk].double())
         counts = torch.bincount(codes, minlength=k)
         new = torch.nn.functional.normalize(sums, dim=-1).float()
         c = torch.where((counts > 0)[:, None], new, c)
