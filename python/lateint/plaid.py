@@ -141,14 +141,15 @@ class PLAIDIndex:
         sample = torch.sort(torch.randperm(n, generator=g)[:n_sample]).values
         lens = doc_offsets[1:] - doc_offsets[:-1]
         tok_idx = torch.cat([torch.arange(int(doc_offsets[d]), int(doc_offsets[d + 1])) for d in sample.tolist()])
-        sample_x = x[tok_idx]
+        n_sample_tok = tok_idx.shape[0]
         if n_centroids is None:
-            est = max(1, int(sample_x.shape[0] * n / n_sample))
-            n_centroids = min(_kmeans.plaid_num_centroids(est), sample_x.shape[0])
-        # 5% of the sample held out for the residual buckets, as ColBERTv2 does
-        perm = torch.randperm(sample_x.shape[0], generator=g)
-        n_held = max(1, sample_x.shape[0] // 20) if sample_x.shape[0] > n_centroids + 1 else 0
-        held, train = sample_x[perm[:n_held]], sample_x[perm[n_held:]]
+            est = max(1, int(n_sample_tok * n / n_sample))
+            n_centroids = min(_kmeans.plaid_num_centroids(est), n_sample_tok)
+        # 5% of the sample held out for the residual buckets, as ColBERTv2 does (rows gathered
+        # from x once, without an intermediate copy of the whole sample)
+        perm = torch.randperm(n_sample_tok, generator=g)
+        n_held = max(1, n_sample_tok // 20) if n_sample_tok > n_centroids + 1 else 0
+        held, train = x[tok_idx[perm[:n_held]]], x[tok_idx[perm[n_held:]]]
         centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed,
                                 show_progress_bar=show_progress_bar)
         centroids = centroids.half().float()  # what the disk keeps: compute with exactly that
