@@ -18,6 +18,20 @@ def load_corpus(path):
     return d["tokens"], d["offsets"], d["queries"]
 
 
+def doc_list(tokens, offsets):
+    """The packed corpus as the list of [n_i, dim] documents the other libraries take."""
+    return [tokens[offsets[i]:offsets[i + 1]] for i in range(offsets.shape[0] - 1)]
+
+
+def fresh_dir(work, name):
+    """work/name, emptied (the index a driver builds there)."""
+    import shutil
+
+    path = os.path.join(work, name)
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
 def dir_bytes(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 

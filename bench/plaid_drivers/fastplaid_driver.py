@@ -1,6 +1,5 @@
 """fast-plaid 1.7 driver (run with the fast-plaid venv's python)."""
 import os
-import shutil
 import sys
 import time
 
@@ -12,9 +11,8 @@ from fast_plaid import search as fp  # noqa: E402
 
 corpus, work, nbits, report = common.args()
 tokens, offsets, queries = common.load_corpus(corpus)
-docs = [tokens[offsets[i]:offsets[i + 1]] for i in range(offsets.shape[0] - 1)]
-path = os.path.join(work, f"fastplaid-{nbits}")
-shutil.rmtree(path, ignore_errors=True)
+docs = common.doc_list(tokens, offsets)
+path = common.fresh_dir(work, f"fastplaid-{nbits}")
 t = time.perf_counter()
 index = fp.FastPlaid(index=path, device="cpu")
 index.create(documents_embeddings=docs, nbits=nbits)

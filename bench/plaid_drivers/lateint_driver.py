@@ -1,6 +1,5 @@
 """lateint PLAIDIndex driver (run with the project's python)."""
 import os
-import shutil
 import sys
 import time
 
@@ -14,8 +13,7 @@ niter = int(os.environ.get("LATEINT_BENCH_KMEANS_NITER", "4"))  # fast-plaid's d
 t = time.perf_counter()
 index = PLAIDIndex.build(tokens, offsets, nbits=nbits, kmeans_niter=niter)
 build = time.perf_counter() - t
-path = os.path.join(work, f"lateint-{nbits}")
-shutil.rmtree(path, ignore_errors=True)
+path = common.fresh_dir(work, f"lateint-{nbits}")
 index.save(path)
 
 

@@ -2,7 +2,6 @@
 engine, PyLate's `WARP` index. Sweep: nprobe (inverted-list probes per query token) with
 its own defaults for the rest, then its hyperparameter suggestion scaled up."""
 import os
-import shutil
 import sys
 import time
 
@@ -14,9 +13,8 @@ from xtr_warp.search import XTRWarp  # noqa: E402
 
 corpus, work, nbits, report = common.args()
 tokens, offsets, queries = common.load_corpus(corpus)
-docs = [tokens[offsets[i]:offsets[i + 1]] for i in range(offsets.shape[0] - 1)]
-path = os.path.join(work, f"xtrwarp-{nbits}")
-shutil.rmtree(path, ignore_errors=True)
+docs = common.doc_list(tokens, offsets)
+path = common.fresh_dir(work, f"xtrwarp-{nbits}")
 threads = torch.get_num_threads()
 t = time.perf_counter()
 index = XTRWarp(index=path, device="cpu")
