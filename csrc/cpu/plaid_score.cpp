@@ -53,16 +53,8 @@ at::Tensor decompress_maxsim_cpu(const at::Tensor& queries, const std::optional<
            bucket_weights.sizes());
   LK_CHECK(candidates.size(0) == nq, op, "`candidates` must have n_queries = ", nq, " rows, got ",
            candidates.size(0));
-  LK_CHECK(nd >= 0, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
   const at::Tensor off = doc_offsets.contiguous();
-  {
-    const int64_t* o = off.data_ptr<int64_t>();
-    LK_CHECK(o[0] == 0 && o[nd] == T, op, "`doc_offsets` must start at 0 and end at the number of codes (", T,
-             "), got ", o[0], " ... ", o[nd]);
-    for (int64_t i = 0; i < nd; ++i)
-      LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[", i + 1, "] = ",
-               o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
-  }
+  check_offsets(off, T, op, "doc_offsets");
   at::Tensor qm;
   if (query_mask.has_value()) {
     LK_CHECK(query_mask->dim() == 2 && query_mask->size(0) == nq && query_mask->size(1) == lq, op,
