@@ -1,6 +1,6 @@
 """PLAID centroid interaction ops against their references: ivf_candidates (exact sets,
-tie-breaking, masks) and approx_scores (float64 reference, pruning, -1 candidates), bad
-input, opcheck."""
+tie-breaking, masks), approx_scores (float64 reference, pruning, -1 candidates) and
+decompress_maxsim (float64 reference, bit-identical to the unfused path), bad input, opcheck."""
 import pytest
 import torch
 
