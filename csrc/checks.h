@@ -26,3 +26,18 @@ inline void check_offsets(const at::Tensor& off, int64_t total, const char* op, 
   for (int64_t i = 0; i < n; ++i)
     LK_CHECK(o[i + 1] >= o[i], op, "`", name, "` must be non-decreasing at ", i + 1);
 }
+
+// The residual codec's bit width: 1, 2, 4 or 8, and whole bytes per row of dim values.
+inline void check_nbits(int64_t nbits, int64_t dim, const char* op) {
+  LK_CHECK(nbits == 1 || nbits == 2 || nbits == 4 || nbits == 8, op,
+           "`nbits` must be 1, 2, 4 or 8, got ", nbits);
+  LK_CHECK(dim * nbits % 8 == 0, op, "dim * nbits must be a multiple of 8 (whole bytes per row), got dim ",
+           dim, " with nbits ", nbits);
+}
+
+// One decompression weight per bucket (call after check_nbits).
+inline void check_bucket_weights(const at::Tensor& w, int64_t nbits, const char* op) {
+  LK_CHECK(w.dim() == 1 && w.size(0) == (int64_t(1) << nbits), op,
+           "`bucket_weights` must be a 1-D tensor of 2^nbits = ", (int64_t(1) << nbits),
+           " values, got shape ", w.sizes());
+}

@@ -44,13 +44,10 @@ at::Tensor decompress_maxsim_cpu(const at::Tensor& queries, const std::optional<
   const int64_t nq = queries.size(0), lq = queries.size(1), dim = queries.size(2);
   const int64_t k = centroids.size(0), T = codes.size(0), nd = doc_offsets.size(0) - 1;
   LK_CHECK(centroids.size(1) == dim, op, "`centroids` has dim ", centroids.size(1), " but `queries` has dim ", dim);
-  LK_CHECK(nbits == 1 || nbits == 2 || nbits == 4 || nbits == 8, op, "`nbits` must be 1, 2, 4 or 8, got ", nbits);
-  LK_CHECK(dim * nbits % 8 == 0, op, "dim * nbits must be a multiple of 8, got ", dim, " * ", nbits);
+  check_nbits(nbits, dim, op);
   LK_CHECK(packed.size(0) == T && packed.size(1) == dim * nbits / 8, op, "`packed` must have shape [", T, ", ",
            dim * nbits / 8, "] (one row of dim * nbits / 8 bytes per code), got ", packed.sizes());
-  LK_CHECK(bucket_weights.dim() == 1 && bucket_weights.size(0) == (int64_t(1) << nbits), op,
-           "`bucket_weights` must be a 1-D tensor of 2^nbits = ", (1 << nbits), " values, got shape ",
-           bucket_weights.sizes());
+  check_bucket_weights(bucket_weights, nbits, op);
   LK_CHECK(candidates.size(0) == nq, op, "`candidates` must have n_queries = ", nq, " rows, got ",
            candidates.size(0));
   const at::Tensor off = doc_offsets.contiguous();

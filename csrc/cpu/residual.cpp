@@ -11,13 +11,6 @@
 
 namespace {
 
-void check_nbits(int64_t nbits, int64_t dim, const char* op) {
-  LK_CHECK(nbits == 1 || nbits == 2 || nbits == 4 || nbits == 8, op,
-           "`nbits` must be 1, 2, 4 or 8, got ", nbits);
-  LK_CHECK(dim * nbits % 8 == 0, op, "dim * nbits must be a multiple of 8 (whole bytes per row), got dim ",
-           dim, " with nbits ", nbits);
-}
-
 void check_float(const at::Tensor& t, const char* op, const char* name) {
   LK_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
                t.scalar_type() == at::kBFloat16,
@@ -81,9 +74,7 @@ at::Tensor decompress_residuals_cpu(const at::Tensor& codes, const at::Tensor& p
   check_nbits(nbits, dim, op);
   LK_CHECK(packed.size(1) == dim * nbits / 8, op, "`packed` must have dim * nbits / 8 = ",
            dim * nbits / 8, " bytes per row, got ", packed.size(1));
-  LK_CHECK(bucket_weights.dim() == 1 && bucket_weights.size(0) == (1 << nbits), op,
-           "`bucket_weights` must be a 1-D tensor of 2^nbits = ", (1 << nbits), " values, got shape ",
-           bucket_weights.sizes());
+  check_bucket_weights(bucket_weights, nbits, op);
   for (const at::Tensor* t : {&codes, &packed, &bucket_weights})
     LK_CHECK(t->device() == centroids.device() && centroids.device().is_cpu(), op,
              "all inputs must be CPU tensors here");
