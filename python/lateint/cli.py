@@ -1,6 +1,7 @@
 """`lateint` command line.
 
     lateint demo [--docs N] [--queries N] [--k K] [--smoke]
+    lateint train --train pairs.jsonl --output DIR [--model DIR] [--mini-batch-size N] ...
 
 The demo (README command one) runs exact late-interaction retrieval end to end on an
 embedded synthetic corpus: clustered, L2-normalized token embeddings, documents of 64-300
@@ -75,6 +76,78 @@ def demo(args) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """Bad arguments or input files: reported on stderr with exit code 2."""
+
+
+def _read_pairs(path: str) -> list:
+    import json
+    import os
+    if not os.path.isfile(path):
+        raise UsageError(f"--train {path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) \
+                    or not isinstance(rec.get("positive"), str):
+                raise UsageError(f'{path}:{n}: expected {{"query": str, "positive": str, "negatives": [str, ...]}}')
+            negs = rec.get("negatives", [])
+            if not isinstance(negs, list) or not all(isinstance(x, str) for x in negs):
+                raise UsageError(f"{path}:{n}: \"negatives\" must be a list of strings")
+            out.append((rec["query"], rec["positive"], *negs))
+    if not out:
+        raise UsageError(f"{path}: no training pairs")
+    return out
+
+
+def train_cmd(args) -> int:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from .model import CONFIG_NAME, ColBERT, minilm_dir
+    from .train import TrainConfig, train
+
+    pairs = _read_pairs(args.train)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    src = args.model or minilm_dir()
+    if not os.path.isdir(src):
+        raise UsageError(f"--model {src}: not a directory")
+    kw = {k: v for k, v in (("query_length", args.query_length), ("document_length", args.document_length))
+          if v is not None}
+    if os.path.isfile(os.path.join(src, CONFIG_NAME)):
+        model = ColBERT.load(src, **kw)
+    else:
+        model = ColBERT(src, dim=args.dim, seed=args.seed, **kw)
+    if torch.cuda.is_available():
+        model.cuda()
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size or None,
+                      lr=args.lr, encoder_lr=args.encoder_lr, train_layers=args.train_layers,
+                      temperature=args.temperature, seed=args.seed, max_steps=args.max_steps,
+                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+    try:
+        train(model, pairs, cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        model.save(args.output)
+        print(f"saved the trained model to {args.output}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lateint", description="late-interaction retrieval on lateint_kernels")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -86,9 +159,41 @@ def main(argv=None) -> int:
     d.add_argument("--pool-factor", type=int, default=1,
                    help="pool document tokens by this factor before searching (default 1: off)")
     d.add_argument("--smoke", action="store_true", help="tiny run (CI)")
+    t = sub.add_parser("train", help="fine-tune a ColBERT model on (query, positive[, negatives]) pairs",
+                       description="Contrastive fine-tuning (in-batch + hard negatives; GradCache with "
+                                   "--mini-batch-size). Runs under torchrun for several processes (gloo on "
+                                   "CPU, nccl on GPU): every query then sees all processes' documents.")
+    t.add_argument("--train", required=True, metavar="FILE",
+                   help='JSONL, one {"query": ..., "positive": ..., "negatives": [...]} per line '
+                        "(every line the same number of negatives, possibly none)")
+    t.add_argument("--output", required=True, metavar="DIR", help="where the trained model is saved")
+    t.add_argument("--model", metavar="DIR", help="a transformers encoder directory or a saved lateint "
+                                                  "ColBERT (default: all-MiniLM-L6-v2 from its package)")
+    t.add_argument("--dim", type=int, default=128, help="projection size for a new model (default 128)")
+    t.add_argument("--query-length", type=int, help="query tokens after [MASK] expansion (default 32)")
+    t.add_argument("--document-length", type=int, help="document tokens kept (default 180)")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=32, help="examples per step and process (default 32)")
+    t.add_argument("--mini-batch-size", type=int, default=0,
+                   help="GradCache: embed in chunks of this size (memory of one chunk; default 0: off)")
+    t.add_argument("--lr", type=float, default=3e-3, help="projection learning rate (default 3e-3)")
+    t.add_argument("--encoder-lr", type=float, default=2e-5, help="encoder learning rate (default 2e-5)")
+    t.add_argument("--train-layers", type=int, default=0,
+                   help="last N encoder layers trained too (-1: all; default 0: projection only)")
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-steps", type=int, help="stop after this many steps")
+    t.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here and resume from it when present")
+    t.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
     args = ap.parse_args(argv)
-    if args.cmd == "demo":
-        return demo(args)
+    try:
+        if args.cmd == "demo":
+            return demo(args)
+        if args.cmd == "train":
+            return train_cmd(args)
+    except UsageError as e:
+        print(f"lateint {args.cmd}: {e}", file=sys.stderr)
+        return 2
     return 2
 
 
