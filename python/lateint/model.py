@@ -259,8 +259,9 @@ class ColBERT(nn.Module):
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
         try:
-            self.encoder.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            with _quiet_transformers():
+                self.encoder.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
             save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
                       os.path.join(tmp, PROJECTION_NAME))
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
