@@ -51,6 +51,19 @@ def test_subset_restricts_results(corpus, index):
     assert (ids >= 0).float().mean() > 0.9
 
 
+def test_per_query_subsets_equal_one_search_per_query(corpus, index):
+    q, _, _ = corpus
+    subsets = [list(range(1000 + i, 1400, 2 + i)) for i in range(q.shape[0])]
+    ids, scores = index.search(q, 10, ncells=8, ndocs=400, subset=subsets)
+    for i, sub in enumerate(subsets):
+        one_ids, one_scores = index.search(q[i:i + 1], 10, ncells=8, ndocs=400, subset=sub)
+        assert torch.equal(ids[i], one_ids[0]) and torch.equal(scores[i], one_scores[0])
+        assert set(ids[i][ids[i] >= 0].tolist()) <= set(sub)
+    assert not torch.equal(ids[0], ids[1])
+    with pytest.raises(ValueError, match="one id list per query"):
+        index.search(q, 10, subset=subsets[:-1])
+
+
 def test_deterministic(corpus, index):
     q, tokens, off = corpus
     again = PLAIDIndex.build(tokens, off, ids=list(range(1000, 1400)), nbits=4, n_centroids=128, kmeans_niter=6)
@@ -93,6 +106,18 @@ def test_save_load_round_trip(corpus, index, tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     index.save(path)  # a second save replaces the first: one version directory left
     assert sorted(os.listdir(path)) == ["CURRENT", "v2"]
+
+
+def test_metadata_is_saved_with_the_index(index, tmp_path):
+    index.metadata = {"names": ["a", "b"], "note": 1}
+    try:
+        index.save(str(tmp_path / "idx"))
+        assert PLAIDIndex.load(str(tmp_path / "idx")).metadata == {"names": ["a", "b"], "note": 1}
+        index.metadata = {"bad": object()}
+        with pytest.raises(TypeError, match="metadata"):
+            index.save(str(tmp_path / "idx2"))
+    finally:
+        index.metadata = {}
 
 
 def test_disk_layout_is_compact(index, tmp_path):

@@ -95,6 +95,9 @@ class PLAIDIndex:
         self.nbits = nbits
         self.ids = ids
         self.deleted = torch.zeros(ids.shape[0], dtype=torch.bool) if deleted is None else deleted
+        # free-form JSON saved with the index (in meta.json, so in the same atomic write):
+        # adapters keep their own document keys here, e.g. PyLate's string ids
+        self.metadata: dict = {}
 
     @property
     def n_docs(self) -> int:
@@ -210,9 +213,10 @@ class PLAIDIndex:
     # -----------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
                ncells: Optional[int] = None, centroid_score_threshold: Optional[float] = None,
-               ndocs: Optional[int] = None, subset: Optional[Sequence[int]] = None):
+               ndocs: Optional[int] = None, subset=None):
         """queries [nq, Lq, dim] -> (ids int64 [nq, k], scores float32 [nq, k]); -1 / -inf
-        where fewer than k documents qualify."""
+        where fewer than k documents qualify. `subset`: ids every query is restricted to, or
+        one list of ids per query."""
         if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
             raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
@@ -229,12 +233,10 @@ class PLAIDIndex:
         s = lk.centroid_scores(q, self.centroids)
         cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask)
         if subset is not None or bool(self.deleted.any()):
-            allowed = torch.zeros(self.n_docs + 1, dtype=torch.bool)  # slot n_docs: the -1 padding
-            allowed[:-1] = ~self.deleted
-            if subset is not None:
-                allowed[:-1] &= torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64))
-            cand = torch.where(allowed[cand.clamp(min=-1) % (self.n_docs + 1)] & (cand >= 0), cand,
-                               torch.full_like(cand, -1))
+            allowed = self._allowed_rows(subset, nq)  # [1 or nq, n_docs + 1]; last slot: the -1 padding
+            idx = cand.clamp(min=-1) % (self.n_docs + 1)
+            ok = torch.gather(allowed.expand(nq, -1), 1, idx) & (cand >= 0)
+            cand = torch.where(ok, cand, torch.full_like(cand, -1))
         if cand.shape[1] == 0:
             return _no_results(nq, k)
         approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask)
@@ -258,6 +260,28 @@ class PLAIDIndex:
             out_ids, out_scores = torch.cat([out_ids, pad_ids], 1), torch.cat([out_scores, pad_scores], 1)
         return out_ids, out_scores
 
+    def _allowed_rows(self, subset, nq: int) -> torch.Tensor:
+        """Which documents each query may return: live ones, within `subset` (one list of
+        ids for every query, or one list per query)."""
+        live = ~self.deleted
+        if subset is None:
+            rows = live[None]
+        else:
+            per_query = (not isinstance(subset, torch.Tensor) and len(subset) > 0
+                         and not isinstance(subset[0], (int, np.integer))
+                         and not (isinstance(subset[0], torch.Tensor) and subset[0].dim() == 0))
+            if isinstance(subset, torch.Tensor) and subset.dim() == 2:
+                per_query, subset = True, list(subset)
+            if per_query:
+                if len(subset) != nq:
+                    raise ValueError(f"PLAIDIndex.search: per-query `subset` needs one id list per query "
+                                     f"({nq}), got {len(subset)}")
+                rows = torch.stack([torch.isin(self.ids, torch.as_tensor(list(s_), dtype=torch.int64)) & live
+                                    for s_ in subset])
+            else:
+                rows = (torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64)) & live)[None]
+        return torch.cat([rows, torch.zeros(rows.shape[0], 1, dtype=torch.bool)], 1)
+
     # -----------------------------------------------------------------------------------
     # On disk: path/CURRENT names the live version directory path/v<N>/ (meta.json + one .npy
     # per array). A save writes v<N+1> completely (fsync), then replaces CURRENT atomically
@@ -275,7 +299,12 @@ class PLAIDIndex:
         # tests only: SIGKILL before array i (i < len(_ARRAYS)), before the rename (len), before
         # CURRENT (len + 1)
         crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {}}
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {},
+                "user": self.metadata}
+        try:
+            json.dumps(self.metadata)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"PLAIDIndex.save: `metadata` must be JSON-serializable: {e}") from None
         for i, key in enumerate(_ARRAYS):
             if i == crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-save, for the tests
@@ -369,8 +398,13 @@ class PLAIDIndex:
             raise IndexFormatError(f"{path}: codes refer to centroids past the {k} stored (or negative)")
         doc_offsets = arrays["doc_offsets"]
         ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, k)
-        return cls(arrays["centroids"].float(), codes, arrays["packed"], doc_offsets, ivf_offsets, ivf_docs,
-                   arrays["bucket_cutoffs"], arrays["bucket_weights"], nbits, arrays["ids"], arrays["deleted"])
+        index = cls(arrays["centroids"].float(), codes, arrays["packed"], doc_offsets, ivf_offsets, ivf_docs,
+                    arrays["bucket_cutoffs"], arrays["bucket_weights"], nbits, arrays["ids"], arrays["deleted"])
+        user = meta.get("user", {})
+        if not isinstance(user, dict):
+            raise IndexFormatError(f"{path}: meta.json's 'user' entry must be an object")
+        index.metadata = user
+        return index
 
     def bytes_per_token(self, where: str = "disk") -> float:
         """Bytes per token of the index: "disk" = the arrays `save` writes (residuals, codes,
