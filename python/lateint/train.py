@@ -87,8 +87,12 @@ def trainable_parameter_groups(model, config: TrainConfig) -> list:
         for layer in _encoder_layers(model.encoder)[-config.train_layers:]:
             for p in layer.parameters():
                 p.requires_grad_(True)
-    model.projection.weight.requires_grad_(True)
-    groups = [{"params": [model.projection.weight], "lr": config.lr}]
+    groups = []
+    if model.projection is not None:
+        model.projection.weight.requires_grad_(True)
+        groups.append({"params": [model.projection.weight], "lr": config.lr})
+    elif config.train_layers == 0:
+        raise ValueError("train: a model without projection (dim=None) needs train_layers != 0")
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     if enc:
         groups.append({"params": enc, "lr": config.encoder_lr})

@@ -1,0 +1,359 @@
+"""The file-based CLI commands: encode, index (build / add / delete), search, evaluate, bench.
+
+Files:
+  texts        JSONL, one {"id": "...", "text": "..."} per line (ids unique strings or ints)
+  embeddings   a directory: tokens.npy (float32 [T, dim]), offsets.npy (int64 [n + 1]),
+               ids.json (the n ids, strings), info.json (model, queries or documents)
+  index        a lateint PLAID index directory; the string ids are kept in its metadata
+  run          TREC run file: "qid Q0 docid rank score tag" per line
+  qrels        TREC qrels: "qid 0 docid relevance" per line (relevance > 0: relevant)
+Every command exits 0 on success and 2 on bad arguments or input files (message on stderr).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+
+class UsageError(Exception):
+    """Bad arguments or input files: reported on stderr with exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------
+# models
+def load_model(spec: Optional[str], doc_len: Optional[int] = None):
+    """None: all-MiniLM-L6-v2's own token states (no projection, no markers, no expansion);
+    a directory saved by `lateint train` / ColBERT.save: that model; another directory: that
+    transformers encoder's token states."""
+    from .model import CONFIG_NAME, ColBERT, minilm_dir
+    kw = {} if doc_len is None else {"document_length": doc_len}
+    if spec and not os.path.isdir(spec):
+        raise UsageError(f"--model {spec}: not a directory")
+    if spec and os.path.isfile(os.path.join(spec, CONFIG_NAME)):
+        return ColBERT.load(spec, **kw), os.path.abspath(spec)
+    try:
+        src = spec or minilm_dir()
+    except FileNotFoundError as e:
+        raise UsageError(f"{e} (scripts/install.sh installs it)") from None
+    model = ColBERT(src, dim=None, query_prefix="", document_prefix="", do_query_expansion=False, **kw)
+    return model, (os.path.abspath(spec) if spec else "all-MiniLM-L6-v2")
+
+
+# ---------------------------------------------------------------------------------------
+# files
+def read_texts(path: str) -> Tuple[List[str], List[str]]:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    ids, texts, seen = [], [], set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or \
+                    not isinstance(rec.get("id"), (str, int)):
+                raise UsageError(f'{path}:{n}: expected {{"id": str or int, "text": str}}')
+            i = str(rec["id"])
+            if i in seen:
+                raise UsageError(f"{path}:{n}: duplicate id {i!r}")
+            seen.add(i)
+            ids.append(i)
+            texts.append(rec["text"])
+    if not ids:
+        raise UsageError(f"{path}: no texts")
+    return ids, texts
+
+
+def write_embeddings(path: str, tokens: torch.Tensor, offsets: torch.Tensor, ids: List[str], info: dict) -> None:
+    """Writes the embeddings directory to a temporary sibling, then renames it into place."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        np.save(os.path.join(tmp, "tokens.npy"), tokens.float().cpu().numpy())
+        np.save(os.path.join(tmp, "offsets.npy"), offsets.cpu().numpy().astype(np.int64))
+        with open(os.path.join(tmp, "ids.json"), "w") as f:
+            json.dump(ids, f)
+        with open(os.path.join(tmp, "info.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        if os.path.exists(path):
+            if not os.path.isfile(os.path.join(path, "info.json")):
+                raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it")
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_embeddings(path: str):
+    """-> (tokens, offsets, ids, info), validated."""
+    need = ("tokens.npy", "offsets.npy", "ids.json", "info.json")
+    if not os.path.isdir(path) or not all(os.path.isfile(os.path.join(path, n)) for n in need):
+        raise UsageError(f"{path}: not an embeddings directory (needs {', '.join(need)}; see `lateint encode`)")
+    try:
+        tokens = torch.from_numpy(np.load(os.path.join(path, "tokens.npy"), allow_pickle=False))
+        offsets = torch.from_numpy(np.load(os.path.join(path, "offsets.npy"), allow_pickle=False))
+        with open(os.path.join(path, "ids.json")) as f:
+            ids = json.load(f)
+        with open(os.path.join(path, "info.json")) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable embeddings ({e})") from None
+    ok = (tokens.dim() == 2 and tokens.dtype == torch.float32 and offsets.dim() == 1 and offsets.dtype == torch.int64
+          and isinstance(ids, list) and len(ids) == offsets.numel() - 1 and offsets.numel() >= 2
+          and int(offsets[0]) == 0 and int(offsets[-1]) == tokens.shape[0]
+          and bool((offsets[1:] >= offsets[:-1]).all()))
+    if not ok:
+        raise UsageError(f"{path}: inconsistent embeddings (tokens {tuple(tokens.shape)} {tokens.dtype}, "
+                         f"offsets {tuple(offsets.shape)}, {len(ids) if isinstance(ids, list) else '?'} ids)")
+    return tokens, offsets, [str(i) for i in ids], info
+
+
+def read_trec_run(path: str) -> Dict[str, List[Tuple[str, float]]]:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    run: Dict[str, List[Tuple[int, str, float]]] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise UsageError(f"{path}:{n}: expected 'qid Q0 docid rank score tag'")
+            try:
+                rank, score = int(parts[3]), float(parts[4])
+            except ValueError:
+                raise UsageError(f"{path}:{n}: rank and score must be numbers") from None
+            run.setdefault(parts[0], []).append((rank, parts[2], score))
+    return {q: [(d, s) for _, d, s in sorted(rows)] for q, rows in run.items()}
+
+
+def read_qrels(path: str) -> Dict[str, set]:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    qrels: Dict[str, set] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 4:
+                raise UsageError(f"{path}:{n}: expected 'qid 0 docid relevance'")
+            try:
+                rel = float(parts[3])
+            except ValueError:
+                raise UsageError(f"{path}:{n}: relevance must be a number") from None
+            qrels.setdefault(parts[0], set())
+            if rel > 0:
+                qrels[parts[0]].add(parts[2])
+    return qrels
+
+
+# ---------------------------------------------------------------------------------------
+# commands
+def encode(args) -> int:
+    ids, texts = read_texts(args.input)
+    model, name = load_model(args.model, args.doc_len)
+    is_query = args.kind == "queries"
+    if is_query and args.pool_factor > 1:
+        raise UsageError("--pool-factor applies to documents only")
+    t = time.perf_counter()
+    emb = model.encode(texts, is_query=is_query, batch_size=args.batch_size, pool_factor=args.pool_factor,
+                       show_progress_bar=True)
+    write_embeddings(args.output, emb.tokens, emb.offsets, ids,
+                     {"model": name, "kind": args.kind, "dim": model.dim, "pool_factor": args.pool_factor,
+                      "query_length": model.query_length, "document_length": model.document_length})
+    print(f"encoded {len(ids)} {args.kind} ({emb.tokens.shape[0]:,} tokens, dim {model.dim}) in "
+          f"{time.perf_counter() - t:.1f} s -> {args.output}")
+    return 0
+
+
+def _load_index(path: str):
+    from .plaid import IndexFormatError, PLAIDIndex
+    try:
+        index = PLAIDIndex.load(path)
+    except IndexFormatError as e:
+        raise UsageError(str(e)) from None
+    names = index.metadata.get("names")
+    if not isinstance(names, list) or len(names) < int(index.ids.max()) + 1:
+        raise UsageError(f"{path}: index has no document id table (not built by `lateint index build`)")
+    return index, names
+
+
+def index_cmd(args) -> int:
+    from .plaid import PLAIDIndex
+    if args.action == "build":
+        tokens, offsets, ids, info = read_embeddings(args.embeddings)
+        if info.get("kind") == "queries":
+            raise UsageError(f"{args.embeddings}: holds queries, not documents")
+        if os.path.exists(os.path.join(args.index, "CURRENT")) and not args.overwrite:
+            raise UsageError(f"{args.index}: an index exists there (--overwrite replaces it)")
+        t = time.perf_counter()
+        index = PLAIDIndex.build(tokens, offsets, nbits=args.nbits, seed=args.seed, pool_factor=args.pool_factor,
+                                 show_progress_bar=True)
+        index.metadata = {"names": ids, "model": info.get("model"), "dim": info.get("dim"),
+                          "document_length": info.get("document_length")}
+        index.save(args.index)
+        print(f"indexed {index.n_docs} documents ({index.n_tokens:,} tokens, nbits {args.nbits}) in "
+              f"{time.perf_counter() - t:.1f} s: {index.bytes_per_token('disk'):.1f} bytes per token -> {args.index}")
+        return 0
+    index, names = _load_index(args.index)
+    if args.action == "add":
+        tokens, offsets, ids, _ = read_embeddings(args.embeddings)
+        live = {names[i] for i, dead in zip(index.ids.tolist(), index.deleted.tolist()) if not dead}
+        clash = [i for i in ids if i in live]
+        if clash:
+            raise UsageError(f"ids already in the index: {clash[:5]} (delete them first)")
+        new = list(range(len(names), len(names) + len(ids)))
+        index.add(tokens, offsets, new)
+        index.metadata["names"] = names + ids
+        index.save(args.index)
+        print(f"added {len(ids)} documents; the index now holds {int((~index.deleted).sum())}")
+        return 0
+    # delete
+    wanted = list(args.ids or [])
+    if args.ids_file:
+        if not os.path.isfile(args.ids_file):
+            raise UsageError(f"--ids-file {args.ids_file}: no such file")
+        with open(args.ids_file) as f:
+            wanted += [ln.strip() for ln in f if ln.strip()]
+    if not wanted:
+        raise UsageError("index delete: give --ids or --ids-file")
+    by_name = {names[i]: i for i, dead in zip(index.ids.tolist(), index.deleted.tolist()) if not dead}
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        raise UsageError(f"ids not in the index: {unknown[:5]}")
+    index.delete([by_name[w] for w in wanted])
+    if args.compact:
+        index.compact()
+    index.save(args.index)
+    print(f"deleted {len(wanted)} documents; the index now holds {int((~index.deleted).sum())}")
+    return 0
+
+
+def search(args) -> int:
+    index, names = _load_index(args.index)
+    if os.path.isdir(args.queries):
+        tokens, offsets, qids, info = read_embeddings(args.queries)
+    else:
+        qids, texts = read_texts(args.queries)
+        model_spec = args.model
+        recorded = index.metadata.get("model")
+        if model_spec is None and recorded not in (None, "all-MiniLM-L6-v2"):
+            model_spec = recorded
+        model, _ = load_model(model_spec)
+        emb = model.encode(texts, is_query=True, show_progress_bar=True)
+        tokens, offsets = emb.tokens, emb.offsets
+    import lateint_kernels as lk
+    if tokens.shape[1] != index.centroids.shape[1]:
+        raise UsageError(f"queries have dim {tokens.shape[1]}, the index {index.centroids.shape[1]} "
+                         "(encode them with the documents' model)")
+    q, mask = lk.unpack(tokens, offsets)
+    qmask = None if bool(mask.all()) else mask
+    settings = {k: v for k, v in (("ncells", args.ncells), ("ndocs", args.ndocs),
+                                  ("centroid_score_threshold", args.threshold)) if v is not None}
+    t = time.perf_counter()
+    rows = []
+    for s in range(0, q.shape[0], 32):
+        ids, scores = index.search(q[s:s + 32], args.k, query_mask=None if qmask is None else qmask[s:s + 32],
+                                   **settings)
+        for qi, (r_ids, r_scores) in enumerate(zip(ids.tolist(), scores.tolist())):
+            rank = 0
+            for d, sc in zip(r_ids, r_scores):
+                if d < 0:
+                    continue
+                rank += 1
+                rows.append(f"{qids[s + qi]} Q0 {names[d]} {rank} {sc:.6f} {args.tag}")
+    secs = time.perf_counter() - t
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(rows) + ("\n" if rows else ""))
+    os.replace(tmp, args.output)
+    print(f"searched {len(qids)} queries in {secs:.2f} s ({len(qids) / secs:.0f} queries/s) -> {args.output}")
+    return 0
+
+
+def evaluate(args) -> int:
+    run = read_trec_run(args.run)
+    qrels = read_qrels(args.qrels)
+    judged = [q for q in qrels if qrels[q]]
+    if not judged:
+        raise UsageError(f"{args.qrels}: no relevant documents")
+    k = args.k
+    mrr = rec = s1 = 0.0
+    for q in judged:
+        ranked = [d for d, _ in run.get(q, [])][:k]
+        hits = [i for i, d in enumerate(ranked) if d in qrels[q]]
+        mrr += 1.0 / (hits[0] + 1) if hits else 0.0
+        rec += len({ranked[i] for i in hits}) / len(qrels[q])
+        s1 += 1.0 if hits and hits[0] == 0 else 0.0
+    n = len(judged)
+    missing = sum(1 for q in judged if q not in run)
+    result = {f"mrr@{k}": mrr / n, f"recall@{k}": rec / n, "success@1": s1 / n, "queries": n,
+              "queries_without_results": missing}
+    print(" ".join(f"{key} {val:.4f}" if isinstance(val, float) else f"{key} {val}" for key, val in result.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def bench(args) -> int:
+    """Kernel microbenchmarks on clustered synthetic data, each beside its baseline."""
+    import lateint_kernels as lk
+    from lateint_kernels.reference import pylate_colbert_scores_ref
+
+    from .plaid import PLAIDIndex
+    from .synthetic import clustered_corpus
+
+    def best_of(fn, repeats):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    n_docs = 200 if args.smoke else args.docs
+    reps = 1 if args.smoke else 3
+    q, tokens, offsets, _ = clustered_corpus(n_docs, 64, 300, 128, nq=32, lq=32, n_topics=256, topics_per_doc=4,
+                                             query_topics=2, noise=1.8, seed=0)
+    padded, mask = lk.unpack(tokens, offsets)
+    print(f"lateint bench: {n_docs} clustered docs (64-300 tokens, d=128, {tokens.shape[0]:,} tokens), 32 queries x "
+          f"32 tokens; {torch.get_num_threads()} threads, cpu isa {lk.cpu_isa()}; best of {reps}")
+    flops = 2 * 32 * 32 * tokens.shape[0] * 128
+    t_ours = best_of(lambda: lk.maxsim(q, tokens, offsets), reps)
+    t_base = best_of(lambda: pylate_colbert_scores_ref(q, padded, None, mask.float()), reps)
+    print(f"{'maxsim (32 q x all docs)':<34} {t_ours * 1e3:>9.1f} ms  {flops / t_ours / 1e9:>6.0f} GFLOP/s   "
+          f"PyLate's einsum formula {t_base * 1e3:.1f} ms (x{t_base / t_ours:.1f})")
+    docs_list = [tokens[offsets[i]:offsets[i + 1]] for i in range(min(n_docs, 500))]
+    sub = lk.pack_list(docs_list)
+    t_pool = best_of(lambda: lk.token_pool(sub.tokens, sub.offsets, 2), reps)
+    t_pool_ref = best_of(lambda: lk.reference.token_pool_ref(sub.tokens[:sub.offsets[50]], sub.offsets[:51], 2), 1)
+    t_pool_ref *= len(docs_list) / 50
+    print(f"{'token_pool (pool_factor 2)':<34} {t_pool * 1e3:>9.1f} ms  {len(docs_list)} docs            "
+          f"scipy reference, per-doc loop ~{t_pool_ref * 1e3:.0f} ms (x{t_pool_ref / t_pool:.1f}, timed on 50 docs)")
+    t = time.perf_counter()
+    index = PLAIDIndex.build(tokens, offsets, nbits=2, seed=0, kmeans_niter=4 if args.smoke else 20)
+    t_build = time.perf_counter() - t
+    t_search = best_of(lambda: index.search(q, 10), reps)
+    t_one = best_of(lambda: index.search(q[:1], 10), reps)
+    print(f"{'PLAID build (nbits 2)':<34} {t_build * 1e3:>9.1f} ms  {index.bytes_per_token('disk'):.1f} bytes/token")
+    print(f"{'PLAID search, batch 32 / batch 1':<34} {t_search * 1e3:>9.1f} ms  {32 / t_search:>6.0f} q/s     "
+          f"batch 1: {t_one * 1e3:.2f} ms; exact MaxSim above: {32 / t_ours:.0f} q/s")
+    return 0

@@ -1,0 +1,142 @@
+"""The file-based CLI: encode -> index build -> search -> evaluate, add/delete, bench, and its
+errors (exit status 2 with the offending path or argument named). Runs `python -m lateint`
+in subprocesses, as a user would."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+try:
+    from lateint.datasets import bbc_news
+    from lateint.model import minilm_dir
+    minilm_dir()
+    ARTICLES = bbc_news()[::150]           # 15 articles over the 5 categories
+except FileNotFoundError as e:  # pragma: no cover
+    if os.environ.get("LATEINT_REQUIRE_MODEL") == "1":
+        raise
+    pytest.skip(f"model or corpus unavailable: {e}", allow_module_level=True)
+
+
+def lateint(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lateint", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    with open(d / "docs.jsonl", "w") as f:
+        for i, a in enumerate(ARTICLES[:12]):
+            f.write(json.dumps({"id": f"doc{i}", "text": a.body}) + "\n")
+    with open(d / "more.jsonl", "w") as f:
+        for i, a in enumerate(ARTICLES[12:], start=12):
+            f.write(json.dumps({"id": f"doc{i}", "text": a.body}) + "\n")
+    with open(d / "queries.jsonl", "w") as f:
+        for i, a in enumerate(ARTICLES):
+            f.write(json.dumps({"id": f"q{i}", "text": a.headline}) + "\n")
+    with open(d / "qrels.txt", "w") as f:
+        for i in range(len(ARTICLES)):
+            f.write(f"q{i} 0 doc{i} 1\n")
+    for args in (["encode", "--input", "docs.jsonl", "--output", "doc_emb", "--doc-len", "64"],
+                 ["encode", "--input", "more.jsonl", "--output", "more_emb", "--doc-len", "64"],
+                 ["encode", "--input", "queries.jsonl", "--output", "q_emb", "--kind", "queries"],
+                 ["index", "build", "--embeddings", "doc_emb", "--index", "idx", "--nbits", "4"]):
+        r = lateint(*args, cwd=d)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def _run(path):
+    rows = [ln.split() for ln in open(path).read().splitlines()]
+    out = {}
+    for qid, q0, doc, rank, score, tag in rows:
+        assert q0 == "Q0" and tag == "lateint"
+        out.setdefault(qid, []).append((int(rank), doc, float(score)))
+    return out
+
+
+def test_encode_writes_consistent_embeddings(work):
+    import numpy as np
+    tokens = np.load(work / "doc_emb" / "tokens.npy")
+    offsets = np.load(work / "doc_emb" / "offsets.npy")
+    ids = json.load(open(work / "doc_emb" / "ids.json"))
+    info = json.load(open(work / "doc_emb" / "info.json"))
+    assert ids == [f"doc{i}" for i in range(12)] and offsets[0] == 0 and offsets[-1] == tokens.shape[0]
+    assert tokens.dtype == np.float32 and tokens.shape[1] == info["dim"] == 384
+    assert np.allclose(np.linalg.norm(tokens, axis=1), 1, atol=1e-5)
+    assert (np.diff(offsets) <= 64).all() and info["kind"] == "documents"
+
+
+def test_search_and_evaluate(work):
+    r = lateint("search", "--index", "idx", "--queries", "q_emb", "--output", "run.trec", "--k", "5", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = _run(work / "run.trec")
+    assert set(run) == {f"q{i}" for i in range(len(ARTICLES))}
+    for rows in run.values():
+        assert [x[0] for x in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5
+        assert [x[2] for x in rows] == sorted((x[2] for x in rows), reverse=True)
+    # queries given as texts are encoded with the index's model: the same run
+    r = lateint("search", "--index", "idx", "--queries", "queries.jsonl", "--output", "run_text.trec", "--k", "5",
+                cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (work / "run.trec").read_text() == (work / "run_text.trec").read_text()
+    r = lateint("evaluate", "--run", "run.trec", "--qrels", "qrels.txt", "--k", "5", "--json", "ev.json", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = json.load(open(work / "ev.json"))
+    # queries 12.. have no document in the index yet: recall is bounded by 12/15
+    assert ev["queries"] == 15 and 0.6 <= ev["recall@5"] <= 12 / 15 + 1e-9
+    hits = sum(1 for i in range(12) if any(d == f"doc{i}" for _, d, _ in run[f"q{i}"]))
+    assert ev["recall@5"] == pytest.approx(hits / 15)
+
+
+def test_add_then_delete(work):
+    r = lateint("index", "add", "--index", "idx", "--embeddings", "more_emb", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = lateint("index", "add", "--index", "idx", "--embeddings", "more_emb", cwd=work)
+    assert r.returncode == 2 and "already in the index" in r.stderr
+    assert lateint("search", "--index", "idx", "--queries", "q_emb", "--output", "run2.trec", cwd=work).returncode == 0
+    run = _run(work / "run2.trec")
+    assert any(d == "doc13" for _, d, _ in run["q13"])
+    (work / "gone.txt").write_text("doc13\ndoc0\n")
+    r = lateint("index", "delete", "--index", "idx", "--ids-file", "gone.txt", "--compact", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert lateint("search", "--index", "idx", "--queries", "q_emb", "--output", "run3.trec", cwd=work).returncode == 0
+    docs = {d for rows in _run(work / "run3.trec").values() for _, d, _ in rows}
+    assert "doc13" not in docs and "doc0" not in docs and "doc14" in docs
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["encode", "--input", "missing.jsonl", "--output", "x"], "missing.jsonl"),
+    (["encode", "--input", "bad.jsonl", "--output", "x"], "bad.jsonl:2"),
+    (["encode", "--input", "queries.jsonl", "--output", "x", "--model", "/no/such"], "/no/such"),
+    (["index", "build", "--embeddings", "q_emb", "--index", "qidx"], "holds queries"),
+    (["index", "build", "--embeddings", "nowhere", "--index", "i2"], "not an embeddings directory"),
+    (["index", "build", "--embeddings", "doc_emb", "--index", "idx"], "--overwrite"),
+    (["index", "delete", "--index", "idx", "--ids", "no-such-doc"], "no-such-doc"),
+    (["search", "--index", "doc_emb", "--queries", "q_emb", "--output", "r"], "not a lateint PLAID index"),
+    (["evaluate", "--run", "bad.jsonl", "--qrels", "qrels.txt"], "bad.jsonl:1"),
+    (["train", "--train", "missing.jsonl", "--output", "m"], "missing.jsonl"),
+])
+def test_errors_exit_2_naming_the_problem(work, args, needle):
+    (work / "bad.jsonl").write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n')
+    r = lateint(*args, cwd=work)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_smoke(work):
+    r = lateint("bench", "--smoke", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "maxsim" in r.stdout and "PLAID search" in r.stdout and "token_pool" in r.stdout
+
+
+def test_help_texts():
+    r = subprocess.run([sys.executable, "-m", "lateint", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "a first session" in r.stdout
+    for cmd in ("demo", "train", "encode", "index", "search", "evaluate", "bench"):
+        r = subprocess.run([sys.executable, "-m", "lateint", cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: lateint " + cmd in r.stdout
