@@ -157,6 +157,8 @@ def test_enable_disable_patches_every_binding():
     assert sys.modules["pylate.rank.rank"].colbert_scores is lp.colbert_scores
     assert sys.modules["pylate.scores.similarity_functions"].colbert_scores_pairwise is lp.colbert_scores_pairwise
     assert lp.colbert_kd_scores in Distillation.__init__.__defaults__
+    assert sys.modules["pylate.evaluation.colbert_distillation"].colbert_kd_scores is lp.colbert_kd_scores
+    assert sys.modules["pylate.evaluation.colbert_triplet"].colbert_scores_pairwise is lp.colbert_scores_pairwise
     assert issubclass(scores.ColBERTScores, ORIG["ColBERTScores"]) and scores.ColBERTScores is not ORIG["ColBERTScores"]
     assert indexes.PLAID is lp.PLAID
     assert ColBERT.pool_embeddings_hierarchical is lp.pool_embeddings_hierarchical
