@@ -370,6 +370,15 @@ def test_train_rejects_bad_examples():
         train(m, [{"query": "q"}], TrainConfig(batch_size=1), log=None)
 
 
+def test_package_exports():
+    import lateint
+    from lateint import ColBERT as C, PLAIDIndex as P
+    from lateint.plaid import PLAIDIndex
+    assert C is ColBERT and P is PLAIDIndex
+    with pytest.raises(AttributeError):
+        lateint.NoSuchThing
+
+
 def test_retrieval_metrics_and_exact_topk():
     ranked = torch.tensor([[3, 1, 2], [0, 2, 1], [2, 0, 1]])
     m = retrieval_metrics(ranked, [1, 0, {5}], k=3)
