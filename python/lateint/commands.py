@@ -48,30 +48,51 @@ def load_model(spec: Optional[str], doc_len: Optional[int] = None):
 
 # ---------------------------------------------------------------------------------------
 # files
-def read_texts(path: str) -> Tuple[List[str], List[str]]:
+def _jsonl(path: str, what: str):
+    """(line number, object) for every non-empty line of a JSONL file."""
     if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
-    ids, texts, seen = [], [], set()
+        raise UsageError(f"{what} {path}: no such file")
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or \
-                    not isinstance(rec.get("id"), (str, int)):
-                raise UsageError(f'{path}:{n}: expected {{"id": str or int, "text": str}}')
-            i = str(rec["id"])
-            if i in seen:
-                raise UsageError(f"{path}:{n}: duplicate id {i!r}")
-            seen.add(i)
-            ids.append(i)
-            texts.append(rec["text"])
+
+
+def read_texts(path: str) -> Tuple[List[str], List[str]]:
+    ids, texts, seen = [], [], set()
+    for n, rec in _jsonl(path, "--input"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or \
+                not isinstance(rec.get("id"), (str, int)):
+            raise UsageError(f'{path}:{n}: expected {{"id": str or int, "text": str}}')
+        i = str(rec["id"])
+        if i in seen:
+            raise UsageError(f"{path}:{n}: duplicate id {i!r}")
+        seen.add(i)
+        ids.append(i)
+        texts.append(rec["text"])
     if not ids:
         raise UsageError(f"{path}: no texts")
     return ids, texts
+
+
+def read_pairs(path: str) -> list:
+    """Training JSONL: {"query": str, "positive": str, "negatives": [str, ...]} per line."""
+    out = []
+    for n, rec in _jsonl(path, "--train"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) \
+                or not isinstance(rec.get("positive"), str):
+            raise UsageError(f'{path}:{n}: expected {{"query": str, "positive": str, "negatives": [str, ...]}}')
+        negs = rec.get("negatives", [])
+        if not isinstance(negs, list) or not all(isinstance(x, str) for x in negs):
+            raise UsageError(f"{path}:{n}: \"negatives\" must be a list of strings")
+        out.append((rec["query"], rec["positive"], *negs))
+    if not out:
+        raise UsageError(f"{path}: no training pairs")
+    return out
 
 
 def write_embeddings(path: str, tokens: torch.Tensor, offsets: torch.Tensor, ids: List[str], info: dict) -> None:
@@ -177,6 +198,48 @@ def encode(args) -> int:
                       "query_length": model.query_length, "document_length": model.document_length})
     print(f"encoded {len(ids)} {args.kind} ({emb.tokens.shape[0]:,} tokens, dim {model.dim}) in "
           f"{time.perf_counter() - t:.1f} s -> {args.output}")
+    return 0
+
+
+def train(args) -> int:
+    import torch.distributed as dist
+
+    from .model import CONFIG_NAME, ColBERT, minilm_dir
+    from .train import TrainConfig, train as train_loop
+
+    pairs = read_pairs(args.train)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        src = args.model or minilm_dir()
+    except FileNotFoundError as e:
+        raise UsageError(f"{e} (scripts/install.sh installs it)") from None
+    if not os.path.isdir(src):
+        raise UsageError(f"--model {src}: not a directory")
+    kw = {k: v for k, v in (("query_length", args.query_length), ("document_length", args.document_length))
+          if v is not None}
+    if os.path.isfile(os.path.join(src, CONFIG_NAME)):
+        model = ColBERT.load(src, **kw)
+    else:
+        model = ColBERT(src, dim=args.dim, seed=args.seed, **kw)
+    if torch.cuda.is_available():
+        model.cuda()
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size or None,
+                      lr=args.lr, encoder_lr=args.encoder_lr, train_layers=args.train_layers,
+                      temperature=args.temperature, seed=args.seed, max_steps=args.max_steps,
+                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+    try:
+        train_loop(model, pairs, cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        model.save(args.output)
+        print(f"saved the trained model to {args.output}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

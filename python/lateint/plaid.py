@@ -142,7 +142,6 @@ class PLAIDIndex:
         g = torch.Generator().manual_seed(seed)
         n_sample = sample_docs or min(n, 1 + int(16 * math.sqrt(120 * n)))
         sample = torch.sort(torch.randperm(n, generator=g)[:n_sample]).values
-        lens = doc_offsets[1:] - doc_offsets[:-1]
         tok_idx = torch.cat([torch.arange(int(doc_offsets[d]), int(doc_offsets[d + 1])) for d in sample.tolist()])
         n_sample_tok = tok_idx.shape[0]
         if n_centroids is None:
