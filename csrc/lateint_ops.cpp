@@ -72,6 +72,13 @@ TORCH_LIBRARY(lateint_kernels, m) {
   m.def("decompress_maxsim(Tensor queries, Tensor? query_mask, Tensor codes, Tensor packed, "
         "Tensor doc_offsets, Tensor centroids, Tensor bucket_weights, int nbits, Tensor candidates) "
         "-> Tensor");
+  // PLAID final stage in the compressed domain (WARP's implicit decompression): MaxSim of
+  // each candidate against its tokens' unnormalized reconstructions C[code] + residual, as
+  // scores[q, i, code] + per-query lookup tables over the packed residual bytes; no token is
+  // rebuilt. scores float32 [nq, lq, k] = centroid_scores(queries, C); other inputs as
+  // decompress_maxsim -> float32 [nq, nc] (-inf for -1, 0 for an empty document).
+  m.def("lut_maxsim(Tensor queries, Tensor? query_mask, Tensor scores, Tensor codes, Tensor packed, "
+        "Tensor doc_offsets, Tensor bucket_weights, int nbits, Tensor candidates) -> Tensor");
   // Token pooling (PyLate's pool_embeddings_hierarchical as a kernel): per document, the
   // tokens after the first `protected_tokens` are clustered by Ward linkage into
   // max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on the

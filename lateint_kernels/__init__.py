@@ -13,11 +13,11 @@ from .ops import (PackedDocs, backend_for, cpu_isa, maxsim, maxsim_candidates, p
 from .pooling import token_pool, token_pool_labels, token_pool_list
 from .kmeans import kmeans_assign
 from .residual import compress_residuals, decompress_residuals, residual_buckets
-from .plaid import approx_scores, centroid_scores, decompress_maxsim, ivf_candidates
+from .plaid import approx_scores, centroid_scores, decompress_maxsim, ivf_candidates, lut_maxsim
 from . import reference
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
            "cpu_isa", "token_pool", "token_pool_labels", "token_pool_list", "kmeans_assign",
            "compress_residuals", "decompress_residuals", "residual_buckets", "centroid_scores",
-           "ivf_candidates", "approx_scores", "decompress_maxsim", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
+           "ivf_candidates", "approx_scores", "decompress_maxsim", "lut_maxsim", "reference", "NATIVE_LOADED", "NATIVE_ERROR"]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """PLAID centroid interaction: `centroid_scores`, `ivf_candidates` (stage 1),
 `approx_scores` (stages 2-3, centroid pruning) and `decompress_maxsim` (stage 4: exact
-MaxSim on the decompressed candidates, fused so the decompressed corpus never exists).
+MaxSim on the decompressed candidates, fused so the decompressed corpus never exists), or
+`lut_maxsim` (stage 4 in the compressed domain, WARP's implicit decompression).
 CPU: C++ kernels (csrc/cpu/plaid.cpp, plaid_score.cpp); CUDA: the references for now
 (`backend_for` says so). `centroid_scores` is one matmul and
 is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
@@ -21,10 +22,13 @@ _SCHEMAS = {
                      "float threshold) -> Tensor",
     "decompress_maxsim": "(Tensor queries, Tensor? query_mask, Tensor codes, Tensor packed, Tensor doc_offsets, "
                          "Tensor centroids, Tensor bucket_weights, int nbits, Tensor candidates) -> Tensor",
+    "lut_maxsim": "(Tensor queries, Tensor? query_mask, Tensor scores, Tensor codes, Tensor packed, "
+                  "Tensor doc_offsets, Tensor bucket_weights, int nbits, Tensor candidates) -> Tensor",
 }
 _REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
          "approx_scores": lambda *a: _ref.approx_scores_ref(*a).float(),
-         "decompress_maxsim": lambda *a: _ref.decompress_maxsim_ref(*a).float()}
+         "decompress_maxsim": lambda *a: _ref.decompress_maxsim_ref(*a).float(),
+         "lut_maxsim": lambda *a: _ref.lut_maxsim_ref(*a).float()}
 
 _ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
 
@@ -42,6 +46,14 @@ def _(scores, query_mask, codes, doc_offsets, candidates, threshold):
 
 @torch.library.register_fake(f"{_NS}::decompress_maxsim")
 def _(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights, nbits, candidates):
+    torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
+    torch._check(candidates.dim() == 2 and candidates.shape[0] == queries.shape[0],
+                 lambda: "`candidates` must be [n_queries, n_candidates]")
+    return queries.new_empty(candidates.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{_NS}::lut_maxsim")
+def _(queries, query_mask, scores, codes, packed, doc_offsets, bucket_weights, nbits, candidates):
     torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
     torch._check(candidates.dim() == 2 and candidates.shape[0] == queries.shape[0],
                  lambda: "`candidates` must be [n_queries, n_candidates]")
@@ -112,3 +124,32 @@ def decompress_maxsim(queries: torch.Tensor, codes: torch.Tensor, packed: torch.
                                           candidates).float()
     return torch.ops.lateint_kernels.decompress_maxsim(q, query_mask, codes, packed, doc_offsets, c,
                                                        bucket_weights, int(nbits), candidates)
+
+
+def lut_maxsim(queries: torch.Tensor, scores: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor,
+               doc_offsets: torch.Tensor, bucket_weights: torch.Tensor, nbits: int, candidates: torch.Tensor, *,
+               query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MaxSim of candidate documents scored in the compressed domain (WARP's "implicit
+    decompression"): each stored token counts as its unnormalized reconstruction
+    centroids[code] + bucket_weights[bucket], scored as scores[q, i, code] (the
+    `centroid_scores` the search already has) plus a per-query lookup table over the packed
+    residual bytes; no token is rebuilt. queries [nq, Lq, dim], scores [nq, Lq, k],
+    candidates int64 [nq, nc] (-1: none -> -inf) -> float32 [nq, nc]. Differs from
+    `decompress_maxsim` by the normalization of the reconstructed tokens (ColBERTv2's
+    decompression normalizes them, WARP's scoring does not)."""
+    op = "lut_maxsim"
+    if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
+        raise ValueError(f"{op}: `queries` must be a tensor [n_queries, query_len, dim]")
+    _check_scores(op, scores, query_mask)
+    if scores.shape[:2] != queries.shape[:2]:
+        raise ValueError(f"{op}: `scores` must be [n_queries, query_len, n_centroids] = "
+                         f"[{queries.shape[0]}, {queries.shape[1]}, k], got {list(scores.shape)}")
+    if not isinstance(candidates, torch.Tensor) or candidates.dim() != 2 or candidates.shape[0] != queries.shape[0]:
+        raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, n_candidates] with "
+                         f"n_queries = {queries.shape[0]}")
+    q = queries if queries.dtype == torch.float32 else queries.float()
+    if _ops._forced_reference():
+        return _ref.lut_maxsim_ref(q, query_mask, scores, codes, packed, doc_offsets, bucket_weights, nbits,
+                                   candidates).float()
+    return torch.ops.lateint_kernels.lut_maxsim(q, query_mask, scores, codes, packed, doc_offsets, bucket_weights,
+                                                int(nbits), candidates)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["maxsim_ref", "maxsim_candidates_ref", "maxsim_argmax_ref", "pylate_colbert_scores_ref",
+__all__ = ["lut_maxsim_ref", "maxsim_ref", "maxsim_candidates_ref", "maxsim_argmax_ref", "pylate_colbert_scores_ref",
            "token_pool_ref", "token_pool_labels_ref", "kmeans_assign_ref", "compress_residuals_ref",
            "decompress_residuals_ref", "ivf_candidates_ref", "approx_scores_ref"]
 
@@ -241,15 +241,45 @@ def compress_residuals_ref(x, centroids, codes, bucket_cutoffs, nbits: int):
     return (bits * w).sum(-1).to(torch.uint8)
 
 
-def decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits: int):
+def _residuals(packed, bucket_weights, nbits: int, dim: int, dt):
+    """The residual values [n, dim] the packed buckets stand for: bucket_weights[bucket]."""
     n = packed.shape[0]
-    dim = centroids.shape[1]
-    dt = torch.float64 if centroids.dtype == torch.float64 else torch.float32
     w = torch.tensor(_BIT_WEIGHTS, device=packed.device)
     bits = ((packed.long().unsqueeze(-1) & w) != 0).long().reshape(n, dim, nbits)
     b = (bits << torch.arange(nbits, device=packed.device)).sum(-1)
-    v = centroids.to(dt)[codes.long()] + bucket_weights.to(dt)[b]
+    return bucket_weights.to(dt)[b]
+
+
+def decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits: int):
+    dt = torch.float64 if centroids.dtype == torch.float64 else torch.float32
+    v = centroids.to(dt)[codes.long()] + _residuals(packed, bucket_weights, nbits, centroids.shape[1], dt)
     return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)
+
+
+def lut_maxsim_ref(queries, query_mask, scores, codes, packed, doc_offsets, bucket_weights, nbits: int,
+                   candidates):
+    """Per (query, candidate): sum over unmasked query tokens i of the max over the
+    document's tokens t of scores[q, i, codes[t]] + <queries[q, i], residual_t> — MaxSim
+    against the unnormalized reconstructions C[code] + residual (float64 when the queries
+    are float64). -inf for candidate -1, 0 for an empty document."""
+    dt = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    r = _residuals(packed, bucket_weights, nbits, queries.shape[2], dt)
+    nq, nc = candidates.shape
+    out = torch.full((nq, nc), float("-inf"), dtype=dt)
+    for qi in range(nq):
+        keep = slice(None) if query_mask is None else query_mask[qi]
+        q, s = queries[qi].to(dt)[keep], scores[qi].to(dt)[keep]
+        for j in range(nc):
+            d = int(candidates[qi, j])
+            if d < 0:
+                continue
+            a, b = int(doc_offsets[d]), int(doc_offsets[d + 1])
+            if a == b:
+                out[qi, j] = 0.0
+                continue
+            sim = s[:, codes[a:b].long()] + q @ r[a:b].T
+            out[qi, j] = sim.max(dim=1).values.sum() if sim.shape[0] else 0.0
+    return out
 
 
 def decompress_maxsim_ref(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights,

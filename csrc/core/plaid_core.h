@@ -25,3 +25,27 @@ bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int
                          const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
 
 }  // namespace lateint
+
+namespace lateint {
+
+// Compressed-domain scoring (WARP's "implicit decompression"): a document token stored as
+// centroid code c and residual buckets (nbits per value, packed as in residual_core.h) is
+// scored against query token i as  scores[i][c] + sum_b lut[b][byte_b][i],  i.e. the inner
+// product with the unnormalized reconstruction C[c] + weights[bucket], without rebuilding
+// the token. lut: [row_bytes][256][LQ] floats (LQ = query tokens rounded up to 16), where
+// lut[b][v][i] = sum over the 8/nbits values s that byte b holds: q[i][b*PB + s] * the
+// weight of value s in byte value v. Rows of masked (qmask[i] == 0) or padding tokens are 0.
+void lut_build(const float* q, const uint8_t* qmask, int64_t lq, int64_t LQ, int64_t dim,
+               const float* byte_table, int nbits, float* lut);
+
+// The query's centroid scores [lq, k] transposed to scores_t [k][LQ] (padding rows 0), so
+// a token's centroid term for all query tokens is one contiguous row.
+void lut_scores_transpose(const float* scores, int64_t lq, int64_t LQ, int64_t k, float* scores_t);
+
+// One document of n tokens: sum over the unmasked query tokens i < lq of the max over its
+// tokens of scores_t[codes[t] * LQ + i] + sum_b lut[(b * 256 + packed[t][b]) * LQ + i]
+// (0 for n == 0). work: 2 * LQ floats.
+float lut_score_doc(const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq, int64_t LQ,
+                    const int32_t* codes, const uint8_t* packed, int64_t row_bytes, int64_t n, float* work);
+
+}  // namespace lateint

@@ -212,10 +212,15 @@ class PLAIDIndex:
     # -----------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
                ncells: Optional[int] = None, centroid_score_threshold: Optional[float] = None,
-               ndocs: Optional[int] = None, subset=None):
+               ndocs: Optional[int] = None, subset=None, scorer: str = "exact"):
         """queries [nq, Lq, dim] -> (ids int64 [nq, k], scores float32 [nq, k]); -1 / -inf
         where fewer than k documents qualify. `subset`: ids every query is restricted to, or
-        one list of ids per query."""
+        one list of ids per query. `scorer`: "exact" (default: MaxSim on the decompressed,
+        normalized candidates, as ColBERTv2/PLAID) or "lut" (scored in the compressed domain
+        through per-query lookup tables, against unnormalized reconstructions, as WARP does;
+        see bench/RESULTS.md for when it is faster)."""
+        if scorer not in ("exact", "lut"):
+            raise ValueError(f"PLAIDIndex.search: `scorer` must be 'exact' or 'lut', got {scorer!r}")
         if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
             raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
@@ -245,10 +250,14 @@ class PLAIDIndex:
         best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
         if not bool((best >= 0).any()):
             return _no_results(nq, k)
-        # exact MaxSim on the decompressed candidates, each decompressed once for the batch
-        # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
-        exact = lk.decompress_maxsim(q, self.codes, self.packed, self.doc_offsets, self.centroids,
-                                     self.bucket_weights, self.nbits, best, query_mask=query_mask)
+        if scorer == "exact":
+            # exact MaxSim on the decompressed candidates, each decompressed once for the batch
+            # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
+            exact = lk.decompress_maxsim(q, self.codes, self.packed, self.doc_offsets, self.centroids,
+                                         self.bucket_weights, self.nbits, best, query_mask=query_mask)
+        else:  # compressed domain, unnormalized reconstructions (WARP's implicit decompression)
+            exact = lk.lut_maxsim(q, s, self.codes, self.packed, self.doc_offsets, self.bucket_weights, self.nbits,
+                                  best, query_mask=query_mask)
         kk = min(k, exact.shape[1])
         fin = exact.topk(kk, dim=1)
         doc_idx = torch.gather(best, 1, fin.indices)
