@@ -44,20 +44,22 @@ def _(scores, query_mask, codes, doc_offsets, candidates, threshold):
     return scores.new_empty(candidates.shape, dtype=torch.float32)
 
 
-@torch.library.register_fake(f"{_NS}::decompress_maxsim")
-def _(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights, nbits, candidates):
+def _fake_candidate_scores(queries, candidates):
+    """The final-stage scorers' output: float32 [n_queries, n_candidates]."""
     torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
     torch._check(candidates.dim() == 2 and candidates.shape[0] == queries.shape[0],
                  lambda: "`candidates` must be [n_queries, n_candidates]")
     return queries.new_empty(candidates.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{_NS}::decompress_maxsim")
+def _(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights, nbits, candidates):
+    return _fake_candidate_scores(queries, candidates)
 
 
 @torch.library.register_fake(f"{_NS}::lut_maxsim")
 def _(queries, query_mask, scores, codes, packed, doc_offsets, bucket_weights, nbits, candidates):
-    torch._check(queries.dim() == 3, lambda: "`queries` must be 3-D [n_queries, query_len, dim]")
-    torch._check(candidates.dim() == 2 and candidates.shape[0] == queries.shape[0],
-                 lambda: "`candidates` must be [n_queries, n_candidates]")
-    return queries.new_empty(candidates.shape, dtype=torch.float32)
+    return _fake_candidate_scores(queries, candidates)
 
 
 def _check_scores(op, scores, query_mask):

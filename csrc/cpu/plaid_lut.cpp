@@ -22,45 +22,17 @@ at::Tensor lut_maxsim_cpu(const at::Tensor& queries, const std::optional<at::Ten
                           const at::Tensor& doc_offsets, const at::Tensor& bucket_weights, int64_t nbits,
                           const at::Tensor& candidates) {
   const char* op = "lut_maxsim";
-  LK_CHECK_DIM(queries, 3, op, "queries", "[n_queries, query_len, dim]");
+  const ScorerInputs in =
+      check_scorer_inputs(op, queries, query_mask, codes, packed, doc_offsets, bucket_weights, nbits, candidates);
   LK_CHECK_DIM(scores, 3, op, "scores", "[n_queries, query_len, n_centroids]");
-  LK_CHECK_DIM(packed, 2, op, "packed", "[total_tokens, dim * nbits / 8]");
-  LK_CHECK_DIM(codes, 1, op, "codes", "[total_tokens]");
-  LK_CHECK_DIM(doc_offsets, 1, op, "doc_offsets", "[n_docs + 1]");
-  LK_CHECK_DIM(candidates, 2, op, "candidates", "[n_queries, n_candidates]");
-  for (const at::Tensor* t : {&queries, &scores, &codes, &packed, &doc_offsets, &bucket_weights, &candidates})
-    LK_CHECK(t->device().is_cpu(), op, "all inputs must be CPU tensors here, got ", t->device());
-  LK_CHECK_DTYPE(queries, at::kFloat, op, "queries");
+  LK_CHECK(scores.device().is_cpu(), op, "all inputs must be CPU tensors here, got ", scores.device());
   LK_CHECK_DTYPE(scores, at::kFloat, op, "scores");
-  LK_CHECK_DTYPE(codes, at::kInt, op, "codes");
-  LK_CHECK_DTYPE(packed, at::kByte, op, "packed");
-  LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
-  LK_CHECK_DTYPE(candidates, at::kLong, op, "candidates");
-  const int64_t nq = queries.size(0), lq = queries.size(1), dim = queries.size(2);
-  const int64_t k = scores.size(2), T = codes.size(0), nd = doc_offsets.size(0) - 1;
+  const int64_t nq = queries.size(0), lq = queries.size(1), dim = queries.size(2), k = scores.size(2);
   LK_CHECK(scores.size(0) == nq && scores.size(1) == lq, op, "`scores` must be [", nq, ", ", lq,
            ", n_centroids] (the queries' centroid scores), got ", scores.sizes());
-  check_nbits(nbits, dim, op);
-  LK_CHECK(packed.size(0) == T && packed.size(1) == dim * nbits / 8, op, "`packed` must have shape [", T, ", ",
-           dim * nbits / 8, "] (one row of dim * nbits / 8 bytes per code), got ", packed.sizes());
-  check_bucket_weights(bucket_weights, nbits, op);
-  LK_CHECK(candidates.size(0) == nq, op, "`candidates` must have n_queries = ", nq, " rows, got ",
-           candidates.size(0));
-  const at::Tensor off = doc_offsets.contiguous();
-  check_offsets(off, T, op, "doc_offsets");
-  at::Tensor qm;
-  if (query_mask.has_value()) {
-    LK_CHECK(query_mask->dim() == 2 && query_mask->size(0) == nq && query_mask->size(1) == lq, op,
-             "`query_mask` must have shape [", nq, ", ", lq, "], got ", query_mask->sizes());
-    LK_CHECK_DTYPE(*query_mask, at::kBool, op, "query_mask");
-    qm = query_mask->contiguous();
-  }
-  const at::Tensor cand = candidates.contiguous();
+  const at::Tensor &off = in.offsets, &qm = in.query_mask, &cand = in.candidates;
   const int64_t nc = cand.size(1);
   const int64_t* ca = cand.data_ptr<int64_t>();
-  for (int64_t i = 0; i < nq * nc; ++i)
-    LK_CHECK(ca[i] >= -1 && ca[i] < nd, op, "`candidates` must hold document ids in [0, ", nd,
-             ") or -1 for none; candidates[", i / nc, ", ", i % nc, "] = ", ca[i]);
   at::Tensor out = at::empty({nq, nc}, queries.options());
   if (nq == 0 || nc == 0) return out;
   const at::Tensor q = queries.contiguous(), sc = scores.contiguous(), cd = codes.contiguous();
@@ -112,18 +84,11 @@ at::Tensor lut_maxsim_cpu(const at::Tensor& queries, const std::optional<at::Ten
       }
     }
   });
-  if (bad_code >= 0) {
-    const int64_t t = bad_code.load();
-    TORCH_CHECK(false, op, ": `codes` must hold centroid ids in [0, ", k, "); codes[", t, "] = ", cp[t]);
-  }
+  report_scorer_errors(op, bad_code.load(), cp, k, finite, q, qm);
   if (!finite) {
-    at::Tensor qq = qm.defined() ? q.index({qm}) : q;
-    if (!at::isfinite(qq).all().item<bool>())
-      TORCH_CHECK(false, op, ": `queries` contains NaN or Inf (in an unmasked token)");
     at::Tensor ss = qm.defined() ? sc.index({qm}) : sc;
-    if (!at::isfinite(ss).all().item<bool>())
-      TORCH_CHECK(false, op, ": `scores` contains NaN or Inf (in an unmasked token's row)");
-    TORCH_CHECK(false, op, ": `bucket_weights` contains NaN or Inf");
+    LK_CHECK(at::isfinite(ss).all().item<bool>(), op, "`scores` contains NaN or Inf (in an unmasked token's row)");
+    LK_CHECK(false, op, "`bucket_weights` contains NaN or Inf");
   }
   return out;
 }

@@ -27,49 +27,22 @@ at::Tensor decompress_maxsim_cpu(const at::Tensor& queries, const std::optional<
                                  const at::Tensor& bucket_weights, int64_t nbits,
                                  const at::Tensor& candidates) {
   const char* op = "decompress_maxsim";
-  LK_CHECK_DIM(queries, 3, op, "queries", "[n_queries, query_len, dim]");
+  const ScorerInputs in =
+      check_scorer_inputs(op, queries, query_mask, codes, packed, doc_offsets, bucket_weights, nbits, candidates);
   LK_CHECK_DIM(centroids, 2, op, "centroids", "[k, dim]");
-  LK_CHECK_DIM(packed, 2, op, "packed", "[total_tokens, dim * nbits / 8]");
-  LK_CHECK_DIM(codes, 1, op, "codes", "[total_tokens]");
-  LK_CHECK_DIM(doc_offsets, 1, op, "doc_offsets", "[n_docs + 1]");
-  LK_CHECK_DIM(candidates, 2, op, "candidates", "[n_queries, n_candidates]");
-  for (const at::Tensor* t : {&queries, &codes, &packed, &doc_offsets, &centroids, &bucket_weights, &candidates})
-    LK_CHECK(t->device().is_cpu(), op, "all inputs must be CPU tensors here, got ", t->device());
-  LK_CHECK_DTYPE(queries, at::kFloat, op, "queries");
+  LK_CHECK(centroids.device().is_cpu(), op, "all inputs must be CPU tensors here, got ", centroids.device());
   LK_CHECK_DTYPE(centroids, at::kFloat, op, "centroids");
-  LK_CHECK_DTYPE(codes, at::kInt, op, "codes");
-  LK_CHECK_DTYPE(packed, at::kByte, op, "packed");
-  LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
-  LK_CHECK_DTYPE(candidates, at::kLong, op, "candidates");
   const int64_t nq = queries.size(0), lq = queries.size(1), dim = queries.size(2);
-  const int64_t k = centroids.size(0), T = codes.size(0), nd = doc_offsets.size(0) - 1;
+  const int64_t k = centroids.size(0);
   LK_CHECK(centroids.size(1) == dim, op, "`centroids` has dim ", centroids.size(1), " but `queries` has dim ", dim);
-  check_nbits(nbits, dim, op);
-  LK_CHECK(packed.size(0) == T && packed.size(1) == dim * nbits / 8, op, "`packed` must have shape [", T, ", ",
-           dim * nbits / 8, "] (one row of dim * nbits / 8 bytes per code), got ", packed.sizes());
-  check_bucket_weights(bucket_weights, nbits, op);
-  LK_CHECK(candidates.size(0) == nq, op, "`candidates` must have n_queries = ", nq, " rows, got ",
-           candidates.size(0));
-  const at::Tensor off = doc_offsets.contiguous();
-  check_offsets(off, T, op, "doc_offsets");
-  at::Tensor qm;
-  if (query_mask.has_value()) {
-    LK_CHECK(query_mask->dim() == 2 && query_mask->size(0) == nq && query_mask->size(1) == lq, op,
-             "`query_mask` must have shape [", nq, ", ", lq, "], got ", query_mask->sizes());
-    LK_CHECK_DTYPE(*query_mask, at::kBool, op, "query_mask");
-    qm = query_mask->contiguous();
-  }
-  const at::Tensor cand = candidates.contiguous();
+  const at::Tensor &off = in.offsets, &qm = in.query_mask, &cand = in.candidates;
   const int64_t nc = cand.size(1);
   const int64_t* ca = cand.data_ptr<int64_t>();
   // (document, output slot) pairs, grouped by document: each document is decompressed once.
   std::vector<std::pair<int64_t, int64_t>> pairs;
   pairs.reserve(nq * nc);
-  for (int64_t i = 0; i < nq * nc; ++i) {
-    LK_CHECK(ca[i] >= -1 && ca[i] < nd, op, "`candidates` must hold document ids in [0, ", nd,
-             ") or -1 for none; candidates[", i / nc, ", ", i % nc, "] = ", ca[i]);
+  for (int64_t i = 0; i < nq * nc; ++i)
     if (ca[i] >= 0) pairs.emplace_back(ca[i], i);
-  }
   std::sort(pairs.begin(), pairs.end());
   std::vector<int64_t> starts;  // first pair of each distinct document
   for (int64_t i = 0; i < (int64_t)pairs.size(); ++i)
@@ -124,16 +97,8 @@ at::Tensor decompress_maxsim_cpu(const at::Tensor& queries, const std::optional<
       }
     }
   });
-  if (bad_code >= 0) {
-    const int64_t t = bad_code.load();
-    TORCH_CHECK(false, op, ": `codes` must hold centroid ids in [0, ", k, "); codes[", t, "] = ", cp[t]);
-  }
-  if (!finite) {
-    at::Tensor qq = qm.defined() ? q.index({qm}) : q;
-    if (!at::isfinite(qq).all().item<bool>())
-      TORCH_CHECK(false, op, ": `queries` contains NaN or Inf (in an unmasked token)");
-    TORCH_CHECK(false, op, ": `centroids` or `bucket_weights` contains NaN or Inf");
-  }
+  report_scorer_errors(op, bad_code.load(), cp, k, finite, q, qm);
+  LK_CHECK(finite, op, "`centroids` or `bucket_weights` contains NaN or Inf");
   return out;
 }
 
