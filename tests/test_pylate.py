@@ -199,10 +199,32 @@ def test_rerank_runs_on_our_kernels(pylate_model, count_kernel_calls):
     before = rank.rerank(documents_ids=ids, queries_embeddings=q, documents_embeddings=groups)
     lp.enable()
     after = rank.rerank(documents_ids=ids, queries_embeddings=q, documents_embeddings=groups)
-    assert count_kernel_calls["n"] == 2
+    assert count_kernel_calls["n"] == 2                                # PyLate's loop: one call per query
     for b, a in zip(before, after):
         assert [x["id"] for x in b] == [x["id"] for x in a]
         assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5)
+
+
+def test_rerank_reproduces_pylates_padding_floor():
+    """PyLate's rerank pads each query's candidates to its longest with zeros: a shorter
+    candidate's token maxima are floored at 0. Unnormalized random vectors make many
+    similarities negative, so the floor changes scores here, and the switched-on scoring
+    must change them the same way."""
+    gen = torch.Generator().manual_seed(9)
+    q = [torch.randn(5, 16, generator=gen), torch.randn(3, 16, generator=gen)]
+    groups = [[torch.randn(n, 16, generator=gen) for n in (2, 7, 1, 4)], [torch.randn(n, 16, generator=gen)
+                                                                          for n in (3, 3, 6)]]
+    ids = [["a", "b", "c", "d"], ["x", "y", "z"]]
+    before = rank.rerank(documents_ids=ids, queries_embeddings=q, documents_embeddings=groups)
+    lp.enable()
+    after = rank.rerank(documents_ids=ids, queries_embeddings=q, documents_embeddings=groups)
+    for b, a in zip(before, after):
+        assert [x["id"] for x in a] == [x["id"] for x in b]
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5, abs=1e-5)
+    # the floor mattered: without it (each candidate scored alone) some scores differ
+    alone = [float(lp.colbert_scores(q[0][None], g[None])[0, 0]) for g in groups[0]]
+    by_id = {x["id"]: x["score"] for x in before[0]}
+    assert any(abs(alone[j] - by_id[i]) > 1e-3 for j, i in enumerate(ids[0]))
 
 
 def test_pooling_in_encode_is_ours_and_identical(pylate_model):
