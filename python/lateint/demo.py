@@ -88,15 +88,6 @@ def run(args) -> int:
         k = args.k
         rel = [relevant[i] for i in q_idx]
 
-        def search_all(batch):
-            out, lat = [], []
-            for s in range(0, nq, batch):
-                t0 = time.perf_counter()
-                ids, _ = index.search(q[s:s + batch], k, query_mask=None if qmask is None else qmask[s:s + batch])
-                lat.append(time.perf_counter() - t0)
-                out.append(ids)
-            return torch.cat(out), lat
-
         from tqdm.auto import tqdm
         n_lat = min(nq, 200 if not args.smoke else 20)
         lat1 = []
@@ -105,7 +96,8 @@ def run(args) -> int:
             index.search(q[i:i + 1], k, query_mask=None if qmask is None else qmask[i:i + 1])
             lat1.append(time.perf_counter() - t0)
         t = time.perf_counter()
-        plaid_ids, _ = search_all(32)
+        plaid_ids = torch.cat([index.search(q[s:s + 32], k, query_mask=None if qmask is None else qmask[s:s + 32])[0]
+                               for s in range(0, nq, 32)])
         t_plaid = time.perf_counter() - t
     t = time.perf_counter()
     exact_ids, _ = exact_topk(q, docs.tokens, docs.offsets, k=k, query_mask=qmask, batch=32)
