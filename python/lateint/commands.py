@@ -142,43 +142,42 @@ def read_embeddings(path: str):
     return tokens, offsets, [str(i) for i in ids], info
 
 
-def read_trec_run(path: str) -> Dict[str, List[Tuple[str, float]]]:
+def _whitespace_rows(path: str, n_fields: int, layout: str):
+    """(line number, fields) for every non-empty line of a whitespace-separated file whose
+    lines must have n_fields fields (`layout` names them in the error)."""
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
-    run: Dict[str, List[Tuple[int, str, float]]] = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 6:
-                raise UsageError(f"{path}:{n}: expected 'qid Q0 docid rank score tag'")
-            try:
-                rank, score = int(parts[3]), float(parts[4])
-            except ValueError:
-                raise UsageError(f"{path}:{n}: rank and score must be numbers") from None
-            run.setdefault(parts[0], []).append((rank, parts[2], score))
+            if len(parts) != n_fields:
+                raise UsageError(f"{path}:{n}: expected '{layout}'")
+            yield n, parts
+
+
+def read_trec_run(path: str) -> Dict[str, List[Tuple[str, float]]]:
+    run: Dict[str, List[Tuple[int, str, float]]] = {}
+    for n, parts in _whitespace_rows(path, 6, "qid Q0 docid rank score tag"):
+        try:
+            rank, score = int(parts[3]), float(parts[4])
+        except ValueError:
+            raise UsageError(f"{path}:{n}: rank and score must be numbers") from None
+        run.setdefault(parts[0], []).append((rank, parts[2], score))
     return {q: [(d, s) for _, d, s in sorted(rows)] for q, rows in run.items()}
 
 
 def read_qrels(path: str) -> Dict[str, set]:
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
     qrels: Dict[str, set] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise UsageError(f"{path}:{n}: expected 'qid 0 docid relevance'")
-            try:
-                rel = float(parts[3])
-            except ValueError:
-                raise UsageError(f"{path}:{n}: relevance must be a number") from None
-            qrels.setdefault(parts[0], set())
-            if rel > 0:
-                qrels[parts[0]].add(parts[2])
+    for n, parts in _whitespace_rows(path, 4, "qid 0 docid relevance"):
+        try:
+            rel = float(parts[3])
+        except ValueError:
+            raise UsageError(f"{path}:{n}: relevance must be a number") from None
+        qrels.setdefault(parts[0], set())
+        if rel > 0:
+            qrels[parts[0]].add(parts[2])
     return qrels
 
 
