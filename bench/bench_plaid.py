@@ -33,6 +33,7 @@ import _harness as H  # noqa: E402
 import lateint_kernels as lk  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+LIBRARIES = {"lateint": "lateint_driver.py", "fast-plaid": "fastplaid_driver.py", "xtr-warp-rs": "xtrwarp_driver.py"}
 
 
 def run_driver(python, driver, corpus, work, nbits):
@@ -46,6 +47,32 @@ def run_driver(python, driver, corpus, work, nbits):
         return None
     with open(report) as f:
         return json.load(f)
+
+
+def earlier_curves(shape, nbits_list, ran):
+    """(library, nbits) -> [(p50_ms, recall@10)] from the latest run in
+    bench/results/plaid.csv of each library not run now, on the same corpus (same shape
+    string), so that the plot compares every library measured on it."""
+    import csv
+
+    path = os.path.join(HERE, "results", "plaid.csv")
+    if not os.path.exists(path):
+        return {}
+    found = {}  # (library, nbits) -> {(date, commit): {setting: {metric: value}}}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            if r["benchmark"] != "plaid_search" or r["provider"] in ran or r["provider"] not in LIBRARIES:
+                continue
+            for nbits in nbits_list:
+                label = f"{shape} nbits{nbits} "
+                if r["shape"].startswith(label) and r["metric"] in ("recall10", "p50_ms"):
+                    run = found.setdefault((r["provider"], nbits), {}).setdefault((r["date"], r["commit"]), {})
+                    run.setdefault(r["shape"][len(label):], {})[r["metric"]] = float(r["value"])
+    out = {}
+    for key, runs in found.items():
+        latest = runs[max(runs)]
+        out[key] = [(m["p50_ms"], m["recall10"]) for m in latest.values() if len(m) == 2]
+    return out
 
 
 def bbc_corpus(n_docs, n_queries):
@@ -73,33 +100,45 @@ def main(argv=None):
     ap.add_argument("--fastplaid-python", default=os.path.expanduser("~/.venvs/fastplaid/bin/python"))
     ap.add_argument("--xtrwarp-python", default=os.path.expanduser("~/.venvs/xtrwarp/bin/python"))
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/lateint/bench_plaid"))
+    ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES,
+                    help="which libraries to run (the plot also shows the latest rows of the others "
+                         "in bench/results/plaid.csv for the same corpus)")
     args = ap.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     if args.docs is None:
         args.docs = 2000 if args.corpus == "synthetic" else 2225
+    corpus = os.path.join(args.work, f"corpus-{args.corpus}-{args.docs}.pt")
+    q = None
+    if args.corpus == "synthetic" and os.path.exists(corpus):
+        # the generator is seeded, so a saved corpus of this size is this corpus (checked on
+        # its document count and queries' shape): regenerating 100k documents costs minutes
+        saved = torch.load(corpus)
+        if saved["offsets"].shape[0] == args.docs + 1 and saved["queries"].shape[0] == args.queries:
+            q, tokens, offsets = saved["queries"], saved["tokens"], saved["offsets"]
+        del saved
+    if q is None:
+        if args.corpus == "synthetic":
+            q, tokens, offsets, _ = __import__("lateint.synthetic", fromlist=["x"]).clustered_corpus(
+                args.docs, 30, 170, 128, nq=args.queries, lq=32, n_topics=512, seed=0)
+        else:
+            q, tokens, offsets = bbc_corpus(args.docs, args.queries)
+        torch.save({"tokens": tokens, "offsets": offsets, "queries": q}, corpus)
     if args.corpus == "synthetic":
-        q, tokens, offsets, _ = __import__("lateint.synthetic", fromlist=["x"]).clustered_corpus(
-            args.docs, 30, 170, 128, nq=args.queries, lq=32, n_topics=512, seed=0)
         shape = f"{args.docs} docs {tokens.shape[0]} tok d128"
     else:
-        q, tokens, offsets = bbc_corpus(args.docs, args.queries)
         shape = f"BBC MiniLM {offsets.shape[0] - 1} docs {tokens.shape[0]} tok d{tokens.shape[1]}"
-    corpus = os.path.join(args.work, f"corpus-{args.corpus}-{args.docs}.pt")
-    torch.save({"tokens": tokens, "offsets": offsets, "queries": q}, corpus)
     exact = lk.maxsim(q, tokens, offsets).topk(10, dim=1).indices.tolist()
     t = H.time_cpu(lambda: lk.maxsim(q[:1], tokens, offsets), repeats=5)
     del tokens, offsets  # the drivers load the corpus file themselves; keep memory for them
     print(f"{shape}; exact MaxSim top-10: {t * 1e3:.1f} ms per query (batch 1)")
     rows = [H.row("plaid_search", "exact_maxsim", torch.float32, shape, "p50_ms", t * 1e3, "ms")]
-    drivers = [("lateint", sys.executable, "lateint_driver.py")]
-    if os.path.exists(args.fastplaid_python):
-        drivers.append(("fast-plaid", args.fastplaid_python, "fastplaid_driver.py"))
-    else:
-        print(f"fast-plaid python not found at {args.fastplaid_python}: skipped")
-    if os.path.exists(args.xtrwarp_python):
-        drivers.append(("xtr-warp-rs", args.xtrwarp_python, "xtrwarp_driver.py"))
-    else:
-        print(f"xtr-warp-rs python not found at {args.xtrwarp_python}: skipped")
+    pythons = {"lateint": sys.executable, "fast-plaid": args.fastplaid_python, "xtr-warp-rs": args.xtrwarp_python}
+    drivers = []
+    for name in args.libraries:
+        if os.path.exists(pythons[name]):
+            drivers.append((name, pythons[name], LIBRARIES[name]))
+        else:
+            print(f"{name} python not found at {pythons[name]}: skipped")
     curves = {}
     for nbits in args.nbits:
         for name, python, driver in drivers:
@@ -123,6 +162,8 @@ def main(argv=None):
                                         ("p95_ms", r["p95_ms"], "ms"), ("qps_batch32", r["qps_batch32"], "q/s")):
                     rows.append(H.row("plaid_search", name, "nbits%d" % nbits, f"{label} {s}", metric, v, unit))
     print(f"\nrows -> {H.append_rows('plaid', rows)}")
+    for key, pts in earlier_curves(shape, args.nbits, [name for name, _, _ in drivers]).items():
+        curves.setdefault(key, pts)
     try:
         import matplotlib
         matplotlib.use("Agg")
