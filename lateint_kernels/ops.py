@@ -118,17 +118,19 @@ for _name in _OPS:
     _BACKENDS[(_name, "cuda")] = _which
 
 
-def register_cpu_kernel_ops(schemas: dict, refs: dict) -> None:
+def register_cpu_kernel_ops(schemas: dict, refs: dict, cuda: Optional[dict] = None) -> None:
     """Ops served on CPU by the C++ kernels registered in csrc/ (the references when the
-    extension is not built) and on CUDA by their references (no GPU kernel yet)."""
+    extension is not built) and on CUDA by `cuda[name] = (kernel, backend name)` where
+    given (Triton or device-side torch), else by their references."""
+    cuda = cuda or {}
     for name, schema in schemas.items():
+        impl, which = cuda.get(name, (refs[name], "reference"))
         if not NATIVE_LOADED:
             torch.library.define(f"{_NS}::{name}", schema)
             torch.library.impl(f"{_NS}::{name}", "CompositeExplicitAutograd")(refs[name])
-        else:
-            torch.library.register_kernel(f"{_NS}::{name}", "cuda", refs[name])
+        torch.library.register_kernel(f"{_NS}::{name}", "cuda", impl)
         _BACKENDS[(name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
-        _BACKENDS[(name, "cuda")] = "reference"
+        _BACKENDS[(name, "cuda")] = which
         _KNOWN_OPS.add(name)
 
 
@@ -137,7 +139,8 @@ def _forced_reference() -> bool:
 
 
 def backend_for(op: str, device) -> str:
-    """Which implementation runs `op` on `device`: "cpp", "cuda", "triton" or "reference"."""
+    """Which implementation runs `op` on `device`: "cpp", "cuda", "triton", "torch"
+    (device-side torch ops) or "reference"."""
     if op not in _KNOWN_OPS:
         raise ValueError(f"unknown op {op!r}; known: {', '.join(sorted(_KNOWN_OPS))}")
     dev = torch.device(device).type

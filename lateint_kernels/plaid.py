@@ -2,9 +2,11 @@
 `approx_scores` (stages 2-3, centroid pruning) and `decompress_maxsim` (stage 4: exact
 MaxSim on the decompressed candidates, fused so the decompressed corpus never exists), or
 `lut_maxsim` (stage 4 in the compressed domain, WARP's implicit decompression).
-CPU: C++ kernels (csrc/cpu/plaid.cpp, plaid_score.cpp); CUDA: the references for now
-(`backend_for` says so). `centroid_scores` is one matmul and
-is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
+CPU: C++ kernels (csrc/cpu/plaid.cpp, plaid_score.cpp). CUDA: Triton kernels for
+`approx_scores` and `decompress_maxsim`, device-side torch ops (sort/unique) for
+`ivf_candidates` (lateint_kernels/triton/plaid.py; interpreter-tested, not yet run on a
+GPU), the reference for `lut_maxsim`; `backend_for` says which. `centroid_scores` is one
+matmul and is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -30,7 +32,35 @@ _REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
          "decompress_maxsim": lambda *a: _ref.decompress_maxsim_ref(*a).float(),
          "lut_maxsim": lambda *a: _ref.lut_maxsim_ref(*a).float()}
 
-_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
+
+
+def _cuda_kernels():
+    try:
+        from .triton import plaid as _tp
+    except Exception:  # triton missing or broken: the references serve CUDA
+        return {}
+    from . import _device_checks as _dc
+
+    def ivf(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells):
+        _dc.check_ivf(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells)
+        return _tp.ivf_candidates_torch(scores, query_mask, ivf_offsets, ivf_docs, n_docs, ncells)
+
+    def approx(scores, query_mask, codes, doc_offsets, candidates, threshold):
+        _dc.check_approx(scores, query_mask, codes, doc_offsets, candidates)
+        return _tp.approx_scores_triton(scores, query_mask, codes, doc_offsets, candidates, threshold)
+
+    def dmaxsim(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights, nbits, candidates):
+        _dc.check_decompress_maxsim(queries, query_mask, codes, packed, doc_offsets, centroids, bucket_weights,
+                                    nbits, candidates)
+        return _tp.decompress_maxsim_triton(queries, query_mask, codes, packed, doc_offsets, centroids,
+                                            bucket_weights, nbits, candidates)
+
+    return {"ivf_candidates": (ivf, "torch"), "approx_scores": (approx, "triton"),
+            "decompress_maxsim": (dmaxsim, "triton")}
+
+
+_CUDA = _cuda_kernels()  # name -> (CUDA entry: checks + launch, backend); tests call them on CPU
+_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS, _CUDA)
 
 
 @torch.library.register_fake(f"{_NS}::ivf_candidates")

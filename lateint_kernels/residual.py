@@ -1,6 +1,7 @@
 """PLAID residual codec ops: `compress_residuals`, `decompress_residuals` and the bucket
-helper `residual_buckets`. CPU: C++ kernels (csrc/cpu/residual.cpp). CUDA: the reference
-for now (no GPU kernel yet: `backend_for` says "reference"). Layout: see
+helper `residual_buckets`. CPU: C++ kernels (csrc/cpu/residual.cpp). CUDA: Triton kernels
+(lateint_kernels/triton/plaid.py; interpreter-tested, not yet run on a GPU), the reference
+when Triton is missing (`backend_for` says which). Layout: see
 csrc/core/residual_core.h (ColBERTv2/PLAID's: bucket bits least significant first,
 packed most significant bit first)."""
 from __future__ import annotations
@@ -22,7 +23,28 @@ _REFS = {"compress_residuals": _ref.compress_residuals_ref,
          "decompress_residuals": lambda *a: _ref.decompress_residuals_ref(*a).float()}
 _NBITS = (1, 2, 4, 8)
 
-_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS)
+
+
+def _cuda_kernels():
+    try:
+        from .triton import plaid as _tp
+    except Exception:  # triton missing or broken: the references serve CUDA
+        return {}
+    from . import _device_checks as _dc
+
+    def compress(x, centroids, codes, bucket_cutoffs, nbits):
+        _dc.check_compress(x, centroids, codes, bucket_cutoffs, nbits)
+        return _tp.compress_residuals_triton(x, centroids, codes, bucket_cutoffs, nbits)
+
+    def decompress(codes, packed, centroids, bucket_weights, nbits):
+        _dc.check_decompress(codes, packed, centroids, bucket_weights, nbits)
+        return _tp.decompress_residuals_triton(codes, packed, centroids, bucket_weights, nbits)
+
+    return {"compress_residuals": (compress, "triton"), "decompress_residuals": (decompress, "triton")}
+
+
+_CUDA = _cuda_kernels()  # name -> (CUDA entry: checks + launch, backend); tests call them on CPU
+_ops.register_cpu_kernel_ops(_SCHEMAS, _REFS, _CUDA)
 
 
 @torch.library.register_fake(f"{_NS}::compress_residuals")
