@@ -299,3 +299,17 @@ def test_build_with_token_pooling(corpus):
     exact = lk.maxsim(q, tokens, off).topk(10, dim=1).indices  # on the unpooled corpus
     ids, _ = idx.search(q, 10, ncells=4, centroid_score_threshold=0.2, ndocs=200)
     assert _recall(ids, exact) >= 0.65  # 0.73 here: pooling a noisy synthetic corpus costs recall
+
+
+def test_to_device_and_device_checks(corpus, index, tmp_path):
+    q = corpus[0]
+    assert index.to("cpu") is index and index.device == torch.device("cpu")
+    moved = index.to("meta")  # any other device: the arrays move, queries must follow
+    assert all(getattr(moved, k).device.type == "meta" for k in ("centroids", "codes", "packed", "ids", "deleted"))
+    assert index.device.type == "cpu"  # the original stays
+    with pytest.raises(ValueError, match="queries"):
+        moved.search(q, 10)
+    for call in (lambda: moved.delete([1000]), lambda: moved.compact(),
+                 lambda: moved.add(corpus[1][:3], torch.tensor([0, 3]), [5000])):
+        with pytest.raises(ValueError, match="CPU index"):
+            call()

@@ -68,8 +68,13 @@ def _ivf(codes: torch.Tensor, doc_offsets: torch.Tensor, k: int):
     return ivf_offsets, ivf_docs
 
 
-def _no_results(nq: int, k: int):
-    return torch.full((nq, k), -1, dtype=torch.int64), torch.full((nq, k), float("-inf"))
+def _no_results(nq: int, k: int, device=None):
+    return (torch.full((nq, k), -1, dtype=torch.int64, device=device),
+            torch.full((nq, k), float("-inf"), device=device))
+
+
+_TENSORS = ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "bucket_cutoffs",
+            "bucket_weights", "ids", "deleted")
 
 
 def _defaults_for_k(k: int) -> Tuple[int, float, int]:
@@ -102,6 +107,29 @@ class PLAIDIndex:
     @property
     def n_docs(self) -> int:
         return self.doc_offsets.shape[0] - 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def to(self, device) -> "PLAIDIndex":
+        """The index with its arrays on `device` (self when they are there already). On a
+        CUDA device `search` runs there end to end: centroid scores by torch's matmul, the
+        PLAID stages by the ops' CUDA kernels (Triton; interpreter-tested, not yet validated
+        on a GPU). `add`, `delete`, `compact` and `build` work on CPU indexes; `save` takes
+        either."""
+        device = torch.device(device)
+        if all(getattr(self, key).device == device for key in _TENSORS):
+            return self
+        out = PLAIDIndex(*[getattr(self, key).to(device) for key in _TENSORS[:8]], self.nbits,
+                         self.ids.to(device), self.deleted.to(device))
+        out.metadata = json.loads(json.dumps(self.metadata))
+        return out
+
+    def _require_cpu(self, op: str) -> None:
+        if self.device.type != "cpu":
+            raise ValueError(f"PLAIDIndex.{op}: updates work on a CPU index; this one is on {self.device} "
+                             f"(index.to('cpu'), update, then .to('{self.device}') again)")
 
     @property
     def n_tokens(self) -> int:
@@ -168,6 +196,7 @@ class PLAIDIndex:
     def add(self, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Sequence[int]) -> None:
         """Appends documents under new ids: their tokens go to the existing centroids and
         buckets (no k-means), the IVF is rebuilt from the codes."""
+        self._require_cpu("add")
         m = doc_offsets.shape[0] - 1
         ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
         if doc_tokens.dim() != 2 or doc_tokens.shape[1] != self.centroids.shape[1]:
@@ -190,6 +219,7 @@ class PLAIDIndex:
 
     def delete(self, ids: Sequence[int]) -> None:
         """Tombstones documents by id (search skips them; `compact` removes them)."""
+        self._require_cpu("delete")
         ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
         live = self.ids[~self.deleted]
         unknown = ids_t[~torch.isin(ids_t, live)]
@@ -199,6 +229,7 @@ class PLAIDIndex:
 
     def compact(self) -> None:
         """Drops tombstoned documents from the arrays (ids of the others stay)."""
+        self._require_cpu("compact")
         keep = ~self.deleted
         lens = self.doc_offsets[1:] - self.doc_offsets[:-1]
         tok_keep = torch.repeat_interleave(keep, lens)
@@ -226,6 +257,9 @@ class PLAIDIndex:
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
         if k < 1:
             raise ValueError(f"PLAIDIndex.search: `k` must be >= 1, got {k}")
+        if queries.device != self.device:
+            raise ValueError(f"PLAIDIndex.search: `queries` must be on the index's device ({self.device}), got "
+                             f"{queries.device} (PLAIDIndex.to moves the index)")
         if not bool(torch.isfinite(queries if query_mask is None else queries[query_mask]).all()):
             raise ValueError("PLAIDIndex.search: `queries` contains NaN or Inf (in an unmasked token)")
         d_cells, d_thr, d_ndocs = _defaults_for_k(k)
@@ -242,14 +276,14 @@ class PLAIDIndex:
             ok = torch.gather(allowed.expand(nq, -1), 1, idx) & (cand >= 0)
             cand = torch.where(ok, cand, torch.full_like(cand, -1))
         if cand.shape[1] == 0:
-            return _no_results(nq, k)
+            return _no_results(nq, k, q.device)
         approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask)
         keep = min(ndocs, cand.shape[1])
         top = approx.topk(keep, dim=1)
         best = torch.gather(cand, 1, top.indices)
         best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
         if not bool((best >= 0).any()):
-            return _no_results(nq, k)
+            return _no_results(nq, k, q.device)
         if scorer == "exact":
             # exact MaxSim on the decompressed candidates, each decompressed once for the batch
             # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
@@ -264,7 +298,7 @@ class PLAIDIndex:
         out_ids = torch.where(doc_idx >= 0, self.ids[doc_idx.clamp(min=0)], torch.full_like(doc_idx, -1))
         out_scores = torch.where(doc_idx >= 0, fin.values, torch.full_like(fin.values, float("-inf")))
         if kk < k:
-            pad_ids, pad_scores = _no_results(nq, k - kk)
+            pad_ids, pad_scores = _no_results(nq, k - kk, q.device)
             out_ids, out_scores = torch.cat([out_ids, pad_ids], 1), torch.cat([out_scores, pad_scores], 1)
         return out_ids, out_scores
 
@@ -284,11 +318,15 @@ class PLAIDIndex:
                 if len(subset) != nq:
                     raise ValueError(f"PLAIDIndex.search: per-query `subset` needs one id list per query "
                                      f"({nq}), got {len(subset)}")
-                rows = torch.stack([torch.isin(self.ids, torch.as_tensor(list(s_), dtype=torch.int64)) & live
-                                    for s_ in subset])
+                rows = torch.stack([torch.isin(self.ids, self._id_tensor(s_)) & live for s_ in subset])
             else:
-                rows = (torch.isin(self.ids, torch.as_tensor(list(subset), dtype=torch.int64)) & live)[None]
-        return torch.cat([rows, torch.zeros(rows.shape[0], 1, dtype=torch.bool)], 1)
+                rows = (torch.isin(self.ids, self._id_tensor(subset)) & live)[None]
+        return torch.cat([rows, torch.zeros(rows.shape[0], 1, dtype=torch.bool, device=rows.device)], 1)
+
+    def _id_tensor(self, ids) -> torch.Tensor:
+        if isinstance(ids, torch.Tensor):
+            return ids.to(dtype=torch.int64, device=self.ids.device)
+        return torch.as_tensor(list(ids), dtype=torch.int64).to(self.ids.device)
 
     # -----------------------------------------------------------------------------------
     # On disk: path/CURRENT names the live version directory path/v<N>/ (meta.json + one .npy
@@ -347,7 +385,7 @@ class PLAIDIndex:
                 shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
 
     def _disk_array(self, key: str) -> np.ndarray:
-        arr = getattr(self, key).contiguous().numpy()
+        arr = getattr(self, key).contiguous().cpu().numpy()
         if key == "centroids":
             return arr.astype(np.float16)
         if key == "codes" and self.centroids.shape[0] <= 65536:
