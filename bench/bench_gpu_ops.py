@@ -6,6 +6,10 @@
 - kmeans_assign: the Triton fused matmul + argmax vs torch on the same GPU (one matmul +
   argmax per chunk, the way one writes it without materializing [n, k]); answers compared
   first (exact equality of the assignments, ties are measure-zero on this data).
+- PLAID search: an index built on CPU, moved with PLAIDIndex.to("cuda") so every stage runs
+  on the GPU (Triton approx_scores / decompress_maxsim, torch ivf_candidates); top-10 ids
+  compared with the CPU search of the same index first, then latency at batch 1 and
+  queries/s at batch 64 on both; and compress_residuals (Triton) vs the C++ CPU op.
 
 Times: CUDA-synchronized wall clock, median of repeats after a warm-up (the pooling path has
 a host step, so do_bench's kernel-only timing would flatter it). Appends rows to
@@ -27,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 import lateint_kernels as lk  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 
 def time_cuda(fn, repeats=5):
@@ -106,6 +112,59 @@ def bench_kmeans(shapes, rows, table):
                      f"(largest fp64 score gap where they differ {gap:.1e})")
 
 
+def bench_plaid(n_docs, rows, table, device="cuda"):
+    from lateint.plaid import PLAIDIndex
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    q, tokens, offsets = H.clustered_corpus(n_docs, 30, 170, 128, nq=64, lq=32, n_topics=512, seed=0)
+    index = PLAIDIndex.build(tokens, offsets, nbits=2, kmeans_niter=4)
+    gi, qg = index.to(device), q.to(device)
+    label0 = f"{n_docs} docs {tokens.shape[0]} tok d128 nbits2"
+
+    def timed(fn):
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    for ncells, ndocs in ((1, 256), (2, 1024)):
+        kw = dict(ncells=ncells, centroid_score_threshold=0.45, ndocs=ndocs)
+        want = index.search(q, 10, **kw)[0]
+        got = gi.search(qg, 10, **kw)[0].cpu()
+        same = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want)) / want.numel()
+        lat = {}
+        for name, idx, qq in (("gpu", gi, qg), ("cpu", index, q)):
+            one = sorted(timed(lambda i=i: idx.search(qq[i:i + 1], 10, **kw)) for i in range(16))
+            lat[name] = (statistics.median(one), 64 / timed(lambda: idx.search(qq, 10, **kw)))
+        label = f"{label0} ncells={ncells},ndocs={ndocs}"
+        for name, (p50, qps) in lat.items():
+            prov = "lateint triton" if name == "gpu" else f"lateint cpu ({torch.get_num_threads()} threads)"
+            dev = device if name == "gpu" else "cpu"
+            rows += [H.row("plaid_search_gpu", prov, "nbits2", label, "p50_ms", p50 * 1e3, "ms", device=dev),
+                     H.row("plaid_search_gpu", prov, "nbits2", label, "qps_batch64", qps, "q/s", device=dev)]
+        rows.append(H.row("plaid_search_gpu", "lateint triton", "nbits2", label, "top10_overlap_vs_cpu", same,
+                          "fraction", device=device))
+        table.append(f"PLAID search {label}: GPU p50 {lat['gpu'][0] * 1e3:.2f} ms, {lat['gpu'][1]:.0f} q/s @64; "
+                     f"CPU p50 {lat['cpu'][0] * 1e3:.2f} ms, {lat['cpu'][1]:.0f} q/s @64; "
+                     f"top-10 overlap GPU vs CPU {same:.4f}")
+    x, c = tokens.to(device), index.centroids.to(device)
+    codes = lk.kmeans_assign(x, c)
+    cut = index.bucket_cutoffs.to(device)
+    packed = lk.compress_residuals(x, c, codes, cut, 2)
+    same_codes = bool(torch.equal(codes.cpu(), lk.kmeans_assign(tokens, index.centroids)))
+    same_packed = same_codes and bool(torch.equal(packed.cpu(), lk.compress_residuals(
+        tokens, index.centroids, codes.cpu(), index.bucket_cutoffs, 2)))
+    t_gpu = timed(lambda: lk.compress_residuals(x, c, codes, cut, 2))
+    t_cpu = H.time_cpu(lambda: lk.compress_residuals(tokens, index.centroids, codes.cpu(), index.bucket_cutoffs, 2))
+    rows += [H.row("compress_residuals_gpu", "lateint triton", "nbits2", label0, "seconds", t_gpu, "s", device=device),
+             H.row("compress_residuals_gpu", f"lateint cpu ({torch.get_num_threads()} threads)", "nbits2", label0,
+                   "seconds", t_cpu, "s")]
+    table.append(f"compress_residuals {label0}: GPU {t_gpu * 1e3:.2f} ms, CPU op {t_cpu * 1e3:.1f} ms; "
+                 f"codes equal to CPU: {same_codes}, packed bytes equal: {same_packed}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true")
@@ -119,7 +178,9 @@ def main(argv=None):
     bench_pool(200 if args.smoke else 2000, rows, table)
     print("\n".join(table), flush=True)
     bench_kmeans([(20_000, 1024)] if args.smoke else [(200_000, 4096), (1_000_000, 16384)], rows, table)
-    print("\n".join(table[-2:]))
+    print("\n".join(table[-2:]), flush=True)
+    bench_plaid(300 if args.smoke else 2000, rows, table)
+    print("\n".join(table[-3:]))
     if not args.smoke:
         print(f"rows -> {H.append_rows('gpu_ops', rows)}")
 

@@ -24,7 +24,7 @@ echo "build ${SECONDS}s with $(grep -m1 -o '^\[1/[0-9]*\] [^ ]*' "$OUT/build.log
 so=$(ls lateint_kernels/_C*.so)
 echo "libstdc++ linked: $(ldd "$so" | grep -o 'libstdc++[^ ]* => [^ ]*'); ostream code inside the .so: $(nm -C --defined-only "$so" | grep -c '_M_insert<long>')" | tee -a "$OUT/gpu.txt"
 export PYTHONPATH=$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import lateint_kernels as lk; print('native', lk.NATIVE_LOADED, {op: lk.backend_for(op, 'cuda') for op in ('maxsim', 'maxsim_backward', 'token_pool', 'kmeans_assign')})" | tee -a "$OUT/gpu.txt"
+python3 -c "import lateint_kernels as lk; print('native', lk.NATIVE_LOADED, {op: lk.backend_for(op, 'cuda') for op in ('maxsim', 'maxsim_backward', 'token_pool', 'kmeans_assign', 'compress_residuals', 'decompress_residuals', 'ivf_candidates', 'approx_scores', 'decompress_maxsim')})" | tee -a "$OUT/gpu.txt"
 python3 -X faulthandler scripts/throw_probe.py > "$OUT/throw_probe.log" 2>&1
 rc=$?; head -12 "$OUT/throw_probe.log"; echo "throw probe rc=$rc"
 if [ $rc -ne 0 ] && command -v cuda-gdb >/dev/null; then
@@ -39,7 +39,7 @@ for b in ${GPU_BENCH:-maxsim ops}; do
   SECONDS=0
   case $b in
     maxsim) LATEINT_COMMIT=${LATEINT_COMMIT:-unknown} timeout 150 python3 bench/bench_maxsim_gpu.py 2>&1 | tee "$OUT/bench_maxsim_gpu.log" | tail -28 ;;
-    ops) LATEINT_COMMIT=${LATEINT_COMMIT:-unknown} timeout 150 python3 bench/bench_gpu_ops.py 2>&1 | tee "$OUT/bench_gpu_ops.log" | tail -12 ;;
+    ops) LATEINT_COMMIT=${LATEINT_COMMIT:-unknown} timeout 240 python3 bench/bench_gpu_ops.py 2>&1 | tee "$OUT/bench_gpu_ops.log" | tail -12 ;;
   esac
   echo "bench $b ${SECONDS}s"
 done
