@@ -260,11 +260,11 @@ def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
 
     monkeypatch.setattr(lk, "ivf_candidates", lambda s, io, idocs, nd, nc, query_mask=None:
                         entry("ivf_candidates")(s, query_mask, io, idocs, nd, nc))
-    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold, query_mask=None:
+    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold=float("-inf"), query_mask=None:
                         entry("approx_scores")(s, query_mask, codes, offs, cand, threshold))
     monkeypatch.setattr(lk, "decompress_maxsim", lambda qq, codes, packed, offs, c, w, nb, cand, query_mask=None:
                         entry("decompress_maxsim")(qq, query_mask, codes, packed, offs, c, w, nb, cand))
     got_ids, got_scores = index.search(q, 5, **settings)
-    assert calls == ["ivf_candidates", "approx_scores", "decompress_maxsim"]
+    assert calls == ["ivf_candidates", "approx_scores", "approx_scores", "decompress_maxsim"]  # stages 1-4
     assert torch.equal(got_ids, want_ids)
     torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-4)

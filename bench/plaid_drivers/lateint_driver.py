@@ -22,7 +22,7 @@ def search(q, k, **s):
 
 
 settings = [dict(ncells=c, centroid_score_threshold=t, ndocs=n)
-            for c, t, n in ((1, 0.5, 64), (1, 0.5, 128), (1, 0.5, 256), (2, 0.45, 256), (2, 0.45, 512),
+            for c, t, n in ((1, 0.5, 64), (1, 0.5, 128), (1, 0.5, 256), (2, 0.45, 256), (2, 0.45, 384), (2, 0.45, 512),
                             (4, 0.4, 1024), (8, 0.3, 2048))]
 common.write({"library": "lateint", "build_s": build, "disk_bytes": common.dir_bytes(path),
               "n_tokens": int(tokens.shape[0]), "results": common.time_searches(search, queries, settings)}, report)

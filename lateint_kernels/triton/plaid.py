@@ -87,7 +87,7 @@ def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq
     # tile by tile (centroid + bucket weights, normalized) and scored against the block of
     # query rows on chip; OUT holds one partial sum per row block.
     s = tl.program_id(0)
-    q = tl.program_id(1)
+    q = tl.program_id(1).to(tl.int64)  # 64-bit offsets: nq * nc, nq * lq * dim, nq * k may pass 2^31
     qb = tl.program_id(2)
     doc = tl.load(CAND + q * nc + s)
     has_doc = doc >= 0
@@ -118,7 +118,7 @@ def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq
         best = tl.maximum(best, tl.max(sim, axis=1))
     best = tl.where(t1 > t0, best, 0.0)  # empty document: 0
     total = tl.sum(tl.where(row_ok, best, 0.0), axis=0)
-    tl.store(OUT + (qb * tl.num_programs(1) + q) * nc + s, tl.where(has_doc, total, float("-inf")))
+    tl.store(OUT + (qb * tl.num_programs(1).to(tl.int64) + q) * nc + s, tl.where(has_doc, total, float("-inf")))
 
 
 @triton.jit
@@ -127,7 +127,7 @@ def _approx_scores_kernel(S, QM, KEEP, CODES, OFF, CAND, OUT, nc, lq, k,
     # grid: (candidate slot, query, query-row block). Centroid-only MaxSim: scores[q, i,
     # code] gathered for the document's codes whose centroid survived pruning (KEEP[q, code]).
     s = tl.program_id(0)
-    q = tl.program_id(1)
+    q = tl.program_id(1).to(tl.int64)  # 64-bit offsets: nq * nc, nq * lq * dim, nq * k may pass 2^31
     qb = tl.program_id(2)
     doc = tl.load(CAND + q * nc + s)
     has_doc = doc >= 0
@@ -139,7 +139,7 @@ def _approx_scores_kernel(S, QM, KEEP, CODES, OFF, CAND, OUT, nc, lq, k,
     row_ok = rows < lq
     if HAS_QM:
         row_ok = row_ok & (tl.load(QM + q * lq + rows, mask=rows < lq, other=0) != 0)
-    srow = S + (q * lq + rows).to(tl.int64) * k
+    srow = S + (q * lq + rows) * k
     best = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     kept = 0
     for t in range(t0, t1, BLOCK_T):
@@ -153,7 +153,7 @@ def _approx_scores_kernel(S, QM, KEEP, CODES, OFF, CAND, OUT, nc, lq, k,
         best = tl.maximum(best, tl.max(sc, axis=1))
     total = tl.sum(tl.where(row_ok, best, 0.0), axis=0)
     total = tl.where(kept > 0, total, 0.0)
-    tl.store(OUT + (qb * tl.num_programs(1) + q) * nc + s, tl.where(has_doc, total, float("-inf")))
+    tl.store(OUT + (qb * tl.num_programs(1).to(tl.int64) + q) * nc + s, tl.where(has_doc, total, float("-inf")))
 
 
 def _nan_filled(shape, dtype, device):

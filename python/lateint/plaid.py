@@ -6,8 +6,9 @@ Build: sample documents -> spherical k-means (lateint.kmeans.fit) -> every token
 (kmeans_assign) -> residual buckets from a held-out sample -> packed residuals
 (compress_residuals) -> IVF lists (centroid -> documents).
 Search, batched over queries: centroid scores -> IVF candidates (ncells per query token)
--> approximate scores with centroid pruning -> the best ndocs -> their tokens decompressed
-once for the whole batch -> exact MaxSim (maxsim_candidates) -> top-k.
+-> approximate scores with centroid pruning -> the best ndocs -> approximate scores without
+pruning -> the best ndocs // 4 (PLAID's stage 3) -> exact MaxSim on their decompressed
+tokens (decompress_maxsim: each decompressed once for the batch, in cache) -> top-k.
 """
 from __future__ import annotations
 
@@ -243,9 +244,14 @@ class PLAIDIndex:
     # -----------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
                ncells: Optional[int] = None, centroid_score_threshold: Optional[float] = None,
-               ndocs: Optional[int] = None, subset=None, scorer: str = "exact"):
+               ndocs: Optional[int] = None, ndocs_exact: Optional[int] = None, subset=None,
+               scorer: str = "exact"):
         """queries [nq, Lq, dim] -> (ids int64 [nq, k], scores float32 [nq, k]); -1 / -inf
-        where fewer than k documents qualify. `subset`: ids every query is restricted to, or
+        where fewer than k documents qualify. PLAID's stages: candidates from the `ncells`
+        best centroids of each query token; the `ndocs` best by centroid-only scores with
+        centroids under `centroid_score_threshold` pruned; the `ndocs_exact` (default
+        max(k, ndocs // 4), as PLAID) best of those by centroid-only scores without pruning;
+        those scored exactly. `subset`: ids every query is restricted to, or
         one list of ids per query. `scorer`: "exact" (default: MaxSim on the decompressed,
         normalized candidates, as ColBERTv2/PLAID) or "lut" (scored in the compressed domain
         through per-query lookup tables, against unnormalized reconstructions, as WARP does;
@@ -266,6 +272,7 @@ class PLAIDIndex:
         ncells = d_cells if ncells is None else ncells
         thr = d_thr if centroid_score_threshold is None else centroid_score_threshold
         ndocs = max(k, d_ndocs if ndocs is None else ndocs)
+        ndocs_exact = max(k, ndocs // 4) if ndocs_exact is None else max(k, min(ndocs_exact, ndocs))
         q = queries.float()
         nq = q.shape[0]
         s = lk.centroid_scores(q, self.centroids)
@@ -284,6 +291,11 @@ class PLAIDIndex:
         best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
         if not bool((best >= 0).any()):
             return _no_results(nq, k, q.device)
+        if ndocs_exact < best.shape[1]:  # PLAID's stage 3: centroid-only scores, no pruning
+            full = lk.approx_scores(s, self.codes, self.doc_offsets, best, query_mask=query_mask)
+            top = full.topk(ndocs_exact, dim=1)
+            best = torch.gather(best, 1, top.indices)
+            best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
         if scorer == "exact":
             # exact MaxSim on the decompressed candidates, each decompressed once for the batch
             # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
