@@ -33,7 +33,6 @@ _REFS = {"ivf_candidates": _ref.ivf_candidates_ref,
          "lut_maxsim": lambda *a: _ref.lut_maxsim_ref(*a).float()}
 
 
-
 def _cuda_kernels():
     try:
         from .triton import plaid as _tp

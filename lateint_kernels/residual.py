@@ -24,7 +24,6 @@ _REFS = {"compress_residuals": _ref.compress_residuals_ref,
 _NBITS = (1, 2, 4, 8)
 
 
-
 def _cuda_kernels():
     try:
         from .triton import plaid as _tp
