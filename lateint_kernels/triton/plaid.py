@@ -80,12 +80,10 @@ def _decompress_kernel(CODES, PACKED, C, W, OUT, n, dim, bpr,
 
 
 @triton.jit
-def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq, dim, bpr,
-                              HAS_QM: tl.constexpr, NBITS: tl.constexpr, PRECISION: tl.constexpr,
-                              BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    # grid: (candidate slot, query, query-row block). The candidate's tokens are decompressed
-    # tile by tile (centroid + bucket weights, normalized) and scored against the block of
-    # query rows on chip; OUT holds one partial sum per row block.
+def _candidate_rows(QM, CAND, OFF, nc, lq, HAS_QM: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """What both candidate scorers start from, for program (slot s, query q, row block qb):
+    the candidate's token range [t0, t1) (empty for a -1 slot), the block's query rows and
+    which of them count (inside the query, unmasked)."""
     s = tl.program_id(0)
     q = tl.program_id(1).to(tl.int64)  # 64-bit offsets: nq * nc, nq * lq * dim, nq * k may pass 2^31
     qb = tl.program_id(2)
@@ -93,13 +91,23 @@ def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq
     has_doc = doc >= 0
     docc = tl.where(has_doc, doc, 0)
     t0 = tl.load(OFF + docc)
-    t1 = tl.load(OFF + docc + 1)
-    t1 = tl.where(has_doc, t1, t0)
+    t1 = tl.where(has_doc, tl.load(OFF + docc + 1), t0)
     rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    dcol = tl.arange(0, BLOCK_D)
     row_ok = rows < lq
     if HAS_QM:
         row_ok = row_ok & (tl.load(QM + q * lq + rows, mask=rows < lq, other=0) != 0)
+    return s, q, qb, has_doc, t0, t1, rows, row_ok
+
+
+@triton.jit
+def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq, dim, bpr,
+                              HAS_QM: tl.constexpr, NBITS: tl.constexpr, PRECISION: tl.constexpr,
+                              BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    # grid: (candidate slot, query, query-row block). The candidate's tokens are decompressed
+    # tile by tile (centroid + bucket weights, normalized) and scored against the block of
+    # query rows on chip; OUT holds one partial sum per row block.
+    s, q, qb, has_doc, t0, t1, rows, row_ok = _candidate_rows(QM, CAND, OFF, nc, lq, HAS_QM, BLOCK_Q)
+    dcol = tl.arange(0, BLOCK_D)
     qt = tl.load(Q + (q * lq + rows)[:, None] * dim + dcol[None, :],
                  mask=(rows < lq)[:, None] & (dcol < dim)[None, :], other=0.0)
     best = tl.full([BLOCK_Q], float("-inf"), tl.float32)
@@ -126,19 +134,7 @@ def _approx_scores_kernel(S, QM, KEEP, CODES, OFF, CAND, OUT, nc, lq, k,
                           HAS_QM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr):
     # grid: (candidate slot, query, query-row block). Centroid-only MaxSim: scores[q, i,
     # code] gathered for the document's codes whose centroid survived pruning (KEEP[q, code]).
-    s = tl.program_id(0)
-    q = tl.program_id(1).to(tl.int64)  # 64-bit offsets: nq * nc, nq * lq * dim, nq * k may pass 2^31
-    qb = tl.program_id(2)
-    doc = tl.load(CAND + q * nc + s)
-    has_doc = doc >= 0
-    docc = tl.where(has_doc, doc, 0)
-    t0 = tl.load(OFF + docc)
-    t1 = tl.load(OFF + docc + 1)
-    t1 = tl.where(has_doc, t1, t0)
-    rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_ok = rows < lq
-    if HAS_QM:
-        row_ok = row_ok & (tl.load(QM + q * lq + rows, mask=rows < lq, other=0) != 0)
+    s, q, qb, has_doc, t0, t1, rows, row_ok = _candidate_rows(QM, CAND, OFF, nc, lq, HAS_QM, BLOCK_Q)
     srow = S + (q * lq + rows) * k
     best = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     kept = 0
