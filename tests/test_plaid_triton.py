@@ -3,7 +3,6 @@
 ivf_candidates, the CUDA entries' input checks, and the kernels compiled to sm_80 / sm_90
 cubins (no GPU needed). None of this has run on a GPU yet."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import lateint_kernels as lk
 from lateint_kernels import reference as ref
 
 from _data import clustered
+from _gpu_compile import compile_for_gpu
 
 pytest.importorskip("triton")
 from lateint_kernels import plaid as lkp  # noqa: E402
@@ -228,13 +228,7 @@ print("COMPILED", len(kernels))
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_kernels_compile_for_gpu(arch):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _COMPILE, str(arch)], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    if "NO-PTXAS" in out.stdout:
-        pytest.skip(out.stdout)
-    assert "COMPILED 4" in out.stdout
+    assert "COMPILED 4" in compile_for_gpu(_COMPILE, arch, timeout=600)
 
 
 def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
