@@ -64,19 +64,27 @@ def _unpack_tile(PACKED, W, toks64, dcol, ok, bpr, NBITS: tl.constexpr, BLOCK_T:
 
 
 @triton.jit
+def _decompress_tile(CODES, PACKED, C, W, toks64, tok_ok, dcol, dim, bpr, NBITS: tl.constexpr,
+                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """normalize(C[code] + bucket_weights[bucket]) of tokens toks64 (zero rows where not
+    tok_ok, zero columns past dim): [BLOCK_T, BLOCK_D] float32."""
+    ok = tok_ok[:, None] & (dcol < dim)[None, :]
+    code = tl.load(CODES + toks64, mask=tok_ok, other=0).to(tl.int64)
+    v = tl.load(C + code[:, None] * dim + dcol[None, :], mask=ok, other=0.0)
+    v = v + _unpack_tile(PACKED, W, toks64, dcol, ok, bpr, NBITS, BLOCK_T, BLOCK_D)
+    v = tl.where(ok, v, 0.0)
+    return v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)[:, None]
+
+
+@triton.jit
 def _decompress_kernel(CODES, PACKED, C, W, OUT, n, dim, bpr,
                        NBITS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     dcol = tl.arange(0, BLOCK_D)
     row_ok = rows < n
-    ok = row_ok[:, None] & (dcol < dim)[None, :]
     rows64 = rows.to(tl.int64)
-    code = tl.load(CODES + rows, mask=row_ok, other=0).to(tl.int64)
-    v = tl.load(C + code[:, None] * dim + dcol[None, :], mask=ok, other=0.0)
-    v = v + _unpack_tile(PACKED, W, rows64, dcol, ok, bpr, NBITS, BLOCK_T, BLOCK_D)
-    v = tl.where(ok, v, 0.0)
-    nrm = tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)
-    tl.store(OUT + rows64[:, None] * dim + dcol[None, :], v / nrm[:, None], mask=ok)
+    v = _decompress_tile(CODES, PACKED, C, W, rows64, row_ok, dcol, dim, bpr, NBITS, BLOCK_T, BLOCK_D)
+    tl.store(OUT + rows64[:, None] * dim + dcol[None, :], v, mask=row_ok[:, None] & (dcol < dim)[None, :])
 
 
 @triton.jit
@@ -114,13 +122,8 @@ def _decompress_maxsim_kernel(Q, QM, CODES, PACKED, OFF, C, W, CAND, OUT, nc, lq
     for t in range(t0, t1, BLOCK_T):
         toks = t + tl.arange(0, BLOCK_T)
         tok_ok = toks < t1
-        ok = tok_ok[:, None] & (dcol < dim)[None, :]
-        toks64 = toks.to(tl.int64)
-        code = tl.load(CODES + toks64, mask=tok_ok, other=0).to(tl.int64)
-        v = tl.load(C + code[:, None] * dim + dcol[None, :], mask=ok, other=0.0)
-        v = v + _unpack_tile(PACKED, W, toks64, dcol, ok, bpr, NBITS, BLOCK_T, BLOCK_D)
-        v = tl.where(ok, v, 0.0)
-        v = v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)[:, None]
+        v = _decompress_tile(CODES, PACKED, C, W, toks.to(tl.int64), tok_ok, dcol, dim, bpr, NBITS, BLOCK_T,
+                             BLOCK_D)
         sim = tl.dot(qt, tl.trans(v), input_precision=PRECISION)
         sim = tl.where(tok_ok[None, :], sim, float("-inf"))
         best = tl.maximum(best, tl.max(sim, axis=1))
