@@ -66,6 +66,28 @@ def test_approx_scores(threshold, masked):
     assert torch.isneginf(got[cand < 0]).all()
 
 
+@pytest.mark.parametrize("threshold", [float("-inf"), 0.3])
+def test_approx_scores_many_centroids_and_queries(threshold):
+    """Large k: the per-query table is built in blocks of 2,048 centroids (k = 4,133 ends
+    in a partial block and a partial 64-wide tile), and the queries go in chunks bounded
+    to ~16 MB of tables (lq = 64: 15 queries per chunk, so 17 queries take two chunks)."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    nq, lq, k, nd = 17, 64, 4133, 300
+    scores = (torch.randn(nq, lq, k, generator=g) * 0.3).float()
+    mask = torch.rand(nq, lq, generator=g) > 0.3
+    mask[3] = False  # a query with every token masked
+    lens = torch.randint(0, 40, (nd,), generator=g)
+    off = torch.zeros(nd + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    codes = torch.randint(0, k, (int(off[-1]),), generator=g, dtype=torch.int32)
+    cand = torch.randint(-1, nd, (nq, 90), generator=g)
+    got = lk.approx_scores(scores, codes, off, cand, threshold=threshold, query_mask=mask)
+    want = ref.approx_scores_ref(scores, mask, codes, off, cand, threshold)
+    # sums of up to 64 float32 maxima of size ~1: float32 summation error, not more
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+    assert (got[3][cand[3] >= 0] == 0).all()
+
+
 def test_approx_scores_without_pruning_is_maxsim_of_the_centroids():
     """With no pruning, the approximate score is exact MaxSim against the documents'
     centroid vectors (every token replaced by its centroid)."""

@@ -71,6 +71,44 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
   return true;
 }
 
+LATEINT_PLAID_CLONES void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t k,
+                                            int64_t c0, int64_t c1, double threshold, float* table) {
+  constexpr int64_t B = 64;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> buf(std::max<int64_t>(l2, 1) * B);
+  for (int64_t cb = c0; cb < c1; cb += B) {
+    const int64_t n = std::min(B, c1 - cb);
+    float mx[B];
+    for (int64_t j = 0; j < B; ++j) mx[j] = ninf;
+    if (n == B) {  // the common case, fixed width so that it vectorizes
+      for (int64_t r = 0; r < l2; ++r) {
+        const float* src = scores + rows[r] * k + cb;
+        float* b = buf.data() + r * B;
+        for (int64_t j = 0; j < B; ++j) {
+          b[j] = src[j];
+          mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+        }
+      }
+    } else {
+      for (int64_t r = 0; r < l2; ++r) {
+        const float* src = scores + rows[r] * k + cb;
+        for (int64_t j = 0; j < n; ++j) {
+          buf[r * B + j] = src[j];
+          mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+        }
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      float* dst = table + (cb - c0 + j) * l2;
+      if (l2 > 0 && mx[j] >= threshold) {
+        for (int64_t r = 0; r < l2; ++r) dst[r] = buf[r * B + j];
+      } else {
+        std::fill(dst, dst + l2, ninf);
+      }
+    }
+  }
+}
+
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
                          const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -84,7 +122,14 @@ bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int
     std::fill(best.begin(), best.end(), ninf);
     // Pruned centroids have -inf rows: no branch on the pruning (it mispredicted), and
     // max with -inf leaves `best` as it was, which is what skipping them did.
-    for (int64_t t = doc_offsets[d]; t < doc_offsets[d + 1]; ++t) {
+    const int64_t t1 = doc_offsets[d + 1];
+    for (int64_t t = doc_offsets[d]; t < t1; ++t) {
+      // the rows are scattered over a table of k * lq floats (MBs at large k): fetch ahead
+      if (t + 8 < t1) {
+        const int32_t ahead = codes[t + 8];
+        if ((uint64_t)(int64_t)ahead < (uint64_t)k)
+          for (int64_t o = 0; o < lq; o += 16) __builtin_prefetch(scores_t + (int64_t)ahead * lq + o);
+      }
       const int32_t code = codes[t];
       if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
       max_into(best.data(), scores_t + (int64_t)code * lq, lq);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../checks.h"
@@ -92,41 +93,40 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
   at::Tensor out = at::empty({nq, nc}, scores.options());
   // Queries in chunks (bounded memory): per query, its unmasked scores transposed to
-  // [k, lq'] (one centroid = one row) with the pruned centroids' rows set to -inf; then
-  // (query, block of candidates) items, so that a single query still uses every thread.
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t qc = 16, cb = 64, nb = (nc + cb - 1) / cb;
-  std::vector<std::vector<float>> st(std::min(nq, qc));
+  // [k, lq'] (one centroid = one row) with the pruned centroids' rows set to -inf, built
+  // in (query, block of centroids) items; then (query, block of candidates) items, so that
+  // a single query still uses every thread in both passes.
+  // One allocation per call, at most 16 queries and (when k * lq is large) about 16 MB, so
+  // that repeated calls reuse heap memory instead of page-faulting fresh pages; not
+  // zero-filled (every entry is written before it is read).
+  const int64_t row_floats = k * std::max<int64_t>(lq, 1);
+  const int64_t qc = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t(4) << 20) / row_floats));
+  const int64_t cb = 64, nb = (nc + cb - 1) / cb, kb = 2048, nkb = (k + kb - 1) / kb;
+  std::unique_ptr<float[]> tables(new float[std::min(nq, qc) * row_floats]);
+  std::vector<std::vector<int64_t>> rows(std::min(nq, qc));
   std::vector<int64_t> l2s(std::min(nq, qc));
   std::atomic<bool> codes_ok{true};
   for (int64_t q0 = 0; q0 < nq; q0 += qc) {
     const int64_t q1 = std::min(nq, q0 + qc);
-    at::parallel_for(q0, q1, 1, [&](int64_t b, int64_t e) {
-      for (int64_t q = b; q < e; ++q) {
-        const float* sq = s.data_ptr<float>() + q * lq * k;
-        const bool* m = qm.defined() ? qm.data_ptr<bool>() + q * lq : nullptr;
-        int64_t l2 = 0;
-        for (int64_t i = 0; i < lq; ++i) l2 += (!m || m[i]);
-        l2s[q - q0] = l2;
-        std::vector<float>& t = st[q - q0];
-        t.assign(k * std::max<int64_t>(l2, 1), ninf);
-        int64_t r = 0;
-        for (int64_t i = 0; i < lq; ++i) {
-          if (m && !m[i]) continue;
-          for (int64_t c = 0; c < k; ++c) t[c * l2 + r] = sq[i * k + c];
-          ++r;
-        }
-        for (int64_t c = 0; c < k; ++c) {
-          float mx = ninf;
-          for (int64_t i = 0; i < l2; ++i) mx = std::max(mx, t[c * l2 + i]);
-          if (!(l2 > 0 && mx >= threshold)) std::fill(t.begin() + c * l2, t.begin() + (c + 1) * l2, ninf);
-        }
+    for (int64_t q = q0; q < q1; ++q) {
+      const bool* m = qm.defined() ? qm.data_ptr<bool>() + q * lq : nullptr;
+      std::vector<int64_t>& r = rows[q - q0];
+      r.clear();
+      for (int64_t i = 0; i < lq; ++i)
+        if (!m || m[i]) r.push_back(i);
+      l2s[q - q0] = (int64_t)r.size();
+    }
+    at::parallel_for(0, (q1 - q0) * nkb, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t q = q0 + it / nkb, c0 = (it % nkb) * kb, c1 = std::min(k, c0 + kb), l2 = l2s[q - q0];
+        lateint::approx_table_rows(s.data_ptr<float>() + q * lq * k, rows[q - q0].data(), l2, k, c0, c1, threshold,
+                                   tables.get() + (q - q0) * row_floats + c0 * l2);
       }
     });
     at::parallel_for(0, (q1 - q0) * nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = q0 + it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
-        if (!lateint::approx_scores_query(st[q - q0].data(), l2s[q - q0], k, cp, off.data_ptr<int64_t>(),
+        if (!lateint::approx_scores_query(tables.get() + (q - q0) * row_floats, l2s[q - q0], k, cp, off.data_ptr<int64_t>(),
                                           ca + q * nc + c0, c1 - c0, out.data_ptr<float>() + q * nc + c0))
           codes_ok = false;
       }
