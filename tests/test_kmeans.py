@@ -49,6 +49,70 @@ def test_ties_take_the_first_centroid():
     assert torch.equal(codes, want)
 
 
+def _int8_screen_available():
+    """The int8 screen needs AVX512-VNNI; without it both paths below are the float32 kernel
+    and the comparison still runs (and holds trivially)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("n,k,dim,dtype", [(2000, 4096, 128, torch.float32), (700, 1000, 96, torch.float32),
+                                           (300, 8200, 384, torch.float32), (513, 37, 5, torch.float32),
+                                           (400, 257, 130, torch.float16), (400, 257, 64, torch.bfloat16)])
+def test_int8_screen_is_bit_identical_to_the_float32_kernel(n, k, dim, dtype):
+    """With AVX512-VNNI (and cpu_isa at avx512 or above) kmeans_assign scores every
+    centroid on int8 codes and rescores in float32 only those within its error bound of the
+    best; its codes and scores must be the float32 kernel's, bit for bit (cpu_isa "avx2"
+    turns the screen off). Clustered data (many near-ties) and shapes off every tile size."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    x, c = data(n, k, dim, seed, dtype)
+    # centroids like k-means': means of tokens (norms below 1), and a few exact duplicates
+    c = c.float()
+    c[: k // 3] *= 0.7
+    if k > 40:
+        c[17] = c[5]
+        c[k - 1] = c[5]
+        x[:5] = c[5].to(dtype)
+    c = c.to(dtype)
+    x[7] = 0  # an all-zero row: every centroid ties at 0 (the float32 kernel takes it)
+    before = lk.cpu_isa()
+    try:
+        lk.cpu_isa("avx2")
+        want = lk.kmeans_assign(x, c, return_scores=True)
+        lk.cpu_isa("best")
+        got = lk.kmeans_assign(x, c, return_scores=True)
+    finally:
+        lk.cpu_isa(before)
+    assert torch.equal(got[0], want[0]), f"seed {seed}: {(got[0] != want[0]).sum()} codes differ"
+    assert torch.equal(got[1], want[1]), f"seed {seed}"
+    if _int8_screen_available():
+        assert int(got[0][7]) == 0  # all tie: the first centroid
+
+
+def test_int8_screen_hands_mass_near_ties_back():
+    """Hundreds of centroids within the error bound of a row's best (more than a row's
+    candidate list holds) and non-finite rows: those rows go to the float32 kernel, the
+    answer is still exact and NaN is still refused by name."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    base = torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0)
+    c = base + 1e-4 * torch.randn(900, 64, generator=g)  # 900 near-identical centroids
+    c = torch.cat([torch.nn.functional.normalize(torch.randn(100, 64, generator=g), dim=-1), c])
+    x = base + 1e-3 * torch.randn(300, 64, generator=g)
+    got = lk.kmeans_assign(x, c, return_scores=True)
+    want_codes, want_scores = ref.kmeans_assign_ref(x.double(), c.double())
+    s = x.double() @ c.double().T
+    top2 = s.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-5
+    assert torch.equal(got[0][clear], want_codes[clear])
+    torch.testing.assert_close(got[1].double(), want_scores, rtol=0, atol=2e-6)
+    x[11, 3] = float("nan")
+    with pytest.raises((ValueError, RuntimeError), match="`x` contains NaN"):
+        lk.kmeans_assign(x, c)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):
     x, c = data(500, 300, 64, 2, dtype)

@@ -76,6 +76,20 @@ LATEINT_KM_CLONES void assign_block(const float* __restrict X, int64_t nr, int64
 
 }  // namespace
 
+bool kmeans_int8_screen() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
+  }();
+  return vnni && (int)cpu_active_isa() >= (int)Isa::Avx512;
+#else
+  return false;
+#endif
+}
+
 bool pack_centroids(const void* c, KmDType dt, int64_t k, int64_t dim, PackedCentroids* out) {
   out->k = k;
   out->dim = dim;
@@ -88,6 +102,15 @@ bool pack_centroids(const void* c, KmDType dt, int64_t k, int64_t dim, PackedCen
       finite &= std::isfinite(v);
       out->t[kk * out->k_pad + j] = v;
     }
+  out->vnni = finite && kmeans_int8_screen();
+  if (out->vnni) {
+    out->rows.resize(k * dim);
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t kk = 0; kk < dim; ++kk) out->rows[j * dim + kk] = out->t[kk * out->k_pad + j];
+#if defined(__x86_64__) && defined(__GNUC__)
+    detail::pack_centroids_vnni(out->rows.data(), k, dim, out);
+#endif
+  }
   return finite;
 }
 
@@ -96,6 +119,8 @@ bool kmeans_assign_range(const void* x, KmDType dt, int64_t dim, const PackedCen
   std::vector<float> conv(dt == KmDType::F32 ? 0 : RB * dim);
   std::vector<float> best(RB * W);
   std::vector<int32_t> bidx(RB * W);
+  std::vector<int64_t> fallback;
+  std::vector<float> redo(pc.vnni ? RB * dim : 0);
   bool finite = true;
   for (int64_t b0 = r0; b0 < r1; b0 += RB) {
     const int64_t nr = std::min(RB, r1 - b0);
@@ -106,8 +131,23 @@ bool kmeans_assign_range(const void* x, KmDType dt, int64_t dim, const PackedCen
       for (int64_t i = 0; i < nr * dim; ++i) conv[i] = to_f32(x, dt, b0 * dim + i);
       X = conv.data();
     }
-    assign_block(X, nr, dim, pc.t.data(), pc.k, pc.k_pad, best.data(), bidx.data());
-    for (int64_t q = 0; q < nr; ++q) {
+    // rows[q] of X: the block's rows, or (after the int8 screen) only those it left open
+    const float* rowsX = X;
+    int64_t nrows = nr;
+    fallback.clear();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (pc.vnni) {
+      detail::assign_block_vnni(X, nr, dim, pc, codes + b0, scores + b0, &fallback);
+      if (fallback.empty()) continue;
+      for (size_t f = 0; f < fallback.size(); ++f)
+        std::copy(X + fallback[f] * dim, X + (fallback[f] + 1) * dim, redo.begin() + f * dim);
+      rowsX = redo.data();
+      nrows = (int64_t)fallback.size();
+    }
+#endif
+    assign_block(rowsX, nrows, dim, pc.t.data(), pc.k, pc.k_pad, best.data(), bidx.data());
+    for (int64_t q = 0; q < nrows; ++q) {
+      const int64_t row = b0 + (fallback.empty() ? q : fallback[q]);
       const float* b = best.data() + q * W;
       const int32_t* bi = bidx.data() + q * W;
       float m = b[0];
@@ -118,8 +158,8 @@ bool kmeans_assign_range(const void* x, KmDType dt, int64_t dim, const PackedCen
       // A NaN anywhere in the row's products would have been skipped silently: the row and
       // every centroid are finite (checked by the caller) unless the max is not.
       if (!std::isfinite(m)) finite = false;
-      codes[b0 + q] = arg;
-      scores[b0 + q] = m;
+      codes[row] = arg;
+      scores[row] = m;
     }
   }
   return finite;
