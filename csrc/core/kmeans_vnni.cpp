@@ -123,25 +123,29 @@ void pack_centroids_vnni(const float* rows, int64_t k, int64_t dim, PackedCentro
 
 namespace {
 
-// float32 scores of one row against listed centroids, each a sequential FMA chain over the
-// dimension from 0 (what the float32 kernel computes per lane); 8 chains interleaved.
-void rescore(const float* x, const float* crow, int64_t dim, const int32_t* cand, int n, float* out) {
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const float* c[8];
-    for (int u = 0; u < 8; ++u) c[u] = crow + (int64_t)cand[i + u] * dim;
-    float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t t = 0; t < dim; ++t) {
-      const float xv = x[t];
-      for (int u = 0; u < 8; ++u) a[u] = std::fma(xv, c[u][t], a[u]);
+// float32 scores of (row, centroid) pairs: out[p] = <X[row[p]], crow[cen[p]]>, each a
+// sequential FMA chain over the dimension from 0 (what the float32 kernel computes per
+// lane), 8 independent chains interleaved.
+void rescore_pairs(const float* X, int64_t dim, const float* crow, const int32_t* row, const int32_t* cen,
+                   int64_t n, float* out) {
+  int64_t p = 0;
+  for (; p + 8 <= n; p += 8) {
+    const float *x[8], *c[8];
+    for (int u = 0; u < 8; ++u) {
+      x[u] = X + (int64_t)row[p + u] * dim;
+      c[u] = crow + (int64_t)cen[p + u] * dim;
     }
-    for (int u = 0; u < 8; ++u) out[i + u] = a[u];
+    float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t t = 0; t < dim; ++t)
+      for (int u = 0; u < 8; ++u) a[u] = std::fma(x[u][t], c[u][t], a[u]);
+    for (int u = 0; u < 8; ++u) out[p + u] = a[u];
   }
-  for (; i < n; ++i) {
-    const float* c = crow + (int64_t)cand[i] * dim;
+  for (; p < n; ++p) {
+    const float* x = X + (int64_t)row[p] * dim;
+    const float* c = crow + (int64_t)cen[p] * dim;
     float a = 0.f;
     for (int64_t t = 0; t < dim; ++t) a = std::fma(x[t], c[t], a);
-    out[i] = a;
+    out[p] = a;
   }
 }
 
@@ -155,31 +159,48 @@ void assign_block_vnni(const float* X, int64_t nr, int64_t dim, const PackedCent
   std::vector<uint8_t> Xq((size_t)std::max<int64_t>(nr, R) * d4, 128);
   std::vector<float> margin(nr), rmax(nr, ninf);
   std::vector<char> bad(nr, 0);
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const float u = std::ldexp(1.f, -23);
   for (int64_t i = 0; i < nr; ++i) {
     const float* x = X + i * dim;
-    float m = 0.f;
-    bool ok = true;
-    for (int64_t t = 0; t < dim; ++t) {
-      ok &= std::isfinite(x[t]);
-      m = std::max(m, std::fabs(x[t]));
+    __m512 mv = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int64_t t = 0; t < dim; t += 16) {
+      const __mmask16 lm = dim - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - t)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(lm, x + t);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      mv = _mm512_max_ps(mv, _mm512_and_ps(v, absmask));
     }
-    if (!ok || !(m > 0.f)) {  // NaN/Inf (the float32 kernel reports it) or an all-zero row
+    const float m = _mm512_reduce_max_ps(mv);
+    if (nan || !std::isfinite(m) || !(m > 0.f)) {  // NaN/Inf (the float32 kernel reports it), all-zero
       bad[i] = 1;
       continue;
     }
-    const float s = 127.f / m;
-    double n2 = 0, h2 = 0, e2 = 0;
-    for (int64_t t = 0; t < dim; ++t) {
-      const float q = std::max(-127.f, std::min(127.f, std::nearbyint(x[t] * s)));
-      Xq[i * d4 + t] = (uint8_t)((int32_t)q + 128);
-      const double h = (double)q / (double)s;
-      n2 += (double)x[t] * x[t];
-      h2 += h * h;
-      e2 += ((double)x[t] - h) * ((double)x[t] - h);
+    const float s = 127.f / m, is = 1.f / s;
+    const __m512 sv = _mm512_set1_ps(s), isv = _mm512_set1_ps(is), lo = _mm512_set1_ps(-127.f),
+                 hi = _mm512_set1_ps(127.f);
+    __m512 n2 = _mm512_setzero_ps(), h2 = _mm512_setzero_ps(), e2 = _mm512_setzero_ps();
+    for (int64_t t = 0; t < dim; t += 16) {
+      const __mmask16 lm = dim - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - t)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(lm, x + t);
+      const __m512 q = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(v, sv),
+                                                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+      const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(128));
+      _mm512_mask_cvtepi32_storeu_epi8(Xq.data() + i * d4 + t, lm, qi);
+      const __m512 h = _mm512_mul_ps(q, isv), e = _mm512_sub_ps(v, h);
+      n2 = _mm512_fmadd_ps(v, v, n2);
+      h2 = _mm512_fmadd_ps(h, h, h2);
+      e2 = _mm512_fmadd_ps(e, e, e2);
     }
-    const double E = std::sqrt(e2) * pc.cmax + std::sqrt(h2) * pc.ecmax;
-    const double g = (double)(dim + 4) * std::ldexp(1.0, -24) * 1.001 * std::sqrt(n2) * pc.cmax;
-    const double r = 4 * std::ldexp(1.0, -24) * std::sqrt(h2) * (pc.cmax + pc.ecmax);
+    // Upper bounds from float sums: sums of d squares are within d * 2^-23 of their value,
+    // and h = q / s, e = x - h are each within 2^-23 |x| of the exact ones (|h| <= |x| + |e|).
+    const double infl = 1 + (double)(dim + 2) * u;
+    const double nx = std::sqrt(_mm512_reduce_add_ps(n2) * infl);
+    const double nh = std::sqrt(_mm512_reduce_add_ps(h2) * infl) + 2 * u * nx;
+    const double ne = std::sqrt(_mm512_reduce_add_ps(e2) * infl) + 2 * u * nx;
+    const double E = ne * pc.cmax + nh * pc.ecmax;
+    const double g = (double)(dim + 4) * std::ldexp(1.0, -24) * 1.001 * nx * pc.cmax;
+    const double r = 4 * std::ldexp(1.0, -24) * nh * (pc.cmax + pc.ecmax);
     margin[i] = (float)(2 * (E + g + r) * s * (1 + 1e-5));
   }
   // candidates: (scaled approximate score, centroid) per row, in increasing centroid order
@@ -247,26 +268,32 @@ void assign_block_vnni(const float* X, int64_t nr, int64_t dim, const PackedCent
       }
     }
   }
-  std::vector<float> sc(CAP);
-  std::vector<int32_t> keep(CAP);
+  // Survivors of all rows as (row, centroid) pairs, rescored 8 pairs at a time (a single
+  // row often keeps fewer than 8 centroids, and one dot product is a latency-bound chain).
+  std::vector<int32_t> prow, pcen;
+  std::vector<int64_t> first(nr + 1, 0);
   for (int64_t i = 0; i < nr; ++i) {
-    if (cnt[i] < 0) {
-      fallback->push_back(i);
-      continue;
-    }
+    first[i] = (int64_t)prow.size();
+    if (cnt[i] < 0) continue;
     const float thr = rmax[i] - margin[i];
-    int n = 0;
     for (int t = 0; t < cnt[i]; ++t)
-      if (cval[i * CAP + t] >= thr) keep[n++] = cidx[i * CAP + t];
-    rescore(X + i * dim, pc.rows.data(), dim, keep.data(), n, sc.data());
+      if (cval[i * CAP + t] >= thr) {
+        prow.push_back((int32_t)i);
+        pcen.push_back(cidx[i * CAP + t]);
+      }
+  }
+  first[nr] = (int64_t)prow.size();
+  std::vector<float> sc(prow.size());
+  rescore_pairs(X, dim, pc.rows.data(), prow.data(), pcen.data(), (int64_t)prow.size(), sc.data());
+  for (int64_t i = 0; i < nr; ++i) {
     float best = ninf;
     int32_t arg = -1;
-    for (int t = 0; t < n; ++t)
+    for (int64_t t = first[i]; t < first[i + 1]; ++t)
       if (sc[t] > best) {  // strict: among equal scores the lowest centroid stays
         best = sc[t];
-        arg = keep[t];
+        arg = pcen[t];
       }
-    if (arg < 0 || !std::isfinite(best)) {
+    if (cnt[i] < 0 || arg < 0 || !std::isfinite(best)) {
       fallback->push_back(i);
       continue;
     }
