@@ -88,6 +88,35 @@ def test_approx_scores_many_centroids_and_queries(threshold):
     assert (got[3][cand[3] >= 0] == 0).all()
 
 
+@pytest.mark.parametrize("lq", [5, 16, 32, 40])
+def test_approx_scores_register_transpose_is_bit_identical(lq):
+    """With AVX-512 the table is built 16 centroids x 16 query tokens at a time (transposed
+    in registers, rows padded to 16 with -inf); cpu_isa "avx2" builds it element by element.
+    Same scores bit for bit, with masks, pruning and k off a multiple of 16."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    nq, k, nd = 3, 1000 + int(torch.randint(0, 16, (), generator=g)), 120
+    scores = (torch.randn(nq, lq, k, generator=g) * 0.3).float()
+    mask = torch.rand(nq, lq, generator=g) > 0.25
+    lens = torch.randint(0, 40, (nd,), generator=g)
+    off = torch.zeros(nd + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    codes = torch.randint(0, k, (int(off[-1]),), generator=g, dtype=torch.int32)
+    cand = torch.randint(-1, nd, (nq, 50), generator=g)
+    before = lk.cpu_isa()
+    try:
+        got = {}
+        for isa in ("avx2", "best"):
+            lk.cpu_isa(isa)
+            got[isa] = [lk.approx_scores(scores, codes, off, cand, threshold=t, query_mask=m)
+                        for t in (float("-inf"), 0.5) for m in (None, mask)]
+    finally:
+        lk.cpu_isa(before)
+    for a, b in zip(got["avx2"], got["best"]):
+        assert torch.equal(a, b)
+    want = ref.approx_scores_ref(scores, mask, codes, off, cand, 0.5)
+    torch.testing.assert_close(got["best"][3].double(), want, rtol=0, atol=1e-4)
+
+
 def test_approx_scores_without_pruning_is_maxsim_of_the_centroids():
     """With no pruning, the approximate score is exact MaxSim against the documents'
     centroid vectors (every token replaced by its centroid)."""

@@ -34,6 +34,36 @@ def test_compress_bit_exact_and_decompress(nbits, dim):
     torch.testing.assert_close(xh.double(), want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("dim", [16, 128, 384])
+def test_decompress_fast_path_is_bit_identical(nbits, dim):
+    """With AVX-512 (cpu_isa avx512 or above) rows of nbits 1/2/4 and dim a multiple of 16
+    decompress through in-register weight lookups, four rows at a time; the byte-table path
+    (cpu_isa "avx2" here) must give the same bits, also through decompress_maxsim, and row
+    counts that leave a short group of four."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    x, c, codes = setup(301, dim, 40, seed)
+    cut, w = lk.residual_buckets(x - c[codes.long()], nbits)
+    packed = lk.compress_residuals(x, c, codes, cut, nbits)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(3, 5, dim, generator=g), dim=-1)
+    off = torch.tensor([0, 7, 7, 150, 301])
+    cand = torch.tensor([[0, 2, -1], [3, 1, 0], [2, 2, 3]])
+    before = lk.cpu_isa()
+    try:
+        out = {}
+        for isa in ("avx2", "best"):
+            lk.cpu_isa(isa)
+            out[isa] = (lk.decompress_residuals(codes, packed, c, w, nbits),
+                        lk.decompress_maxsim(q, codes, packed, off, c, w, nbits, cand))
+    finally:
+        lk.cpu_isa(before)
+    assert torch.equal(out["avx2"][0], out["best"][0]), f"seed {seed}"
+    assert torch.equal(out["avx2"][1], out["best"][1]), f"seed {seed}"
+    want = ref.decompress_residuals_ref(codes, packed, c.double(), w.double(), nbits)
+    torch.testing.assert_close(out["best"][0].double(), want, rtol=0, atol=1e-5)
+
+
 def test_layout_is_colbert_packbits():
     """Independent oracle: ColBERTv2's binarize (bits of each bucket, least significant
     first, flattened, numpy.packbits)."""

@@ -1,9 +1,15 @@
 // PLAID centroid interaction cores; see plaid_core.h.
 #include "plaid_core.h"
 
+#include "maxsim_core.h"  // cpu_active_isa
+
 #include <algorithm>
 #include <limits>
 #include <numeric>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include <immintrin.h>
+#endif
 
 namespace lateint {
 
@@ -71,42 +77,106 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
   return true;
 }
 
-LATEINT_PLAID_CLONES void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t k,
-                                            int64_t c0, int64_t c1, double threshold, float* table) {
+namespace {
+
+// Centroids [cb, cb + n) of the table, any n <= 64 (scalar; the tail of k, or no AVX-512).
+void table_block_generic(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k,
+                         int64_t cb, int64_t n, double threshold, float* dst0) {
   constexpr int64_t B = 64;
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> buf(std::max<int64_t>(l2, 1) * B);
-  for (int64_t cb = c0; cb < c1; cb += B) {
-    const int64_t n = std::min(B, c1 - cb);
-    float mx[B];
-    for (int64_t j = 0; j < B; ++j) mx[j] = ninf;
-    if (n == B) {  // the common case, fixed width so that it vectorizes
-      for (int64_t r = 0; r < l2; ++r) {
-        const float* src = scores + rows[r] * k + cb;
-        float* b = buf.data() + r * B;
-        for (int64_t j = 0; j < B; ++j) {
-          b[j] = src[j];
-          mx[j] = src[j] > mx[j] ? src[j] : mx[j];
-        }
-      }
+  float mx[B];
+  for (int64_t j = 0; j < n; ++j) mx[j] = ninf;
+  for (int64_t r = 0; r < l2; ++r) {
+    const float* src = scores + rows[r] * k + cb;
+    for (int64_t j = 0; j < n; ++j) mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float* dst = dst0 + j * stride;
+    if (l2 > 0 && mx[j] >= threshold) {
+      for (int64_t r = 0; r < l2; ++r) dst[r] = scores[rows[r] * k + cb + j];
+      std::fill(dst + l2, dst + stride, ninf);
     } else {
-      for (int64_t r = 0; r < l2; ++r) {
-        const float* src = scores + rows[r] * k + cb;
-        for (int64_t j = 0; j < n; ++j) {
-          buf[r * B + j] = src[j];
-          mx[j] = src[j] > mx[j] ? src[j] : mx[j];
-        }
-      }
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      float* dst = table + (cb - c0 + j) * l2;
-      if (l2 > 0 && mx[j] >= threshold) {
-        for (int64_t r = 0; r < l2; ++r) dst[r] = buf[r * B + j];
-      } else {
-        std::fill(dst, dst + l2, ninf);
-      }
+      std::fill(dst, dst + stride, ninf);
     }
   }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// 16 x 16 floats: in[i] lane j -> out[j] lane i.
+__attribute__((target("avx512f"))) inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  __m512 u[16];  // u[4a + b], 128-bit lane L: column 4L + b of rows 4a..4a+3
+  for (int a = 0; a < 4; ++a) {
+    const __m512d x0 = _mm512_castps_pd(t[4 * a]), x1 = _mm512_castps_pd(t[4 * a + 1]);
+    const __m512d x2 = _mm512_castps_pd(t[4 * a + 2]), x3 = _mm512_castps_pd(t[4 * a + 3]);
+    u[4 * a + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+    u[4 * a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+    u[4 * a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+    u[4 * a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+  }
+  for (int b = 0; b < 4; ++b) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[b], u[4 + b], 0x44), x1 = _mm512_shuffle_f32x4(u[b], u[4 + b], 0xEE);
+    const __m512 y0 = _mm512_shuffle_f32x4(u[8 + b], u[12 + b], 0x44),
+                 y1 = _mm512_shuffle_f32x4(u[8 + b], u[12 + b], 0xEE);
+    r[b] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+    r[4 + b] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+    r[8 + b] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+    r[12 + b] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+  }
+}
+
+// Blocks of 16 centroids: their maxima over the rows (one vector per row), then the rows
+// transposed 16 at a time in registers (rows past l2 read as -inf), pruned centroids -inf.
+__attribute__((target("avx512f"))) void table_rows_avx512(const float* scores, const int64_t* rows, int64_t l2,
+                                                          int64_t stride, int64_t k, int64_t c0, int64_t c1,
+                                                          double threshold, float* table) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const __m512 NINF = _mm512_set1_ps(ninf);
+  const __m512d thr = _mm512_set1_pd(threshold);
+  int64_t cb = c0;
+  for (; cb + 16 <= c1; cb += 16) {
+    __m512 mx = NINF;
+    for (int64_t r = 0; r < l2; ++r) mx = _mm512_max_ps(mx, _mm512_loadu_ps(scores + rows[r] * k + cb));
+    const __mmask8 klo = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm512_castps512_ps256(mx)), thr, _CMP_GE_OQ);
+    const __mmask8 khi = _mm512_cmp_pd_mask(
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mx), 1))), thr, _CMP_GE_OQ);
+    const unsigned keep = l2 > 0 ? ((unsigned)klo | ((unsigned)khi << 8)) : 0u;
+    float* dst = table + (cb - c0) * stride;
+    for (int64_t rg = 0; rg < stride; rg += 16) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = rg + i < l2 ? _mm512_loadu_ps(scores + rows[rg + i] * k + cb) : NINF;
+      transpose16(v);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + j * stride + rg, (keep >> j) & 1u ? v[j] : NINF);
+    }
+  }
+  if (cb < c1) table_block_generic(scores, rows, l2, stride, k, cb, c1 - cb, threshold, table + (cb - c0) * stride);
+}
+
+bool cpu_has_avx512f() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return yes;
+}
+#endif
+
+}  // namespace
+
+void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+                       int64_t c1, double threshold, float* table) {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  if (stride % 16 == 0 && cpu_has_avx512f() && (int)cpu_active_isa() >= (int)Isa::Avx512)
+    return table_rows_avx512(scores, rows, l2, stride, k, c0, c1, threshold, table);
+#endif
+  for (int64_t cb = c0; cb < c1; cb += 64)
+    table_block_generic(scores, rows, l2, stride, k, cb, std::min<int64_t>(64, c1 - cb), threshold,
+                        table + (cb - c0) * stride);
 }
 
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,

@@ -21,13 +21,14 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
 // per token of the packed documents; out[c] = sum over query tokens of the max over the
 // candidate's kept tokens (0 for a token with none); -inf for candidate -1. Returns false
 // if a candidate holds a code outside [0, k) (out is then incomplete).
-// Rows [c0, c1) of one query's table for approx_scores_query: table[(c - c0) * l2 + r] =
-// scores[rows[r] * k + c] (rows: the l2 unmasked query tokens of scores [lq, k]), and the
-// whole row of centroid c set to -inf when its best score over those tokens is below
-// `threshold` (or l2 == 0). Reads the scores in blocks of 16 centroids (one cache line per
-// query token) so that a query's table costs about one pass over its scores.
-void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t k, int64_t c0, int64_t c1,
-                       double threshold, float* table);
+// Rows [c0, c1) of one query's table for approx_scores_query: table[(c - c0) * stride + r]
+// = scores[rows[r] * k + c] for the l2 unmasked query tokens `rows` of scores [lq, k],
+// -inf for l2 <= r < stride (padding: a -inf column adds 0 to the approximate score), and
+// the whole row of centroid c -inf when its best score over those tokens is below
+// `threshold` (or l2 == 0). With AVX-512 and stride a multiple of 16, blocks of 16
+// centroids x 16 tokens are transposed in registers.
+void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+                       int64_t c1, double threshold, float* table);
 
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
                          const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);

@@ -98,13 +98,15 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   // a single query still uses every thread in both passes.
   // One allocation per call, at most 16 queries and (when k * lq is large) about 16 MB, so
   // that repeated calls reuse heap memory instead of page-faulting fresh pages; not
-  // zero-filled (every entry is written before it is read).
-  const int64_t row_floats = k * std::max<int64_t>(lq, 1);
+  // zero-filled (every entry is written before it is read). Table rows are padded to a
+  // multiple of 16 query tokens with -inf (which adds 0 to a score).
+  const int64_t stride = (std::max<int64_t>(lq, 1) + 15) / 16 * 16;
+  const int64_t row_floats = k * stride;
   const int64_t qc = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t(4) << 20) / row_floats));
   const int64_t cb = 64, nb = (nc + cb - 1) / cb, kb = 2048, nkb = (k + kb - 1) / kb;
   std::unique_ptr<float[]> tables(new float[std::min(nq, qc) * row_floats]);
   std::vector<std::vector<int64_t>> rows(std::min(nq, qc));
-  std::vector<int64_t> l2s(std::min(nq, qc));
+  std::vector<int64_t> l2s(std::min(nq, qc)), strides(std::min(nq, qc));
   std::atomic<bool> codes_ok{true};
   for (int64_t q0 = 0; q0 < nq; q0 += qc) {
     const int64_t q1 = std::min(nq, q0 + qc);
@@ -115,18 +117,20 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
       for (int64_t i = 0; i < lq; ++i)
         if (!m || m[i]) r.push_back(i);
       l2s[q - q0] = (int64_t)r.size();
+      strides[q - q0] = (std::max<int64_t>(l2s[q - q0], 1) + 15) / 16 * 16;
     }
     at::parallel_for(0, (q1 - q0) * nkb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
-        const int64_t q = q0 + it / nkb, c0 = (it % nkb) * kb, c1 = std::min(k, c0 + kb), l2 = l2s[q - q0];
-        lateint::approx_table_rows(s.data_ptr<float>() + q * lq * k, rows[q - q0].data(), l2, k, c0, c1, threshold,
-                                   tables.get() + (q - q0) * row_floats + c0 * l2);
+        const int64_t q = q0 + it / nkb, c0 = (it % nkb) * kb, c1 = std::min(k, c0 + kb);
+        const int64_t l2 = l2s[q - q0], st = strides[q - q0];
+        lateint::approx_table_rows(s.data_ptr<float>() + q * lq * k, rows[q - q0].data(), l2, st, k, c0, c1,
+                                   threshold, tables.get() + (q - q0) * row_floats + c0 * st);
       }
     });
     at::parallel_for(0, (q1 - q0) * nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = q0 + it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
-        if (!lateint::approx_scores_query(tables.get() + (q - q0) * row_floats, l2s[q - q0], k, cp, off.data_ptr<int64_t>(),
+        if (!lateint::approx_scores_query(tables.get() + (q - q0) * row_floats, strides[q - q0], k, cp, off.data_ptr<int64_t>(),
                                           ca + q * nc + c0, c1 - c0, out.data_ptr<float>() + q * nc + c0))
           codes_ok = false;
       }
