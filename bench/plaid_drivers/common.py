@@ -32,6 +32,18 @@ def fresh_dir(work, name):
     return path
 
 
+def timed_build(make, n_tokens):
+    """Seconds of the fastest of a few builds (3 below a million tokens, where one build takes
+    seconds and the machine's noise is a large share of it; 1 above), and the last index.
+    `make()` builds and writes the index to disk, as fast-plaid's `create` does."""
+    times, index = [], None
+    for _ in range(3 if n_tokens < 1_000_000 else 1):
+        t = time.perf_counter()
+        index = make()
+        times.append(time.perf_counter() - t)
+    return min(times), index
+
+
 def dir_bytes(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 

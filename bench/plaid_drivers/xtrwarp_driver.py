@@ -3,7 +3,6 @@ engine, PyLate's `WARP` index. Sweep: nprobe (inverted-list probes per query tok
 its own defaults for the rest, then its hyperparameter suggestion scaled up."""
 import os
 import sys
-import time
 
 import torch
 
@@ -14,13 +13,18 @@ from xtr_warp.search import XTRWarp  # noqa: E402
 corpus, work, nbits, report = common.args()
 tokens, offsets, queries = common.load_corpus(corpus)
 docs = common.doc_list(tokens, offsets)
-path = common.fresh_dir(work, f"xtrwarp-{nbits}")
+path = os.path.join(work, f"xtrwarp-{nbits}")
 threads = torch.get_num_threads()
-t = time.perf_counter()
-index = XTRWarp(index=path, device="cpu")
-index.create(docs, device="cpu", nbits=nbits, show_progress=False)
-index.load(device="cpu")
-build = time.perf_counter() - t
+
+
+def make():
+    index = XTRWarp(index=common.fresh_dir(work, f"xtrwarp-{nbits}"), device="cpu")
+    index.create(docs, device="cpu", nbits=nbits, show_progress=False)
+    index.load(device="cpu")
+    return index
+
+
+build, index = common.timed_build(make, int(tokens.shape[0]))
 
 
 def search(q, k, **s):
