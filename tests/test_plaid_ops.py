@@ -44,6 +44,31 @@ def test_ivf_candidates(ncells, masked):
         assert set(got[0][got[0] >= 0].tolist()) == set(torch.unique(ivf_docs).tolist())
 
 
+@pytest.mark.parametrize("isa", ["avx2", "best"])
+@pytest.mark.parametrize("ncells", [1, 3, 16])
+def test_ivf_candidates_many_ties_both_scans(isa, ncells):
+    """The best cells of a token are found 16 scores at a time with AVX-512 (a block that
+    cannot beat the current m-th best is skipped), one by one otherwise: both must pick the
+    reference's cells when scores tie massively (rounded to 0.1) and k is off a multiple of 16."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    nq, lq, k, nd = 4, 9, 1000 + int(torch.randint(1, 16, (), generator=g)), 300
+    scores = (torch.randn(nq, lq, k, generator=g) * 3).round() / 10
+    codes = torch.randint(0, k, (5000,), generator=g, dtype=torch.int32)
+    doc_of = torch.randint(0, nd, (5000,), generator=g).sort().values
+    pairs = torch.unique(torch.stack([codes.long(), doc_of], 1), dim=0)
+    ivf_docs = pairs[:, 1].contiguous()
+    ivf_off = torch.zeros(k + 1, dtype=torch.int64)
+    ivf_off[1:] = torch.cumsum(torch.bincount(pairs[:, 0], minlength=k), 0)
+    mask = torch.rand(nq, lq, generator=g) > 0.2
+    before = lk.cpu_isa()
+    try:
+        lk.cpu_isa(isa)
+        got = lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, ncells, query_mask=mask)
+    finally:
+        lk.cpu_isa(before)
+    assert torch.equal(got, ref.ivf_candidates_ref(scores, mask, ivf_off, ivf_docs, nd, ncells))
+
+
 def test_ivf_ties_go_to_the_lower_centroid():
     scores = torch.zeros(1, 1, 4)
     scores[0, 0, 1] = scores[0, 0, 3] = 1.0  # tie for the best cell

@@ -21,8 +21,49 @@ namespace lateint {
 
 namespace {
 
+bool cpu_has_avx512f();
+
 LATEINT_PLAID_CLONES void max_into(float* __restrict best, const float* __restrict row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) best[i] = row[i] > best[i] ? row[i] : best[i];
+}
+
+// The m <= 16 best centroids of one query token: one scan keeping them (score descending,
+// lower index first on ties: a later centroid must score strictly higher to displace one),
+// as partial_sort would pick. Returns how many (min(m, k)); top[0] is the best.
+inline void top_insert(const float* s, int64_t c, int64_t m, int64_t* have, int32_t* top) {
+  if (*have == m && !(s[c] > s[top[m - 1]])) return;
+  int64_t j = *have < m ? (*have)++ : m - 1;
+  while (j > 0 && s[c] > s[top[j - 1]]) {
+    top[j] = top[j - 1];
+    --j;
+  }
+  top[j] = (int32_t)c;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// The same scan, 16 scores at a time: a block none of whose scores beats the current m-th
+// best (the common case once the list is full) is skipped with one compare.
+__attribute__((target("avx512f"))) int64_t top_cells_avx512(const float* s, int64_t k, int64_t m, int32_t* top) {
+  int64_t have = 0, c = 0;
+  for (; c + 16 <= k; c += 16) {
+    if (have == m) {
+      const __mmask16 up = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + c), _mm512_set1_ps(s[top[m - 1]]), _CMP_GT_OQ);
+      if (!up) continue;
+    }
+    for (int64_t l = 0; l < 16; ++l) top_insert(s, c + l, m, &have, top);
+  }
+  for (; c < k; ++c) top_insert(s, c, m, &have, top);
+  return have;
+}
+#endif
+
+int64_t top_cells(const float* s, int64_t k, int64_t m, int32_t* top) {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  if (cpu_has_avx512f() && (int)cpu_active_isa() >= (int)Isa::Avx512) return top_cells_avx512(s, k, m, top);
+#endif
+  int64_t have = 0;
+  for (int64_t c = 0; c < k; ++c) top_insert(s, c, m, &have, top);
+  return have;
 }
 
 }  // namespace
@@ -40,19 +81,8 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
     if (qmask && !qmask[i]) continue;
     const float* s = scores + i * k;
     if (m <= 16) {
-      // One scan keeping the m best (score descending, lower index first on ties: a later
-      // centroid must score strictly higher to displace one), as partial_sort would pick.
       int32_t top[16];
-      int64_t have = 0;
-      for (int64_t c = 0; c < k; ++c) {
-        if (have == m && !(s[c] > s[top[m - 1]])) continue;
-        int64_t j = have < m ? have++ : m - 1;
-        while (j > 0 && s[c] > s[top[j - 1]]) {
-          top[j] = top[j - 1];
-          --j;
-        }
-        top[j] = (int32_t)c;
-      }
+      const int64_t have = top_cells(s, k, m, top);
       for (int64_t j = 0; j < have; ++j) cell[top[j]] = 1;
       continue;
     }
