@@ -20,7 +20,6 @@
 // keeping every centroid within that margin of the approximate max keeps j* (and every
 // centroid tied with it, so the lowest index among ties is found as before).
 #if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,f16c")
 #include <immintrin.h>
 
 #include <algorithm>
@@ -30,6 +29,12 @@
 #include <vector>
 
 #include "kmeans_core.h"
+
+// The ISA goes on each function, not on the file (`#pragma GCC target`): a file-wide target
+// would also apply to the std:: templates instantiated here (std::vector's methods), and
+// the linker may keep those AVX-512 copies for the whole library, which would then fault
+// on CPUs without AVX-512.
+#define LATEINT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2")))
 
 namespace lateint {
 namespace detail {
@@ -44,7 +49,7 @@ constexpr int CAP = 256;      // candidates kept per row before the row falls ba
 // acc += the int8 dot products of b (unsigned bytes) and c (signed bytes), in place. Inline
 // assembly because GCC routes _mm512_dpbusd_epi32's accumulator through a scratch register
 // (two extra moves per instruction, and spills at this tile size).
-inline void dpbusd(__m512i& acc, __m512i b, __m512i c) {
+LATEINT_VNNI inline void dpbusd(__m512i& acc, __m512i b, __m512i c) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(b), "v"(c));
 }
 
@@ -56,7 +61,7 @@ inline int32_t dword_at(const uint8_t* p) {
 
 // tile[q][16 v + l] = corr[16 v + l] + sum_t xr[q][t] * codes of centroid 16 v + l, for
 // 8 rows x 2 vectors of 16 centroids (cq: the first vector's steps, the second follows).
-inline void tile_8x2(const uint8_t* const* xr, const __m512i* cq, int64_t steps, const int32_t* corr,
+LATEINT_VNNI inline void tile_8x2(const uint8_t* const* xr, const __m512i* cq, int64_t steps, const int32_t* corr,
                      int32_t (*tile)[32]) {
   const __m512i i0 = _mm512_loadu_si512(corr), i1 = _mm512_loadu_si512(corr + 16);
   __m512i a00 = i0, a01 = i1, a10 = i0, a11 = i1, a20 = i0, a21 = i1, a30 = i0, a31 = i1;
@@ -126,7 +131,7 @@ namespace {
 // float32 scores of (row, centroid) pairs: out[p] = <X[row[p]], crow[cen[p]]>, each a
 // sequential FMA chain over the dimension from 0 (what the float32 kernel computes per
 // lane), 8 independent chains interleaved.
-void rescore_pairs(const float* X, int64_t dim, const float* crow, const int32_t* row, const int32_t* cen,
+LATEINT_VNNI void rescore_pairs(const float* X, int64_t dim, const float* crow, const int32_t* row, const int32_t* cen,
                    int64_t n, float* out) {
   int64_t p = 0;
   for (; p + 8 <= n; p += 8) {
@@ -151,7 +156,7 @@ void rescore_pairs(const float* X, int64_t dim, const float* crow, const int32_t
 
 }  // namespace
 
-void assign_block_vnni(const float* X, int64_t nr, int64_t dim, const PackedCentroids& pc, int32_t* codes,
+LATEINT_VNNI void assign_block_vnni(const float* X, int64_t nr, int64_t dim, const PackedCentroids& pc, int32_t* codes,
                        float* scores, std::vector<int64_t>* fallback) {
   const int64_t d4 = pc.d4, kv = pc.kv, k = pc.k, steps = d4 / 4;
   const float ninf = -std::numeric_limits<float>::infinity();
