@@ -78,11 +78,10 @@ LATEINT_KM_CLONES void assign_block(const float* __restrict X, int64_t nr, int64
 
 bool kmeans_int8_screen() {
 #if defined(__x86_64__) && defined(__GNUC__)
+  // avx512 as the active ISA (capped at the CPU's, maxsim_core.cpp) means F/BW/VL/DQ + FMA
   static const bool vnni = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512vnni") != 0;
   }();
   return vnni && (int)cpu_active_isa() >= (int)Isa::Avx512;
 #else

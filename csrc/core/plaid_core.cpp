@@ -21,8 +21,6 @@ namespace lateint {
 
 namespace {
 
-bool cpu_has_avx512f();
-
 LATEINT_PLAID_CLONES void max_into(float* __restrict best, const float* __restrict row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) best[i] = row[i] > best[i] ? row[i] : best[i];
 }
@@ -59,7 +57,7 @@ __attribute__((target("avx512f"))) int64_t top_cells_avx512(const float* s, int6
 
 int64_t top_cells(const float* s, int64_t k, int64_t m, int32_t* top) {
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-  if (cpu_has_avx512f() && (int)cpu_active_isa() >= (int)Isa::Avx512) return top_cells_avx512(s, k, m, top);
+  if ((int)cpu_active_isa() >= (int)Isa::Avx512) return top_cells_avx512(s, k, m, top);  // capped at the CPU's
 #endif
   int64_t have = 0;
   for (int64_t c = 0; c < k; ++c) top_insert(s, c, m, &have, top);
@@ -187,13 +185,6 @@ __attribute__((target("avx512f"))) void table_rows_avx512(const float* scores, c
   if (cb < c1) table_block_generic(scores, rows, l2, stride, k, cb, c1 - cb, threshold, table + (cb - c0) * stride);
 }
 
-bool cpu_has_avx512f() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return yes;
-}
 #endif
 
 }  // namespace
@@ -201,7 +192,7 @@ bool cpu_has_avx512f() {
 void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
                        int64_t c1, double threshold, float* table) {
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-  if (stride % 16 == 0 && cpu_has_avx512f() && (int)cpu_active_isa() >= (int)Isa::Avx512)
+  if (stride % 16 == 0 && (int)cpu_active_isa() >= (int)Isa::Avx512)
     return table_rows_avx512(scores, rows, l2, stride, k, c0, c1, threshold, table);
 #endif
   for (int64_t cb = c0; cb < c1; cb += 64)

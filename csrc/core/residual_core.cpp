@@ -189,14 +189,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void decompress_rows_av
   }
 }
 
-bool has_avx512f() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
 #endif
 
 }  // namespace
@@ -205,7 +197,8 @@ void decompress_residuals_range(const int32_t* codes, const uint8_t* packed,
                                 const float* centroids, const float* table, int nbits,
                                 int64_t dim, int64_t r0, int64_t r1, float* out) {
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-  if (nbits < 8 && dim % 16 == 0 && has_avx512f() && (int)cpu_active_isa() >= (int)Isa::Avx512)
+  // the active ISA is capped at what the CPU has (maxsim_core.cpp): avx512 means F/BW/VL/DQ + FMA
+  if (nbits < 8 && dim % 16 == 0 && (int)cpu_active_isa() >= (int)Isa::Avx512)
     return decompress_rows_avx512(codes, packed, centroids, table, nbits, dim, r0, r1, out);
 #endif
   decompress_dispatch(codes, packed, centroids, table, nbits, dim, r0, r1, out);
