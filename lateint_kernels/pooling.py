@@ -7,7 +7,9 @@ document's distances and run Ward's nearest-neighbour chain on the device
 sort/relabel/maxclust steps (the C++ core), and the cluster means are a segment mean on the
 device. Without Triton, CUDA tensors are clustered by the CPU kernel (host round trip).
 Without the native extension, the scipy reference serves every device. The Triton path is
-validated under TRITON_INTERPRET=1 only (no GPU was available when it was written).
+tested under TRITON_INTERPRET=1 in CI and was run on an NVIDIA H200 (2026-11-25, commit
+e349220: the same labels as the CPU op on 2,000 documents; bench/RESULTS.md).
+`token_pool_list` takes PyLate's list of documents; on CPU the C++ op reads them in place.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ from . import reference as _ref
 from ._loader import NATIVE_LOADED
 
 _NS = "lateint_kernels"
-_POOL_OPS = ("token_pool", "token_pool_labels")
+_POOL_OPS = ("token_pool", "token_pool_labels", "token_pool_list")
 _SCHEMAS = {
     "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, int protected_tokens, "
                   "bool normalize, str distance) -> (Tensor, Tensor)",
     "token_pool_labels": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
                          "int protected_tokens, str distance) -> (Tensor, Tensor)",
+    "token_pool_list": "(Tensor[] docs, int pool_factor, int protected_tokens, bool normalize, "
+                       "str distance) -> (Tensor, Tensor)",
 }
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _DISTANCES = ("cosine", "euclidean")
@@ -39,11 +43,18 @@ def _labels_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, dista
     return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
 
 
+def _pool_list_ref_op(docs, pool_factor, protected_tokens, normalize, distance):
+    packed = _ops.pack_list(docs)
+    return _ref.token_pool_ref(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize, distance)
+
+
 if not NATIVE_LOADED:
     torch.library.define(f"{_NS}::token_pool", _SCHEMAS["token_pool"])
     torch.library.impl(f"{_NS}::token_pool", "CompositeExplicitAutograd")(_pool_ref_op)
     torch.library.define(f"{_NS}::token_pool_labels", _SCHEMAS["token_pool_labels"])
     torch.library.impl(f"{_NS}::token_pool_labels", "CompositeExplicitAutograd")(_labels_ref_op)
+    torch.library.define(f"{_NS}::token_pool_list", _SCHEMAS["token_pool_list"])
+    torch.library.impl(f"{_NS}::token_pool_list", "CompositeExplicitAutograd")(_pool_list_ref_op)
     for _name in _POOL_OPS:
         _ops._BACKENDS[(_name, "cpu")] = "reference"
 else:
@@ -94,8 +105,14 @@ def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize
     return _segment_mean(doc_tokens, rows, off, doc_offsets, protected_tokens, normalize), off
 
 
+def _pool_list_cuda(docs, pool_factor, protected_tokens, normalize, distance):
+    packed = _ops.pack_list(docs)
+    return _pool_cuda(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize, distance)
+
+
 torch.library.register_kernel(f"{_NS}::token_pool", "cuda", _pool_cuda)
 torch.library.register_kernel(f"{_NS}::token_pool_labels", "cuda", _labels_cuda)
+torch.library.register_kernel(f"{_NS}::token_pool_list", "cuda", _pool_list_cuda)
 for _name in _POOL_OPS:
     _ops._BACKENDS[(_name, "cuda")] = ("triton" if _TRITON_POOL is not None and NATIVE_LOADED
                                        else "cpp" if NATIVE_LOADED else "reference")
@@ -113,6 +130,16 @@ def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distanc
     return doc_tokens.new_empty(n_out, doc_tokens.shape[1]), torch.empty_like(doc_offsets)
 
 
+@torch.library.register_fake(f"{_NS}::token_pool_list")
+def _(docs, pool_factor, protected_tokens, normalize, distance):
+    torch._check(len(docs) >= 1, lambda: "`docs` must hold at least one document")
+    torch._check(docs[0].dim() == 2, lambda: "`docs[0]` must be 2-D [L, dim]")
+    n_out = torch.library.get_ctx().new_dynamic_size()
+    torch._check(n_out <= sum(d.shape[0] for d in docs))
+    return (docs[0].new_empty(n_out, docs[0].shape[1]),
+            torch.empty(len(docs) + 1, dtype=torch.int64, device=docs[0].device))
+
+
 @torch.library.register_fake(f"{_NS}::token_pool_labels")
 def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
     torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
@@ -122,6 +149,15 @@ def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
 
 # ---------------------------------------------------------------------------------------
 # Public API
+def _validate_scalars(op, pool_factor, protected_tokens, distance):
+    if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or pool_factor < 1:
+        raise ValueError(f"{op}: `pool_factor` must be an integer >= 1, got {pool_factor!r}")
+    if isinstance(protected_tokens, bool) or not isinstance(protected_tokens, int) or protected_tokens < 0:
+        raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0, got {protected_tokens!r}")
+    if distance not in _DISTANCES:
+        raise ValueError(f'{op}: `distance` must be "cosine" or "euclidean", got {distance!r}')
+
+
 def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
     if not isinstance(doc_tokens, torch.Tensor) or doc_tokens.dim() != 2:
         raise ValueError(f"{op}: `doc_tokens` must be a 2-D tensor [total_tokens, dim], got "
@@ -136,12 +172,7 @@ def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distan
         raise ValueError(f"{op}: `doc_offsets` must hold n_docs + 1 >= 1 entries (it starts with 0)")
     if doc_offsets.device != doc_tokens.device:
         raise ValueError(f"{op}: `doc_offsets` must be on {doc_tokens.device} like `doc_tokens`, got {doc_offsets.device}")
-    if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or pool_factor < 1:
-        raise ValueError(f"{op}: `pool_factor` must be an integer >= 1, got {pool_factor!r}")
-    if isinstance(protected_tokens, bool) or not isinstance(protected_tokens, int) or protected_tokens < 0:
-        raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0, got {protected_tokens!r}")
-    if distance not in _DISTANCES:
-        raise ValueError(f'{op}: `distance` must be "cosine" or "euclidean", got {distance!r}')
+    _validate_scalars(op, pool_factor, protected_tokens, distance)
     if torch.compiler.is_compiling():
         return
     if doc_tokens.device.type == "cpu" and NATIVE_LOADED and not _ops._forced_reference():
@@ -187,11 +218,27 @@ def token_pool_labels(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_
 def token_pool_list(documents: Sequence[torch.Tensor], pool_factor: int, *, protected_tokens: int = 1,
                     normalize: bool = False, distance: str = "cosine") -> List[torch.Tensor]:
     """PyLate's calling convention: a list of [L_i, dim] tensors in, a list of pooled
-    [L'_i, dim] tensors out (on the input device; PyLate's own returns CPU tensors)."""
+    [L'_i, dim] tensors out (views of one packed result, on the input device; PyLate's own
+    returns CPU tensors). On CPU the documents are read where they lie (no packed copy)."""
     if len(documents) == 0:
         return []
-    packed = _ops.pack_list(documents)
-    tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
-                                 normalize=normalize, distance=distance)
+    docs = list(documents)
+    for i, t in enumerate(docs):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"token_pool_list: documents[{i}] must be a 2-D tensor [L, dim], got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    native_cpu = docs[0].device.type == "cpu" and NATIVE_LOADED and not _ops._forced_reference()
+    if native_cpu and all(t.device.type == "cpu" for t in docs):
+        # validation of the scalars as token_pool does; the op checks shapes, dtypes, NaN/Inf
+        if docs[0].dtype not in _DTYPES:
+            raise TypeError(f"token_pool_list: documents must be float32, float16, bfloat16 or float64, "
+                            f"got {docs[0].dtype}")
+        _validate_scalars("token_pool_list", pool_factor, protected_tokens, distance)
+        tokens, offsets = torch.ops.lateint_kernels.token_pool_list(docs, pool_factor, protected_tokens,
+                                                                    bool(normalize), distance)
+    else:
+        packed = _ops.pack_list(docs)
+        tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
+                                     normalize=normalize, distance=distance)
     lens = (offsets[1:] - offsets[:-1]).tolist()
     return list(torch.split(tokens, lens, dim=0))

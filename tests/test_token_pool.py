@@ -183,6 +183,79 @@ def test_matches_pylate_pool_embeddings_hierarchical():
 
 
 # ---------------------------------------------------------------------------------------
+# The list op: PyLate's layout read in place must give token_pool's answer on the packed list.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("options", [{}, {"normalize": True, "protected_tokens": 0},
+                                     {"distance": "euclidean", "protected_tokens": 2}])
+def test_list_op_equals_packed(dtype, options):
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    lengths = [0, 1, 2, 5] + [int(v) for v in torch.randint(3, 120, (20,))]
+    tokens, off = docs_packed(lengths, 24, seed=seed, dtype=dtype)
+    # documents as separate allocations, one of them a non-contiguous view
+    docs = [d.clone() for d in split(tokens, off)]
+    docs[7] = docs[7].t().contiguous().t()
+    assert not docs[7].is_contiguous()
+    want_t, want_o = lk.token_pool(tokens, off, 3, **options)
+    got = lk.token_pool_list(docs, 3, **options)
+    assert [g.shape[0] for g in got] == (want_o[1:] - want_o[:-1]).tolist()
+    assert all(g.dtype == dtype for g in got)
+    assert torch.equal(torch.cat(got), want_t), seed
+    if lk.NATIVE_LOADED:  # the op itself, not the wrapper's fallback
+        op_t, op_o = torch.ops.lateint_kernels.token_pool_list(
+            docs, 3, options.get("protected_tokens", 1), options.get("normalize", False),
+            options.get("distance", "cosine"))
+        assert torch.equal(op_t, want_t) and torch.equal(op_o, want_o)
+
+
+def test_list_forced_reference_backend(monkeypatch):
+    tokens, off = docs_packed([9, 30, 1], 16, seed=11, dtype=torch.float64)
+    docs = split(tokens, off)
+    a = lk.token_pool_list(docs, 2)
+    monkeypatch.setenv("LATEINT_BACKEND", "reference")
+    b = lk.token_pool_list(docs, 2)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+def _bad_list_cases():
+    t, o = docs_packed([4, 6, 5], 8, seed=12)
+    docs = split(t, o)
+    nan = [d.clone() for d in docs]
+    nan[2][3, 1] = float("nan")
+    return [
+        ([docs[0], docs[1][:, :5]], "(docs|documents)\\[1\\]"),
+        ([docs[0], docs[1].double()], "(docs|documents)\\[1\\]"),
+        ([docs[0], docs[1][None]], "(docs|documents)\\[1\\]"),
+        ([docs[0].to(torch.int32)], "float32"),
+        (nan, "NaN or Inf \\(in document 2\\)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_list_bad_input(case):
+    docs, match = _bad_list_cases()[case]
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        lk.token_pool_list(docs, 2)
+    if lk.NATIVE_LOADED and docs[0].dim() == 2:
+        with pytest.raises(RuntimeError, match=match if case != 3 else "float32"):
+            torch.ops.lateint_kernels.token_pool_list(docs, 2, 1, False, "cosine")
+
+
+def test_list_empty_and_bad_options():
+    assert lk.token_pool_list([], 2) == []
+    t, o = docs_packed([4, 6], 8, seed=13)
+    with pytest.raises(ValueError, match="pool_factor"):
+        lk.token_pool_list(split(t, o), 0)
+    with pytest.raises(ValueError, match="distance"):
+        lk.token_pool_list(split(t, o), 2, distance="dot")
+    if lk.NATIVE_LOADED:
+        # (the dispatcher itself refuses an empty tensor list before any kernel runs)
+        with pytest.raises(RuntimeError, match="empty list of Tensors|at least one document"):
+            torch.ops.lateint_kernels.token_pool_list([], 2, 1, False, "cosine")
+
+
+# ---------------------------------------------------------------------------------------
 # Edge cases
 def test_pool_factor_one_is_identity():
     tokens, off = docs_packed([5, 0, 1, 33], 16, seed=1)
@@ -312,6 +385,8 @@ def test_opcheck():
     t, o = docs_packed([7, 0, 12, 1], 16, seed=9)
     torch.library.opcheck(torch.ops.lateint_kernels.token_pool.default, (t, o, 2, 1, False, "cosine"))
     torch.library.opcheck(torch.ops.lateint_kernels.token_pool_labels.default, (t, o, 2, 1, "cosine"))
+    torch.library.opcheck(torch.ops.lateint_kernels.token_pool_list.default,
+                          (split(t, o), 2, 1, False, "cosine"))
 
 
 def test_torch_compile():
@@ -325,6 +400,12 @@ def test_torch_compile():
     want = f(t, o)
     torch.testing.assert_close(got[0], want[0])
     assert torch.equal(got[1], want[1])
+
+    def g(a, b, c):
+        return torch.stack([x.sum(0) for x in lk.token_pool_list([a, b, c], 2)])
+
+    docs = split(t, o)
+    torch.testing.assert_close(torch.compile(g, backend="aot_eager")(*docs), g(*docs))
 
 
 @pytest.mark.parametrize("normalize", [False, True])

@@ -18,11 +18,19 @@ namespace {
 using lateint::PoolDistance;
 using lateint::PoolDType;
 
+// The documents to pool, from a packed tensor + offsets or from a list of tensors: where
+// each document's rows start (`doc`), and global token offsets `o` (the list's prefix sums)
+// that index the per-token label arrays.
 struct PoolInputs {
-  at::Tensor tokens, offsets;
-  PoolDType dt;
-  PoolDistance dist;
-  int64_t nd, dim, pool_factor, protect;
+  std::vector<at::Tensor> hold;  // contiguous inputs, kept alive while `doc` points into them
+  std::vector<const char*> doc;  // [nd] first row of document d
+  std::vector<int64_t> o_list;   // list input: [nd + 1] prefix sums of the lengths
+  const int64_t* o = nullptr;    // [nd + 1] global token offsets
+  at::TensorOptions opts;        // dtype/device of the tokens (and of the pooled output)
+  PoolDType dt = PoolDType::F32;
+  PoolDistance dist = PoolDistance::Cosine;
+  int64_t nd = 0, dim = 0, esz = 4, pool_factor = 1, protect = 0;
+  const char* name = "doc_tokens";  // the argument holding the tokens, for error messages
 };
 
 PoolDistance distance_of(c10::string_view d, const char* op) {
@@ -30,6 +38,28 @@ PoolDistance distance_of(c10::string_view d, const char* op) {
   if (d == "euclidean") return PoolDistance::Euclidean;
   TORCH_CHECK(false, op, ": `distance` must be \"cosine\" or \"euclidean\", got \"",
               std::string(d), "\"");
+}
+
+PoolDType dtype_of(const at::Tensor& t, const char* op, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return PoolDType::F32;
+    case at::kHalf: return PoolDType::F16;
+    case at::kBFloat16: return PoolDType::BF16;
+    case at::kDouble: return PoolDType::F64;
+    default:
+      TORCH_CHECK(false, op, ": `", name, "` must be float32, float16, bfloat16 or float64, got ",
+                  t.scalar_type());
+  }
+}
+
+void prepare_scalars(const char* op, int64_t pool_factor, int64_t protected_tokens,
+                     c10::string_view distance, PoolInputs& in) {
+  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be an integer >= 1, got ", pool_factor);
+  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
+  in.dist = distance_of(distance, op);
+  in.pool_factor = pool_factor;
+  in.protect = protected_tokens;
+  in.esz = in.dt == PoolDType::F64 ? 8 : in.dt == PoolDType::F32 ? 4 : 2;
 }
 
 PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& offsets,
@@ -41,31 +71,21 @@ PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& o
            tokens.device());
   LK_CHECK(offsets.device() == tokens.device(), op, "`doc_offsets` must be on ",
            tokens.device(), " like `doc_tokens`, got ", offsets.device());
-  switch (tokens.scalar_type()) {
-    case at::kFloat: in.dt = PoolDType::F32; break;
-    case at::kHalf: in.dt = PoolDType::F16; break;
-    case at::kBFloat16: in.dt = PoolDType::BF16; break;
-    case at::kDouble: in.dt = PoolDType::F64; break;
-    default:
-      TORCH_CHECK(false, op, ": `doc_tokens` must be float32, float16, bfloat16 or float64, got ",
-                  tokens.scalar_type());
-  }
+  in.dt = dtype_of(tokens, op, "doc_tokens");
   LK_CHECK_DTYPE(offsets, at::kLong, op, "doc_offsets");
   LK_CHECK(offsets.size(0) >= 1, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
-  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be an integer >= 1, got ", pool_factor);
-  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
   LK_CHECK(tokens.size(1) >= 1, op, "`doc_tokens` must have dim >= 1");
   LK_CHECK(tokens.size(0) < (int64_t(1) << 31), op, "`doc_tokens` has ", tokens.size(0),
            " rows; at most 2^31 - 1 are supported");
-  in.dist = distance_of(distance, op);
-  in.tokens = tokens.contiguous();
-  in.offsets = offsets.contiguous();
+  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  at::Tensor t = tokens.contiguous();
+  in.hold = {t, offsets.contiguous()};
+  in.o = in.hold[1].data_ptr<int64_t>();
+  in.opts = t.options();
   in.nd = offsets.size(0) - 1;
   in.dim = tokens.size(1);
-  in.pool_factor = pool_factor;
-  in.protect = protected_tokens;
   const int64_t T = tokens.size(0);
-  const int64_t* o = in.offsets.data_ptr<int64_t>();
+  const int64_t* o = in.o;
   LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
   for (int64_t i = 0; i < in.nd; ++i)
     LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[",
@@ -73,12 +93,50 @@ PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& o
   LK_CHECK(o[in.nd] == T, op,
            "`doc_offsets[-1]` must equal the number of rows of `doc_tokens` (", T, "), got ",
            o[in.nd]);
+  const char* base = static_cast<const char*>(t.data_ptr());
+  in.doc.resize(in.nd);
+  for (int64_t d = 0; d < in.nd; ++d) in.doc[d] = base + o[d] * in.dim * in.esz;
   return in;
 }
 
-const void* row_ptr(const PoolInputs& in, int64_t row) {
-  const int64_t esz = in.dt == PoolDType::F64 ? 8 : in.dt == PoolDType::F32 ? 4 : 2;
-  return static_cast<const char*>(in.tokens.data_ptr()) + row * in.dim * esz;
+// A list of [L_i, dim] documents, read where they lie (no packed copy of the input).
+PoolInputs prepare_list(const char* op, at::TensorList docs, int64_t pool_factor,
+                        int64_t protected_tokens, c10::string_view distance) {
+  PoolInputs in;
+  in.name = "docs";
+  LK_CHECK(!docs.empty(), op, "`docs` must hold at least one document");
+  const at::Tensor& d0 = docs[0];
+  LK_CHECK(d0.dim() == 2, op, "`docs[0]` must be a 2-D tensor [L, dim], got shape ", d0.sizes());
+  in.dt = dtype_of(d0, op, "docs[0]");
+  in.dim = d0.size(1);
+  LK_CHECK(in.dim >= 1, op, "`docs` must have dim >= 1");
+  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  in.nd = (int64_t)docs.size();
+  in.opts = d0.options();
+  in.hold.reserve(in.nd);
+  in.doc.resize(in.nd);
+  in.o_list.resize(in.nd + 1);
+  in.o_list[0] = 0;
+  for (int64_t d = 0; d < in.nd; ++d) {
+    const at::Tensor& t = docs[d];
+    LK_CHECK(t.dim() == 2 && t.size(1) == in.dim, op, "`docs[", d, "]` must be [L, ", in.dim,
+             "] like docs[0], got shape ", t.sizes());
+    LK_CHECK(t.scalar_type() == d0.scalar_type(), op, "`docs[", d, "]` must be ",
+             d0.scalar_type(), " like docs[0], got ", t.scalar_type());
+    LK_CHECK(t.device().is_cpu(), op, "`docs[", d, "]` must be a CPU tensor here, got ",
+             t.device());
+    in.hold.push_back(t.contiguous());
+    in.doc[d] = static_cast<const char*>(in.hold.back().data_ptr());
+    in.o_list[d + 1] = in.o_list[d] + t.size(0);
+  }
+  LK_CHECK(in.o_list[in.nd] < (int64_t(1) << 31), op, "`docs` hold ", in.o_list[in.nd],
+           " rows; at most 2^31 - 1 are supported");
+  in.o = in.o_list.data();
+  return in;
+}
+
+const void* doc_row(const PoolInputs& in, int64_t d, int64_t i) {
+  return in.doc[d] + i * in.dim * in.esz;
 }
 
 // Per-document output counts -> output offsets, and each token's row within its document
@@ -97,7 +155,7 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
 // Per-token output row (global) and the new offsets: protected tokens keep a row each, the
 // rest map to their cluster's row.
 void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
-  const int64_t* o = in.offsets.data_ptr<int64_t>();
+  const int64_t* o = in.o;
   std::vector<int64_t> count(in.nd);
   const lateint::Isa isa = lateint::cpu_active_isa();
   const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
@@ -107,7 +165,7 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
       const int64_t len = o[d + 1] - o[d];
-      if (!lateint::pool_all_finite(row_ptr(in, o[d]), in.dt, len * in.dim)) {
+      if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) {
         bad_doc = d;
         count[d] = 0;
         continue;
@@ -115,14 +173,14 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
       const int64_t p = std::min(in.protect, len), n = len - p;
       for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
       lab.resize(n);
-      const int64_t nc = lateint::pool_labels(row_ptr(in, o[d] + p), in.dt, n, in.dim,
+      const int64_t nc = lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim,
                                               in.pool_factor, in.dist, lab.data(), scratch, isa);
       for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
       count[d] = p + nc;
     }
   });
   const int64_t bad = bad_doc.load();
-  LK_CHECK(bad < 0, op, "`doc_tokens` contains NaN or Inf (in document ", bad, ")");
+  LK_CHECK(bad < 0, op, "`", in.name, "` contains NaN or Inf (in document ", bad, ")");
   rows_to_global(o, in.nd, count.data(), rows, new_offsets);
 }
 
@@ -153,8 +211,7 @@ template <typename T>
 void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_offsets,
                  bool normalize, T* out) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-  const int64_t* o = in.offsets.data_ptr<int64_t>();
-  const T* x = in.tokens.data_ptr<T>();
+  const int64_t* o = in.o;
   const int64_t dim = in.dim;
   const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
   at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
@@ -163,17 +220,18 @@ void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_o
     for (int64_t d = b; d < e; ++d) {
       const int64_t len = o[d + 1] - o[d], nout = new_offsets[d + 1] - new_offsets[d];
       T* dst = out + new_offsets[d] * dim;
+      const T* x = static_cast<const T*>(doc_row(in, d, 0));  // the document's rows
       if (nout == len) {  // not pooled: the rows as they are
-        std::copy(x + o[d] * dim, x + o[d + 1] * dim, dst);
+        std::copy(x, x + len * dim, dst);
         continue;
       }
       const int64_t p = std::min(in.protect, len);
-      std::copy(x + o[d] * dim, x + (o[d] + p) * dim, dst);
+      std::copy(x, x + p * dim, dst);
       const int64_t nc = nout - p;
       acc.assign(nc * dim, Acc(0));
       cnt.assign(nc, 0);
-      for (int64_t t = o[d] + p; t < o[d + 1]; ++t) {
-        const int64_t c = rows[t] - new_offsets[d] - p;
+      for (int64_t t = p; t < len; ++t) {
+        const int64_t c = rows[o[d] + t] - new_offsets[d] - p;
         add_row(acc.data() + c * dim, x + t * dim, dim);
         ++cnt[c];
       }
@@ -209,18 +267,14 @@ std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_t
   return {rows, new_off};
 }
 
-std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
-                                                  const at::Tensor& doc_offsets,
-                                                  int64_t pool_factor, int64_t protected_tokens,
-                                                  bool normalize, c10::string_view distance) {
-  const char* op = "token_pool";
-  PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
-                          distance);
-  std::vector<int64_t> rows(doc_tokens.size(0));
-  at::Tensor new_off = at::empty({in.nd + 1}, doc_offsets.options());
+// Labels, then the means, into one packed output [T', dim] and its offsets.
+std::tuple<at::Tensor, at::Tensor> pool_packed(const char* op, const PoolInputs& in,
+                                               bool normalize) {
+  std::vector<int64_t> rows(in.o[in.nd]);
+  at::Tensor new_off = at::empty({in.nd + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* no = new_off.data_ptr<int64_t>();
   compute_labels(op, in, rows.data(), no);
-  at::Tensor out = at::empty({no[in.nd], in.dim}, in.tokens.options());
+  at::Tensor out = at::empty({no[in.nd], in.dim}, in.opts);
   switch (in.dt) {
     case PoolDType::F32: write_means(in, rows.data(), no, normalize, out.data_ptr<float>()); break;
     case PoolDType::F64: write_means(in, rows.data(), no, normalize, out.data_ptr<double>()); break;
@@ -232,6 +286,26 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
       break;
   }
   return {out, new_off};
+}
+
+std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
+                                                  const at::Tensor& doc_offsets,
+                                                  int64_t pool_factor, int64_t protected_tokens,
+                                                  bool normalize, c10::string_view distance) {
+  const char* op = "token_pool";
+  const PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
+                                distance);
+  return pool_packed(op, in, normalize);
+}
+
+// PyLate's list of documents in, packed out: the same as token_pool on the packed list,
+// without copying the input into one tensor first.
+std::tuple<at::Tensor, at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_factor,
+                                                       int64_t protected_tokens, bool normalize,
+                                                       c10::string_view distance) {
+  const char* op = "token_pool_list";
+  const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
+  return pool_packed(op, in, normalize);
 }
 
 // Testing hook: scipy-compatible Ward linkage matrix of a full float64 distance matrix.
@@ -353,6 +427,7 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
 TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
   m.impl("token_pool", &token_pool_cpu);
   m.impl("token_pool_labels", &token_pool_labels_cpu);
+  m.impl("token_pool_list", &token_pool_list_cpu);
   m.impl("_ward_linkage", &ward_linkage_cpu);
   m.impl("_fcluster_maxclust", &fcluster_maxclust_cpu);
   m.impl("_token_pool_finish", &token_pool_finish_cpu);
