@@ -4,8 +4,8 @@ MaxSim on the decompressed candidates, fused so the decompressed corpus never ex
 `lut_maxsim` (stage 4 in the compressed domain, WARP's implicit decompression).
 CPU: C++ kernels (csrc/cpu/plaid.cpp, plaid_score.cpp). CUDA: Triton kernels for
 `approx_scores` and `decompress_maxsim`, device-side torch ops (sort/unique) for
-`ivf_candidates` (lateint_kernels/triton/plaid.py; interpreter-tested, not yet run on a
-GPU), the reference for `lut_maxsim`; `backend_for` says which. `centroid_scores` is one
+`ivf_candidates` (lateint_kernels/triton/plaid.py; interpreter-tested in CI, run on an H100 on
+2026-11-26), the reference for `lut_maxsim`; `backend_for` says which. `centroid_scores` is one
 matmul and is left to torch's BLAS (the brief: don't hand-write what a good library does)."""
 from __future__ import annotations
 

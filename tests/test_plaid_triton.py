@@ -133,20 +133,25 @@ def test_ivf_candidates_torch_equals_reference(trial):
 
 
 # ---------------------------------------------------------------------------------------
-# The CUDA entries (checks + launch), called here on CPU tensors.
+# The CUDA entries (checks + launch), called on CUDA tensors where there is a GPU, else on CPU
+# tensors under the interpreter; answers compared with the CPU ops.
 def test_cuda_entries_run_and_name_bad_arguments():
-    q, mask, codes, packed, off, c, w, cand = corpus_problem(2, 32, seed(), lq=8)
+    cpu = corpus_problem(2, 32, seed(), lq=8)
+    q, mask, codes, packed, off, c, w, cand = (t.to(DEV) for t in cpu)
     scores = lk.centroid_scores(q, c)
+    qc, maskc, codesc, packedc, offc, cc, wc, candc = cpu
     dmaxsim = lkp._CUDA["decompress_maxsim"][0]
     approx = lkp._CUDA["approx_scores"][0]
     compress, decompress = lkr._CUDA["compress_residuals"][0], lkr._CUDA["decompress_residuals"][0]
     ok = dmaxsim(q, mask, codes, packed, off, c, w, 2, cand)
-    torch.testing.assert_close(ok, lk.decompress_maxsim(q, codes, packed, off, c, w, 2, cand, query_mask=mask),
-                               rtol=0, atol=1e-4)
-    x = lk.decompress_residuals(codes, packed, c, w, 2)
-    torch.testing.assert_close(decompress(codes, packed, c, w, 2), x, rtol=0, atol=2e-6)
+    assert ok.device == q.device
+    torch.testing.assert_close(ok.cpu(), lk.decompress_maxsim(qc, codesc, packedc, offc, cc, wc, 2, candc,
+                                                              query_mask=maskc), rtol=0, atol=1e-4)
+    xc = lk.decompress_residuals(codesc, packedc, cc, wc, 2)
+    x = xc.to(DEV)
+    torch.testing.assert_close(decompress(codes, packed, c, w, 2).cpu(), xc, rtol=0, atol=2e-6)
     cut = torch.tensor([-0.05, 0.0, 0.05])
-    assert torch.equal(compress(x, c, codes, cut, 2), lk.compress_residuals(x, c, codes, cut, 2))
+    assert torch.equal(compress(x, c, codes, cut.to(DEV), 2).cpu(), lk.compress_residuals(xc, cc, codesc, cut, 2))
     bad_codes = codes.clone()
     bad_codes[3] = c.shape[0]
     bad_cand = cand.clone()
@@ -171,9 +176,9 @@ def test_cuda_entries_run_and_name_bad_arguments():
         (lambda: approx(scores, mask[:, :3], codes, off, cand, 0.0), "query_mask"),
         (lambda: decompress(bad_codes, packed, c, w, 2), "codes"),
         (lambda: decompress(codes, packed, c, w * float("nan"), 2), "bucket_weights"),
-        (lambda: compress(x, c, codes, torch.tensor([0.1, 0.0, 0.2]), 2), "bucket_cutoffs"),
-        (lambda: compress(x, c, codes[1:], torch.tensor([0.0, 0.1, 0.2]), 2), "codes"),
-        (lambda: compress(x[:, :16], c, codes, torch.tensor([0.0, 0.1, 0.2]), 2), "dim"),
+        (lambda: compress(x, c, codes, torch.tensor([0.1, 0.0, 0.2]).to(DEV), 2), "bucket_cutoffs"),
+        (lambda: compress(x, c, codes[1:], torch.tensor([0.0, 0.1, 0.2]).to(DEV), 2), "codes"),
+        (lambda: compress(x[:, :16], c, codes, torch.tensor([0.0, 0.1, 0.2]).to(DEV), 2), "dim"),
     ]
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
@@ -181,9 +186,10 @@ def test_cuda_entries_run_and_name_bad_arguments():
     # ivf: an id past n_docs
     ivf = lkp._CUDA["ivf_candidates"][0]
     with pytest.raises(ValueError, match="ivf_docs"):
-        ivf(scores, None, torch.tensor([0] + [1] * c.shape[0]), torch.tensor([99]), 10, 1)
+        ivf(scores, None, torch.tensor([0] + [1] * c.shape[0], device=DEV), torch.tensor([99], device=DEV), 10, 1)
     with pytest.raises(ValueError, match="ncells"):
-        ivf(scores, None, torch.zeros(c.shape[0] + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 10, 0)
+        ivf(scores, None, torch.zeros(c.shape[0] + 1, dtype=torch.int64, device=DEV),
+            torch.zeros(0, dtype=torch.int64, device=DEV), 10, 0)
 
 
 def test_backends_for_cuda_are_named():
@@ -232,8 +238,9 @@ def test_triton_kernels_compile_for_gpu(arch):
 
 
 def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
-    """PLAIDIndex.search with every PLAID stage served by its CUDA entry (run here on CPU
-    tensors, Triton interpreted): the same top-k ids as the C++ stages, scores to 1e-4."""
+    """PLAIDIndex.search with every PLAID stage served by its CUDA entry (on the GPU where
+    there is one, else on CPU tensors with Triton interpreted): the same top-k ids as the C++
+    stages, scores to 1e-4."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
     from lateint.plaid import PLAIDIndex
     from lateint.synthetic import clustered_corpus
@@ -258,7 +265,9 @@ def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
                         entry("approx_scores")(s, query_mask, codes, offs, cand, threshold))
     monkeypatch.setattr(lk, "decompress_maxsim", lambda qq, codes, packed, offs, c, w, nb, cand, query_mask=None:
                         entry("decompress_maxsim")(qq, query_mask, codes, packed, offs, c, w, nb, cand))
-    got_ids, got_scores = index.search(q, 5, **settings)
+    dev_settings = dict(settings, query_mask=mask.to(DEV))
+    got_ids, got_scores = index.to(DEV).search(q.to(DEV), 5, **dev_settings)
+    got_ids, got_scores = got_ids.cpu(), got_scores.cpu()
     assert calls == ["ivf_candidates", "approx_scores", "approx_scores", "decompress_maxsim"]  # stages 1-4
     assert torch.equal(got_ids, want_ids)
     torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-4)
