@@ -4,7 +4,13 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -139,6 +145,24 @@ const void* doc_row(const PoolInputs& in, int64_t d, int64_t i) {
   return in.doc[d] + i * in.dim * in.esz;
 }
 
+// fn(b, e) over blocks of documents handed out dynamically: each thread takes the next
+// block when it is done with its last, so a thread slowed down (another process on its
+// core, a run of long documents) does not leave the others waiting at the end as a static
+// split of the range would.
+template <typename F>
+void for_each_doc(int64_t nd, const F& fn) {
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nd));
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(8, nd / (16 * nt)));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t b = next.fetch_add(block);
+      if (b >= nd) break;
+      fn(b, std::min(nd, b + block));
+    }
+  });
+}
+
 // Per-document output counts -> output offsets, and each token's row within its document
 // -> its global output row.
 void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t* rows,
@@ -158,9 +182,8 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   const int64_t* o = in.o;
   std::vector<int64_t> count(in.nd);
   const lateint::Isa isa = lateint::cpu_active_isa();
-  const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
   std::atomic<int64_t> bad_doc{-1};
-  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
+  for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
@@ -203,54 +226,121 @@ void add_row(float* a, const T* r, int64_t dim) {
 void add_row(float* a, const float* r, int64_t dim) { add_row_f32(a, r, dim); }
 void add_row(double* a, const double* r, int64_t dim) { add_row_f64(a, r, dim); }
 
-// Cluster means written in the input dtype: sums in token order, then sum / count, both in
-// float32 (float64 for float64 inputs) -- PyLate's scatter_add and division, so float32
-// results are PyLate's bits. A document whose rows all map one-to-one is copied as is;
-// `normalize` L2-normalizes the means of pooled documents.
+// One document's cluster means written in the input dtype: sums in token order, then sum /
+// count, both in float32 (float64 for float64 inputs) -- PyLate's scatter_add and division,
+// so float32 results are PyLate's bits. x: the document's len rows; the first p are copied
+// as they are, token p + i goes to cluster lab[i] < nc. `normalize` L2-normalizes the means.
 template <typename T>
-void write_means(const PoolInputs& in, const int64_t* rows, const int64_t* new_offsets,
-                 bool normalize, T* out) {
-  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+using MeanAcc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+template <typename T>
+void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t nc, int64_t dim,
+               bool normalize, T* dst, std::vector<MeanAcc<T>>& accv, std::vector<int64_t>& cnt) {
+  using Acc = MeanAcc<T>;
+  std::copy(x, x + p * dim, dst);
+  accv.assign(nc * dim, Acc(0));
+  cnt.assign(nc, 0);
+  Acc* acc = accv.data();
+  for (int64_t t = p; t < len; ++t) {
+    const int64_t c = lab[t - p];
+    add_row(acc + c * dim, x + t * dim, dim);
+    ++cnt[c];
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    Acc* a = acc + c * dim;
+    const Acc count = static_cast<Acc>(cnt[c]);
+    for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
+    T* r = dst + (p + c) * dim;
+    if (normalize) {
+      double ss = 0;
+      for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
+      const double scale = 1.0 / std::max(std::sqrt(ss), 1e-12);
+      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>((double)a[k] * scale);
+    } else {
+      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k]);
+    }
+  }
+}
+
+// An output buffer of `bytes`: large ones 2 MiB-aligned and advised as transparent huge
+// pages (first-touch page faults were ~10% of a pooling call on 4 KiB pages), freed with
+// the tensor; small ones from torch's allocator.
+at::Tensor alloc_output(int64_t rows, int64_t dim, const at::TensorOptions& opts) {
+  const int64_t bytes = rows * dim * (int64_t)opts.dtype().itemsize();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr int64_t kHuge = int64_t(2) << 20;
+  if (bytes >= 4 * kHuge) {
+    void* ptr = nullptr;
+    const size_t size = (size_t)((bytes + kHuge - 1) / kHuge * kHuge);
+    if (posix_memalign(&ptr, (size_t)kHuge, size) == 0) {
+      madvise(ptr, size, MADV_HUGEPAGE);  // advice only: 4 KiB pages if refused
+      return at::from_blob(ptr, {rows, dim}, [](void* q) { free(q); }, opts);
+    }
+  }
+#endif
+  return at::empty({rows, dim}, opts);
+}
+
+// Labels and means per document in one pass (the document is still in cache for its
+// means), written at upper-bound offsets (each document's target cluster count; scipy's
+// maxclust gives fewer only when merge distances tie), then moved down if any came short.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInputs& in,
+                                                 bool normalize) {
   const int64_t* o = in.o;
-  const int64_t dim = in.dim;
-  const int64_t grain = std::max<int64_t>(1, in.nd / (8 * at::get_num_threads()));
-  at::parallel_for(0, in.nd, grain, [&](int64_t b, int64_t e) {
-    std::vector<Acc> acc;
+  const int64_t nd = in.nd, dim = in.dim;
+  std::vector<int64_t> ub(nd + 1), count(nd);
+  ub[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) {
+    const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len);
+    ub[d + 1] = ub[d] + p + lateint::pool_target(len - p, in.pool_factor);
+  }
+  at::Tensor out = alloc_output(ub[nd], dim, in.opts);
+  T* base = static_cast<T*>(out.data_ptr());
+  const lateint::Isa isa = lateint::cpu_active_isa();
+  std::atomic<int64_t> bad_doc{-1};
+  for_each_doc(nd, [&](int64_t b, int64_t e) {
+    thread_local lateint::PoolScratch scratch;
+    std::vector<int32_t> lab;
+    std::vector<MeanAcc<T>> acc;
     std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
-      const int64_t len = o[d + 1] - o[d], nout = new_offsets[d + 1] - new_offsets[d];
-      T* dst = out + new_offsets[d] * dim;
-      const T* x = static_cast<const T*>(doc_row(in, d, 0));  // the document's rows
-      if (nout == len) {  // not pooled: the rows as they are
-        std::copy(x, x + len * dim, dst);
+      const int64_t len = o[d + 1] - o[d];
+      const T* x = static_cast<const T*>(doc_row(in, d, 0));
+      T* dst = base + ub[d] * dim;
+      if (!lateint::pool_all_finite(x, in.dt, len * dim)) {
+        bad_doc = d;
+        count[d] = 0;
         continue;
       }
-      const int64_t p = std::min(in.protect, len);
-      std::copy(x, x + p * dim, dst);
-      const int64_t nc = nout - p;
-      acc.assign(nc * dim, Acc(0));
-      cnt.assign(nc, 0);
-      for (int64_t t = p; t < len; ++t) {
-        const int64_t c = rows[o[d] + t] - new_offsets[d] - p;
-        add_row(acc.data() + c * dim, x + t * dim, dim);
-        ++cnt[c];
-      }
-      for (int64_t c = 0; c < nc; ++c) {
-        Acc* a = acc.data() + c * dim;
-        const Acc count = static_cast<Acc>(cnt[c]);
-        for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
-        T* r = dst + (p + c) * dim;
-        if (normalize) {
-          double ss = 0;
-          for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
-          const double scale = 1.0 / std::max(std::sqrt(ss), 1e-12);
-          for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>((double)a[k] * scale);
-        } else {
-          for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k]);
-        }
-      }
+      const int64_t p = std::min(in.protect, len), n = len - p;
+      lab.resize(n);
+      const int64_t nc = lateint::pool_labels(x + p * dim, in.dt, n, dim, in.pool_factor,
+                                              in.dist, lab.data(), scratch, isa);
+      count[d] = p + nc;
+      if (nc == n)
+        std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
+      else
+        doc_means(x, len, p, lab.data(), nc, dim, normalize, dst, acc, cnt);
     }
   });
+  const int64_t bad = bad_doc.load();
+  LK_CHECK(bad < 0, op, "`", in.name, "` contains NaN or Inf (in document ", bad, ")");
+  at::Tensor new_off = at::empty({nd + 1}, at::TensorOptions().dtype(at::kLong));
+  int64_t* no = new_off.data_ptr<int64_t>();
+  no[0] = 0;
+  bool short_doc = false;
+  for (int64_t d = 0; d < nd; ++d) {
+    no[d + 1] = no[d] + count[d];
+    short_doc |= count[d] != ub[d + 1] - ub[d];
+  }
+  if (short_doc) {  // rows move to lower addresses, documents in order: memmove is safe
+    for (int64_t d = 0; d < nd; ++d)
+      if (no[d] != ub[d])
+        std::memmove(base + no[d] * dim, base + ub[d] * dim, count[d] * dim * sizeof(T));
+    out = out.narrow(0, 0, no[nd]);
+  }
+  return {out, new_off};
 }
 
 std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_tokens,
@@ -270,22 +360,13 @@ std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_t
 // Labels, then the means, into one packed output [T', dim] and its offsets.
 std::tuple<at::Tensor, at::Tensor> pool_packed(const char* op, const PoolInputs& in,
                                                bool normalize) {
-  std::vector<int64_t> rows(in.o[in.nd]);
-  at::Tensor new_off = at::empty({in.nd + 1}, at::TensorOptions().dtype(at::kLong));
-  int64_t* no = new_off.data_ptr<int64_t>();
-  compute_labels(op, in, rows.data(), no);
-  at::Tensor out = at::empty({no[in.nd], in.dim}, in.opts);
   switch (in.dt) {
-    case PoolDType::F32: write_means(in, rows.data(), no, normalize, out.data_ptr<float>()); break;
-    case PoolDType::F64: write_means(in, rows.data(), no, normalize, out.data_ptr<double>()); break;
-    case PoolDType::F16:
-      write_means(in, rows.data(), no, normalize, out.data_ptr<at::Half>());
-      break;
-    case PoolDType::BF16:
-      write_means(in, rows.data(), no, normalize, out.data_ptr<at::BFloat16>());
-      break;
+    case PoolDType::F32: return pool_packed_t<float>(op, in, normalize);
+    case PoolDType::F64: return pool_packed_t<double>(op, in, normalize);
+    case PoolDType::F16: return pool_packed_t<at::Half>(op, in, normalize);
+    case PoolDType::BF16: return pool_packed_t<at::BFloat16>(op, in, normalize);
   }
-  return {out, new_off};
+  TORCH_CHECK(false, op, ": unsupported dtype");
 }
 
 std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
