@@ -1,8 +1,6 @@
 """token_pool / token_pool_labels against the scipy reference (float64), scipy itself
 (bit-exact linkage), PyLate's pool_embeddings_hierarchical (when installed), edge cases,
 every CPU ISA path, thread counts, dtypes, bad input, opcheck and torch.compile."""
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -295,16 +293,16 @@ def test_all_identical_tokens():
     assert torch.isfinite(out).all() and r_off[1] >= 2
 
 
-def test_documents_short_of_their_target_among_others_in_a_large_output():
+def test_documents_short_of_their_target_among_others():
     """The CPU op writes each document at its target cluster count and moves rows down when
     scipy's maxclust gives fewer (ties: all-identical tokens); here such documents sit first,
-    in the middle and last of an output large enough (> 8 MiB) for the huge-page buffer."""
+    in the middle and last."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     g = torch.Generator().manual_seed(seed)
-    lengths = [int(v) for v in torch.randint(64, 300, (120,), generator=g)]
+    lengths = [int(v) for v in torch.randint(64, 300, (60,), generator=g)]
     tokens, off = docs_packed(lengths, 128, seed=seed, dtype=torch.float64)
     docs = split(tokens, off)
-    for i in (0, 41, len(docs) - 1):  # all-identical tokens: one cluster, not n // 2
+    for i in (0, 27, len(docs) - 1):  # all-identical tokens: one cluster, not n // 2
         docs[i] = docs[i][:1].repeat(docs[i].shape[0], 1)
     tokens = torch.cat(docs)
     out, new_off = lk.token_pool(tokens, off, 2)
@@ -312,9 +310,6 @@ def test_documents_short_of_their_target_among_others_in_a_large_output():
     assert torch.equal(new_off, r_off), f"seed {seed}"
     assert int(r_off[1] - r_off[0]) < 1 + (lengths[0] - 1) // 2  # the tie case did come short
     torch.testing.assert_close(out, r_out, rtol=0, atol=1e-12)
-    assert out.shape[0] * 128 * 8 > 8 << 20
-    if sys.platform.startswith("linux") and lk.NATIVE_LOADED:
-        assert out.data_ptr() % (2 << 20) == 0  # the 2 MiB-aligned buffer was used
     torch.testing.assert_close(lk.token_pool_list(docs, 2), split(out, new_off), rtol=0, atol=0)
 
 

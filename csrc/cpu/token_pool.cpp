@@ -4,12 +4,7 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <cmath>
 #include <limits>
@@ -262,25 +257,6 @@ void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t n
   }
 }
 
-// An output buffer of `bytes`: large ones 2 MiB-aligned and advised as transparent huge
-// pages (first-touch page faults were ~10% of a pooling call on 4 KiB pages), freed with
-// the tensor; small ones from torch's allocator.
-at::Tensor alloc_output(int64_t rows, int64_t dim, const at::TensorOptions& opts) {
-  const int64_t bytes = rows * dim * (int64_t)opts.dtype().itemsize();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr int64_t kHuge = int64_t(2) << 20;
-  if (bytes >= 4 * kHuge) {
-    void* ptr = nullptr;
-    const size_t size = (size_t)((bytes + kHuge - 1) / kHuge * kHuge);
-    if (posix_memalign(&ptr, (size_t)kHuge, size) == 0) {
-      madvise(ptr, size, MADV_HUGEPAGE);  // advice only: 4 KiB pages if refused
-      return at::from_blob(ptr, {rows, dim}, [](void* q) { free(q); }, opts);
-    }
-  }
-#endif
-  return at::empty({rows, dim}, opts);
-}
-
 // Labels and means per document in one pass (the document is still in cache for its
 // means), written at upper-bound offsets (each document's target cluster count; scipy's
 // maxclust gives fewer only when merge distances tie), then moved down if any came short.
@@ -295,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
     const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len);
     ub[d + 1] = ub[d] + p + lateint::pool_target(len - p, in.pool_factor);
   }
-  at::Tensor out = alloc_output(ub[nd], dim, in.opts);
+  at::Tensor out = at::empty({ub[nd], dim}, in.opts);
   T* base = static_cast<T*>(out.data_ptr());
   const lateint::Isa isa = lateint::cpu_active_isa();
   std::atomic<int64_t> bad_doc{-1};
