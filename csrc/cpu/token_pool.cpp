@@ -171,6 +171,19 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
   });
 }
 
+// Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
+// token p + i; returns the number of clusters (n when the document is kept as it is), or -1
+// when the document holds NaN or Inf. p = min(protected_tokens, length).
+int64_t label_doc(const PoolInputs& in, int64_t d, std::vector<int32_t>& lab,
+                  lateint::PoolScratch& scratch, lateint::Isa isa) {
+  const int64_t len = in.o[d + 1] - in.o[d];
+  if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) return -1;
+  const int64_t p = std::min(in.protect, len), n = len - p;
+  lab.resize(n);
+  return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
+                              lab.data(), scratch, isa);
+}
+
 // Per-token output row (global) and the new offsets: protected tokens keep a row each, the
 // rest map to their cluster's row.
 void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
@@ -182,17 +195,14 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
-      const int64_t len = o[d + 1] - o[d];
-      if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) {
+      const int64_t nc = label_doc(in, d, lab, scratch, isa);
+      if (nc < 0) {
         bad_doc = d;
         count[d] = 0;
         continue;
       }
-      const int64_t p = std::min(in.protect, len), n = len - p;
+      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
       for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
-      lab.resize(n);
-      const int64_t nc = lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim,
-                                              in.pool_factor, in.dist, lab.data(), scratch, isa);
       for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
       count[d] = p + nc;
     }
@@ -281,18 +291,15 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
     std::vector<MeanAcc<T>> acc;
     std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
-      const int64_t len = o[d + 1] - o[d];
-      const T* x = static_cast<const T*>(doc_row(in, d, 0));
-      T* dst = base + ub[d] * dim;
-      if (!lateint::pool_all_finite(x, in.dt, len * dim)) {
+      const int64_t nc = label_doc(in, d, lab, scratch, isa);
+      if (nc < 0) {
         bad_doc = d;
         count[d] = 0;
         continue;
       }
-      const int64_t p = std::min(in.protect, len), n = len - p;
-      lab.resize(n);
-      const int64_t nc = lateint::pool_labels(x + p * dim, in.dt, n, dim, in.pool_factor,
-                                              in.dist, lab.data(), scratch, isa);
+      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
+      const T* x = static_cast<const T*>(doc_row(in, d, 0));
+      T* dst = base + ub[d] * dim;
       count[d] = p + nc;
       if (nc == n)
         std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
