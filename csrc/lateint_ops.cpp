@@ -99,6 +99,9 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // float64 distance matrix, and fcluster(Z, max_nc, criterion="maxclust").
   m.def("_ward_linkage(Tensor dist) -> Tensor");
   m.def("_fcluster_maxclust(Tensor Z, int max_nc) -> Tensor");
+  // Testing hook: the full [n, n] float64 distance matrix the CPU clustering starts from
+  // for one document's tokens x [n, dim] (diagonal +inf), from the active ISA's kernel.
+  m.def("_pool_distances(Tensor x, str distance) -> Tensor");
   // The GPU path's host step: per-document cut of NN-chain merge lists made on the device
   // (merges_x/y int32 [n_docs, W], merges_d float64 [n_docs, W]) -> token_pool_labels' output.
   m.def("_token_pool_finish(Tensor merges_x, Tensor merges_y, Tensor merges_d, "

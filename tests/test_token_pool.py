@@ -330,6 +330,38 @@ def test_isa_paths_and_threads_bit_identical(isa):
     assert torch.equal(one[0], base[0]) and torch.equal(one[1], base[1])
 
 
+@NATIVE
+@pytest.mark.parametrize("dim", [128, 40, 13])
+def test_distance_kernels_bit_identical_across_isa_paths(dim):
+    """The AVX-512 panel kernel (lower triangle in 8 x 32 / 8 x 16 tiles, mirrored through
+    register transposes) and the portable tile kernel run the same float32 FMA chain per
+    entry: the whole matrix, both triangles, must agree bit for bit at every length around
+    the 8 / 16 / 32 tile edges, every entry must be written (the hook poisons with NaN), and
+    it must be 1 - <a, b> to float32 rounding."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    lengths = list(range(1, 70)) + [95, 96, 97, 127, 128, 129, 182, 255, 256, 257, 300]
+    try:
+        for n in lengths:
+            centres = torch.nn.functional.normalize(torch.randn(4, dim, generator=g), dim=-1)
+            x = clustered(n, dim, generator=g, centres=centres, noise=0.5)
+            out = {}
+            for isa in ("best", "avx2", "scalar"):
+                lk.cpu_isa(isa)
+                out[isa] = torch.ops.lateint_kernels._pool_distances(x, "cosine")
+            best = out["best"]
+            assert not torch.isnan(best).any(), (seed, n)
+            for isa in ("avx2", "scalar"):
+                assert torch.equal(best, out[isa]), (seed, n, isa)
+            xd = x.double()
+            want = 1.0 - xd @ xd.T
+            eye = torch.eye(n, dtype=torch.bool)
+            assert torch.isinf(best[eye]).all(), (seed, n)
+            torch.testing.assert_close(best[~eye], want[~eye], rtol=0, atol=dim * 1.2e-7)
+    finally:
+        lk.cpu_isa("best")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_cluster_in_float32(dtype):
     tokens, off = docs_packed([20, 50, 3], 32, seed=5, dtype=dtype)

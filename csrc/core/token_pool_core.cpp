@@ -26,6 +26,10 @@ void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, i
                     double* G, int64_t ldg);
 void cosine_dist_f32(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);
 void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2);
+void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2);
+#if defined(__x86_64__) && defined(__GNUC__)
+void cosine_dist_f32_panels(int64_t n, int64_t dim, const float* P, double* D, int64_t ld);
+#endif
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
 bool all_finite_u64(const uint64_t* v, int64_t n);
@@ -242,7 +246,14 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   int64_t m = n, active = n;  // slots in the matrix, live clusters
   int32_t x = 0, y = 0;       // y persists across steps, as in scipy
   int64_t len = 0;
+  const char* pf = static_cast<const char*>(s.prefetch);
+  const int64_t pf_lines = pf ? (s.prefetch_bytes + 63) / 64 : 0;
+  const int64_t pf_step = n > 1 ? (pf_lines + n - 2) / (n - 1) : 0;  // lines per merge
   for (int64_t k = 0; k + 1 < n; ++k) {
+#ifdef LATEINT_POOL_X86
+    for (int64_t l = k * pf_step, le = std::min(pf_lines, l + pf_step); l < le; ++l)
+      _mm_prefetch(pf + l * 64, _MM_HINT_T1);
+#endif
     if (active * 2 <= m && m > 64) {
       // Drop the dead slots: rows/columns of live clusters move up in order (a monotone
       // renumbering keeps scipy's lowest-index tie-breaking). In place: every element moves
@@ -460,7 +471,7 @@ void transpose_into(const T* src, int64_t n, int64_t dim, T* dst, int64_t ldt) {
 }  // namespace
 
 void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDistance dist,
-                    double* D, int64_t ld, PoolScratch& s) {
+                    double* D, int64_t ld, PoolScratch& s, Isa isa) {
   const int64_t ldt = round_up(n, 32);
   const bool wide = dt == PoolDType::F64 || dist == PoolDistance::Euclidean;
   if (wide) {
@@ -501,10 +512,20 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
       xf = s.xf.data();
     }
     // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
-    const int64_t ldt2 = round_up(n, 8) + 32;
-    s.xtf.resize(dim * ldt2);
-    detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);
-    detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
+    // AVX-512: the panel kernel; other paths: the portable tile kernel (the same bits
+    // wherever it is compiled with FMA; the tests compare the two).
+    if (isa >= Isa::Avx512) {
+      s.xtf.resize(dim * round_up(n, 32));
+      detail::pack_b16_f32(xf, n, dim, s.xtf.data(), true);
+#if defined(__x86_64__) && defined(__GNUC__)
+      detail::cosine_dist_f32_panels(n, dim, s.xtf.data(), D, ld);
+#endif
+    } else {
+      const int64_t ldt2 = round_up(n, 8) + 32;
+      s.xtf.resize(dim * ldt2);
+      detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);
+      detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
+    }
     for (int64_t i = 0; i < n; ++i) {
       double* row = D + i * ld;
       row[i] = kInf;
@@ -544,7 +565,7 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
   }
   const int64_t ld = round_up(n, 8);
   s.D.resize(n * ld);
-  pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s);
+  pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
   s.mx.resize(n);
   s.my.resize(n);
   s.Z.resize(4 * n);

@@ -12,6 +12,7 @@
 // residue is taken as 0.
 #pragma once
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "maxsim_core.h"
@@ -29,13 +30,37 @@ enum class PoolDistance : int { Cosine = 0, Euclidean = 1 };
 enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 
 // Per-thread scratch reused across documents (grown on demand, never shrunk).
+// Cache-line aligned storage for the arrays the kernels read with 64-byte vector loads (a
+// std::vector's buffer is only 16-byte aligned: every such load would straddle two lines).
+template <typename T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <typename U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+template <typename T>
+using aligned_vector = std::vector<T, LineAligned<T>>;
+
 struct PoolScratch {
-  std::vector<float> xf, xtf;
+  std::vector<float> xf;
+  aligned_vector<float> xtf;
   std::vector<double> xd, xtd, gd;
-  std::vector<double> D, size, mdist, Z, MD, inv, merge_d;
+  aligned_vector<double> D, size, inv;
+  std::vector<double> mdist, Z, MD, merge_d;
   std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;
   std::vector<int64_t> keep;
   std::vector<uint8_t> visited;
+  // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
+  // lines per merge, so that its first read does not wait on DRAM. Optional.
+  const void* prefetch = nullptr;
+  int64_t prefetch_bytes = 0;
 };
 
 // Ward NN-chain over the full symmetric n x n distance matrix D (row stride ld >= n),
@@ -57,7 +82,7 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
 // Pairwise distances of the n rows of x ([n, dim] of `dt`) into D (n x n, stride ld, the
 // diagonal +inf).
 void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDistance dist,
-                    double* D, int64_t ld, PoolScratch& s);
+                    double* D, int64_t ld, PoolScratch& s, Isa isa);
 
 // Clusters one document's poolable tokens: labels[i] in 0..nc-1 (the order of the pooled
 // rows, PyLate's), returns nc. n_clusters = max(1, n / pool_factor); n < 2 or

@@ -6,6 +6,11 @@
 #include <algorithm>
 #include <cstdint>
 
+// GCC 12 reports the deliberately undefined upper half inside its own cast / extract
+// intrinsics (_mm512_castps512_ps256 and friends) as uninitialized use.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #endif
@@ -120,6 +125,139 @@ __attribute__((target("avx2"))) static inline void transpose8x8(const float* src
   _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
   _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
   _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// 8 x 8 double transpose: on return r[c] holds what was column c (r[0..7][c]).
+__attribute__((target("avx512f"))) static inline void transpose8x8_pd(__m512d r[8]) {
+  const __m512d t0 = _mm512_unpacklo_pd(r[0], r[1]), t1 = _mm512_unpackhi_pd(r[0], r[1]);
+  const __m512d t2 = _mm512_unpacklo_pd(r[2], r[3]), t3 = _mm512_unpackhi_pd(r[2], r[3]);
+  const __m512d t4 = _mm512_unpacklo_pd(r[4], r[5]), t5 = _mm512_unpackhi_pd(r[4], r[5]);
+  const __m512d t6 = _mm512_unpacklo_pd(r[6], r[7]), t7 = _mm512_unpackhi_pd(r[6], r[7]);
+  // t0 = [r0c0 r1c0 | r0c2 r1c2 | r0c4 r1c4 | r0c6 r1c6], t1 the odd columns, and so on.
+  const __m512d a0 = _mm512_shuffle_f64x2(t0, t2, 0x88), a1 = _mm512_shuffle_f64x2(t0, t2, 0xdd);
+  const __m512d b0 = _mm512_shuffle_f64x2(t4, t6, 0x88), b1 = _mm512_shuffle_f64x2(t4, t6, 0xdd);
+  const __m512d a2 = _mm512_shuffle_f64x2(t1, t3, 0x88), a3 = _mm512_shuffle_f64x2(t1, t3, 0xdd);
+  const __m512d b2 = _mm512_shuffle_f64x2(t5, t7, 0x88), b3 = _mm512_shuffle_f64x2(t5, t7, 0xdd);
+  r[0] = _mm512_shuffle_f64x2(a0, b0, 0x88);
+  r[4] = _mm512_shuffle_f64x2(a0, b0, 0xdd);
+  r[2] = _mm512_shuffle_f64x2(a1, b1, 0x88);
+  r[6] = _mm512_shuffle_f64x2(a1, b1, 0xdd);
+  r[1] = _mm512_shuffle_f64x2(a2, b2, 0x88);
+  r[5] = _mm512_shuffle_f64x2(a2, b2, 0xdd);
+  r[3] = _mm512_shuffle_f64x2(a3, b3, 0x88);
+  r[7] = _mm512_shuffle_f64x2(a3, b3, 0xdd);
+}
+#endif
+
+// The layout cosine_dist_f32_panels reads: rows of X in blocks of 16, each block stored
+// dimension-major, P[(i / 16) * dim * 16 + k * 16 + i % 16] = X[i, k], rows n..np zero
+// (np = round_up(n, 32)). A block of 32 columns is then two contiguous 16-wide panels
+// (16 KB at d = 128: they stay in L1 while every row block above them streams past).
+void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2) {
+  const int64_t np = (n + 31) / 32 * 32;
+  int64_t i8 = 0, k8 = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (avx2) {
+    i8 = n / 8 * 8;
+    k8 = dim / 8 * 8;
+    for (int64_t i = 0; i < i8; i += 8)
+      for (int64_t k = 0; k < k8; k += 8)
+        transpose8x8(src + i * dim + k, dim, P + (i / 16) * dim * 16 + k * 16 + i % 16, 16);
+  }
+#endif
+  (void)avx2;
+  for (int64_t i = 0; i < np; ++i) {
+    float* blk = P + (i / 16) * dim * 16 + i % 16;
+    const int64_t k_start = i < i8 ? k8 : 0;  // what the 8 x 8 blocks did not cover
+    for (int64_t k = k_start; k < dim; ++k) blk[k * 16] = i < n ? src[i * dim + k] : 0.0f;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// One 8-row tile of cosine_dist_f32_panels: rows i0..i0+7 against the 32 columns (16 when
+// HALF) of the panel at j0, written where j < i < n, and mirrored.
+template <bool HALF>
+__attribute__((target("avx512f"), always_inline)) inline void dist_tile(
+    int64_t n, int64_t dim, const float* __restrict t0p, const float* __restrict rp, int64_t i0,
+    int64_t j0, double* __restrict D, int64_t ld) {
+  constexpr int NW = HALF ? 1 : 2;
+  __m512 acc[8][2];
+  for (int q = 0; q < 8; ++q)
+    for (int w = 0; w < NW; ++w) acc[q][w] = _mm512_setzero_ps();
+  const float* t1p = t0p + dim * 16;
+  for (int64_t k = 0; k < dim; ++k) {
+    const __m512 t0 = _mm512_loadu_ps(t0p + k * 16);
+    const __m512 t1 = HALF ? t0 : _mm512_loadu_ps(t1p + k * 16);
+    const float* r = rp + k * 16;
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      const __m512 a = _mm512_set1_ps(r[q]);
+      acc[q][0] = _mm512_fmadd_ps(a, t0, acc[q][0]);
+      if (!HALF) acc[q][1] = _mm512_fmadd_ps(a, t1, acc[q][1]);
+    }
+  }
+  const __m512 one = _mm512_set1_ps(1.0f);
+  // v[h][q]: row i0 + q, columns j0 + 8h .. j0 + 8h + 7, as 1 - <,> in float32, widened
+  __m512d v[2 * NW][8];
+  for (int q = 0; q < 8; ++q)
+    for (int w = 0; w < NW; ++w) {
+      const __m512 d = _mm512_sub_ps(one, acc[q][w]);
+      v[2 * w][q] = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
+      v[2 * w + 1][q] =
+          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
+    }
+  const bool interior = i0 >= j0 + 16 * NW && i0 + 8 <= n;
+  for (int h = 0; h < 2 * NW; ++h) {
+    const int64_t jb = j0 + 8 * h;
+    if (jb >= n || jb >= i0 + 8) break;
+    // rows: D[i, jb + c] for jb + c < i (< n)
+    for (int q = 0; q < 8; ++q) {
+      const int64_t i = i0 + q;
+      if (i >= n) break;
+      __mmask8 mk = 0xff;
+      if (!interior) {
+        const int64_t hi = std::min<int64_t>(i - jb, 8);
+        mk = hi <= 0 ? 0 : (__mmask8)((1u << hi) - 1);
+      }
+      if (mk) _mm512_mask_storeu_pd(D + i * ld + jb, mk, v[h][q]);
+    }
+    // mirror: D[jb + c, i0 + q] for jb + c < i0 + q < n
+    transpose8x8_pd(v[h]);
+    for (int c = 0; c < 8; ++c) {
+      const int64_t j = jb + c;
+      if (j >= n) break;
+      __mmask8 mk = 0xff;
+      if (!interior) {
+        const int64_t lo = std::max<int64_t>(j + 1 - i0, 0), hi = std::min<int64_t>(n - i0, 8);
+        mk = lo >= hi ? 0 : (__mmask8)(((1u << hi) - 1) & ~((1u << lo) - 1));
+      }
+      if (mk) _mm512_mask_storeu_pd(D + j * ld + i0, mk, v[h][c]);
+    }
+  }
+}
+
+// cosine_dist_f32 for AVX-512 on the packed layout: the same values bit for bit (each
+// <X[i], X[j]> is one float32 FMA chain over k = 0..dim-1 in both), computed as the lower
+// triangle panel by panel: a 32-column panel (two 16-wide blocks, 16 KB at d = 128) stays
+// in L1 while the 8-row blocks at and below the diagonal stream past it; the two blocks
+// touching the diagonal and panels ending within 16 columns of n take 16-column tiles.
+// Each tile writes its rows with masked stores and its mirror through 8 x 8 transposes.
+__attribute__((target("avx512f"))) void cosine_dist_f32_panels(int64_t n, int64_t dim,
+                                                               const float* __restrict P,
+                                                               double* __restrict D, int64_t ld) {
+  const int64_t bs = dim * 16;  // floats per 16-row block
+  for (int64_t j0 = 0; j0 < n; j0 += 32) {
+    const float* tp = P + (j0 / 16) * bs;
+    for (int64_t i0 = j0; i0 < n; i0 += 8) {
+      const float* rp = P + (i0 / 16) * bs + i0 % 16;
+      if (i0 < j0 + 16 || j0 + 16 >= n)
+        dist_tile<true>(n, dim, tp, rp, i0, j0, D, ld);
+      else
+        dist_tile<false>(n, dim, tp, rp, i0, j0, D, ld);
+    }
+  }
 }
 #endif
 

@@ -291,6 +291,12 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
     std::vector<MeanAcc<T>> acc;
     std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
+      if (d + 1 < e) {  // the next document comes into cache while this one clusters
+        scratch.prefetch = doc_row(in, d + 1, 0);
+        scratch.prefetch_bytes = (o[d + 2] - o[d + 1]) * dim * in.esz;
+      } else {
+        scratch.prefetch = nullptr;
+      }
       const int64_t nc = label_doc(in, d, lab, scratch, isa);
       if (nc < 0) {
         bad_doc = d;
@@ -370,6 +376,25 @@ std::tuple<at::Tensor, at::Tensor> token_pool_list_cpu(at::TensorList docs, int6
   const char* op = "token_pool_list";
   const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
   return pool_packed(op, in, normalize);
+}
+
+// Testing hook: the distance matrix pool_labels clusters, for one document x [n, dim].
+at::Tensor pool_distances_cpu(const at::Tensor& x, c10::string_view distance) {
+  const char* op = "_pool_distances";
+  LK_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1, op,
+           "`x` must be [n, dim] with n, dim >= 1, got ", x.sizes());
+  const PoolDistance dist = distance_of(distance, op);
+  const PoolDType dt = dtype_of(x, op, "x");
+  const at::Tensor xc = x.contiguous();
+  const int64_t n = x.size(0), ld = (n + 7) / 8 * 8;
+  lateint::PoolScratch s;
+  s.D.assign(n * ld, std::numeric_limits<double>::quiet_NaN());  // poison: every entry must be written
+  lateint::pool_distances(xc.data_ptr(), dt, n, x.size(1), dist, s.D.data(), ld, s,
+                          lateint::cpu_active_isa());
+  at::Tensor out = at::empty({n, n}, x.options().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) std::copy(s.D.data() + i * ld, s.D.data() + i * ld + n, o + i * n);
+  return out;
 }
 
 // Testing hook: scipy-compatible Ward linkage matrix of a full float64 distance matrix.
@@ -493,6 +518,7 @@ TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
   m.impl("token_pool_labels", &token_pool_labels_cpu);
   m.impl("token_pool_list", &token_pool_list_cpu);
   m.impl("_ward_linkage", &ward_linkage_cpu);
+  m.impl("_pool_distances", &pool_distances_cpu);
   m.impl("_fcluster_maxclust", &fcluster_maxclust_cpu);
   m.impl("_token_pool_finish", &token_pool_finish_cpu);
 }
