@@ -71,17 +71,34 @@ def test_ward_linkage_bit_exact_vs_scipy(isa):
 
 @NATIVE
 def test_fcluster_maxclust_matches_scipy():
+    """Ward trees, centroid-linkage trees with inversions, ties, and a hand-made valid
+    linkage whose subtree maxima are out of order (the cut then counts by a scan instead
+    of bisection; this case fails if the scan is skipped)."""
     rng = np.random.default_rng()
-    for trial in range(120):
+    inversions = 0
+    for trial in range(160):
         n = int(rng.integers(2, 120))
-        A = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
-        D = (A + A.T) / 2
-        np.fill_diagonal(D, 0)
-        Z = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
+        if trial % 4 == 3:
+            Z = scipy_hierarchy.linkage(rng.standard_normal((n, 3)), method="centroid")
+            inversions += bool((np.diff(Z[:, 2]) < 0).any())
+        else:
+            A = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
+            D = (A + A.T) / 2
+            np.fill_diagonal(D, 0)
+            Z = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
         for k in sorted({1, 2, 3, n // 2 or 1, n // 4 or 1, n - 1, n}):
             Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
             To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
             assert np.array_equal(Ts, To), (trial, n, k)
+    assert inversions >= 5
+    # A valid linkage whose rows are not in height order (subtree maxima 5, 1, 6, 0.5, 7):
+    # the cut must then scan rather than bisect.
+    Z = np.array([[0, 1, 5.0, 2], [2, 3, 1.0, 2], [6, 7, 6.0, 4], [4, 5, 0.5, 2],
+                  [8, 9, 7.0, 6]])
+    for k in range(1, 7):
+        Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
+        To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
+        assert np.array_equal(Ts, To), k
 
 
 @NATIVE

@@ -337,12 +337,22 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
   if (m <= 0) return;
   s.T.resize(m);
   int32_t* order = s.T.data();
-  std::iota(order, order + m, 0);
-  // numpy's argsort(kind="mergesort"): stable, NaN after every number
-  std::stable_sort(order, order + m, [&](int32_t a, int32_t b) {
-    const double da = mdist[a], db = mdist[b];
-    return da < db || (!std::isnan(da) && std::isnan(db));
-  });
+  // numpy's argsort(kind="mergesort"): stable, NaN after every number. As a sort of
+  // distinct (key, index) pairs, key = the distance's bits mapped to an unsigned order
+  // (-0 and +0 equal, every NaN last): the same permutation, without the merge sort's
+  // buffer and comparator calls.
+  s.keys.resize(m);
+  std::pair<uint64_t, int32_t>* keys = s.keys.data();
+  for (int64_t k = 0; k < m; ++k) {
+    const double d = mdist[k] == 0.0 ? 0.0 : mdist[k];
+    uint64_t b;
+    std::memcpy(&b, &d, sizeof b);
+    b = (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
+    if (std::isnan(d)) b = ~uint64_t(0);
+    keys[k] = {b, (int32_t)k};
+  }
+  std::sort(keys, keys + m);
+  for (int64_t k = 0; k < m; ++k) order[k] = keys[k].second;
   s.uf.resize(2 * n - 1);
   s.mdist.resize(2 * n - 1);  // cluster sizes of the union-find nodes
   int32_t* parent = s.uf.data();
@@ -398,7 +408,13 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   // Smallest threshold MD[i] (binary search over rows, as scipy) giving at most max_nc
   // clusters. With MD monotone along the tree, cutting at `thresh` leaves
   // n - #{nodes with MD <= thresh} clusters.
+  // Z's rows are sorted by distance, so MD is non-decreasing unless the tree has
+  // inversions or NaN (or Z came from elsewhere); then the count of MD <= thresh is a
+  // binary search.
+  bool sorted = m > 0 && !std::isnan(MD[0]);
+  for (int64_t r = 1; r < m && sorted; ++r) sorted = MD[r] >= MD[r - 1];
   auto n_clusters_at = [&](double thresh) {
+    if (sorted) return n - (int64_t)(std::upper_bound(MD, MD + m, thresh) - MD);
     int64_t merged = 0;
     for (int64_t r = 0; r < m; ++r) merged += MD[r] <= thresh;
     return n - merged;

@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "maxsim_core.h"
@@ -57,6 +58,7 @@ struct PoolScratch {
   std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;
   std::vector<int64_t> keep;
   std::vector<uint8_t> visited;
+  std::vector<std::pair<uint64_t, int32_t>> keys;
   // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
   // lines per merge, so that its first read does not wait on DRAM. Optional.
   const void* prefetch = nullptr;
