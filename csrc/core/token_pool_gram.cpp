@@ -154,7 +154,7 @@ __attribute__((target("avx512f"))) static inline void transpose8x8_pd(__m512d r[
 // The layout cosine_dist_f32_panels reads: rows of X in blocks of 16, each block stored
 // dimension-major, P[(i / 16) * dim * 16 + k * 16 + i % 16] = X[i, k], rows n..np zero
 // (np = round_up(n, 32)). A block of 32 columns is then two contiguous 16-wide panels
-// (16 KB at d = 128: they stay in L1 while every row block above them streams past).
+// (16 KB at d = 128: they stay in L1 while the row blocks below them stream past).
 void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2) {
   const int64_t np = (n + 31) / 32 * 32;
   int64_t i8 = 0, k8 = 0;
