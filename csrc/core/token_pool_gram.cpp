@@ -151,30 +151,6 @@ __attribute__((target("avx512f"))) static inline void transpose8x8_pd(__m512d r[
 }
 #endif
 
-// The layout cosine_dist_f32_panels reads: rows of X in blocks of 16, each block stored
-// dimension-major, P[(i / 16) * dim * 16 + k * 16 + i % 16] = X[i, k], rows n..np zero
-// (np = round_up(n, 32)). A block of 32 columns is then two contiguous 16-wide panels
-// (16 KB at d = 128: they stay in L1 while the row blocks below them stream past).
-void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2) {
-  const int64_t np = (n + 31) / 32 * 32;
-  int64_t i8 = 0, k8 = 0;
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (avx2) {
-    i8 = n / 8 * 8;
-    k8 = dim / 8 * 8;
-    for (int64_t i = 0; i < i8; i += 8)
-      for (int64_t k = 0; k < k8; k += 8)
-        transpose8x8(src + i * dim + k, dim, P + (i / 16) * dim * 16 + k * 16 + i % 16, 16);
-  }
-#endif
-  (void)avx2;
-  for (int64_t i = 0; i < np; ++i) {
-    float* blk = P + (i / 16) * dim * 16 + i % 16;
-    const int64_t k_start = i < i8 ? k8 : 0;  // what the 8 x 8 blocks did not cover
-    for (int64_t k = k_start; k < dim; ++k) blk[k * 16] = i < n ? src[i * dim + k] : 0.0f;
-  }
-}
-
 #if defined(__x86_64__) && defined(__GNUC__)
 // One 8-row tile of cosine_dist_f32_panels: rows i0..i0+7 against the 32 columns (16 when
 // HALF) of the panel at j0, written where j < i < n, and mirrored.
@@ -261,25 +237,42 @@ __attribute__((target("avx512f"))) void cosine_dist_f32_panels(int64_t n, int64_
 }
 #endif
 
-// dst[k * ldt + i] = src[i * dim + k] for i < n, k < dim; columns n..ldt of dst zeroed.
-// avx2: whether the processor has AVX2 (8 x 8 register transposes for whole blocks).
-void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2) {
+// The transposes both distance kernels read, as one blocked transpose: row i of src
+// ([n, dim]) becomes column i % bw of block i / bw, dimension-major,
+// dst[(i / bw) * bstride + k * bw + i % bw] = src[i * dim + k], and rows n..np are zero.
+// bw is a multiple of 8 (8 x 8 register transposes for whole blocks when avx2).
+static void transpose_blocked(const float* src, int64_t n, int64_t dim, float* dst, int64_t bw,
+                              int64_t bstride, int64_t np, bool avx2) {
   int64_t i8 = 0, k8 = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
   if (avx2) {
     i8 = n / 8 * 8;
     k8 = dim / 8 * 8;
     for (int64_t i = 0; i < i8; i += 8)
-      for (int64_t k = 0; k < k8; k += 8) transpose8x8(src + i * dim + k, dim, dst + k * ldt + i, ldt);
+      for (int64_t k = 0; k < k8; k += 8)
+        transpose8x8(src + i * dim + k, dim, dst + (i / bw) * bstride + k * bw + i % bw, bw);
   }
 #endif
   (void)avx2;
-  for (int64_t k = 0; k < dim; ++k) {
-    float* d = dst + k * ldt;
-    const int64_t i_start = k < k8 ? i8 : 0;  // rows the blocks did not cover
-    for (int64_t i = i_start; i < n; ++i) d[i] = src[i * dim + k];
-    std::fill(d + n, d + ldt, 0.0f);
+  for (int64_t i = 0; i < np; ++i) {
+    float* col = dst + (i / bw) * bstride + i % bw;
+    const int64_t k_start = i < i8 ? k8 : 0;  // what the 8 x 8 blocks did not cover
+    for (int64_t k = k_start; k < dim; ++k) col[k * bw] = i < n ? src[i * dim + k] : 0.0f;
   }
+}
+
+// dst[k * ldt + i] = src[i * dim + k] for i < n, k < dim; columns n..ldt of dst zeroed
+// (ldt a multiple of 8). avx2: whether the processor has AVX2.
+void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2) {
+  transpose_blocked(src, n, dim, dst, ldt, 0, ldt, avx2);
+}
+
+// The layout cosine_dist_f32_panels reads: rows of X in blocks of 16, each block stored
+// dimension-major, P[(i / 16) * dim * 16 + k * 16 + i % 16] = X[i, k], rows n..np zero
+// (np = round_up(n, 32)). A block of 32 columns is then two contiguous 16-wide panels
+// (16 KB at d = 128: they stay in L1 while the row blocks below them stream past).
+void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2) {
+  transpose_blocked(src, n, dim, P, 16, dim * 16, (n + 31) / 32 * 32, avx2);
 }
 
 // Exponent-field test (all ones = Inf or NaN), branch-free so it vectorizes.

@@ -173,9 +173,12 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
 
 // Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
 // token p + i; returns the number of clusters (n when the document is kept as it is), or -1
-// when the document holds NaN or Inf. p = min(protected_tokens, length).
-int64_t label_doc(const PoolInputs& in, int64_t d, std::vector<int32_t>& lab,
+// when the document holds NaN or Inf. p = min(protected_tokens, length). Document `next`
+// (the caller's next one, or -1) is brought into cache while d clusters.
+int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int32_t>& lab,
                   lateint::PoolScratch& scratch, lateint::Isa isa) {
+  scratch.prefetch = next >= 0 ? doc_row(in, next, 0) : nullptr;
+  scratch.prefetch_bytes = next >= 0 ? (in.o[next + 1] - in.o[next]) * in.dim * in.esz : 0;
   const int64_t len = in.o[d + 1] - in.o[d];
   if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) return -1;
   const int64_t p = std::min(in.protect, len), n = len - p;
@@ -195,7 +198,7 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
-      const int64_t nc = label_doc(in, d, lab, scratch, isa);
+      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
       if (nc < 0) {
         bad_doc = d;
         count[d] = 0;
@@ -291,13 +294,7 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
     std::vector<MeanAcc<T>> acc;
     std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
-      if (d + 1 < e) {  // the next document comes into cache while this one clusters
-        scratch.prefetch = doc_row(in, d + 1, 0);
-        scratch.prefetch_bytes = (o[d + 2] - o[d + 1]) * dim * in.esz;
-      } else {
-        scratch.prefetch = nullptr;
-      }
-      const int64_t nc = label_doc(in, d, lab, scratch, isa);
+      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
       if (nc < 0) {
         bad_doc = d;
         count[d] = 0;
