@@ -74,6 +74,12 @@ def test_fcluster_maxclust_matches_scipy():
     """Ward trees, centroid-linkage trees with inversions, ties, and a hand-made valid
     linkage whose subtree maxima are out of order (the cut then counts by a scan instead
     of bisection; this case fails if the scan is skipped)."""
+    def same_cut(Z, ks, where):
+        for k in ks:
+            Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
+            To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
+            assert np.array_equal(Ts, To), (where, k)
+
     rng = np.random.default_rng()
     inversions = 0
     for trial in range(160):
@@ -86,19 +92,13 @@ def test_fcluster_maxclust_matches_scipy():
             D = (A + A.T) / 2
             np.fill_diagonal(D, 0)
             Z = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
-        for k in sorted({1, 2, 3, n // 2 or 1, n // 4 or 1, n - 1, n}):
-            Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
-            To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
-            assert np.array_equal(Ts, To), (trial, n, k)
+        same_cut(Z, sorted({1, 2, 3, n // 2 or 1, n // 4 or 1, n - 1, n}), (trial, n))
     assert inversions >= 5
     # A valid linkage whose rows are not in height order (subtree maxima 5, 1, 6, 0.5, 7):
     # the cut must then scan rather than bisect.
     Z = np.array([[0, 1, 5.0, 2], [2, 3, 1.0, 2], [6, 7, 6.0, 4], [4, 5, 0.5, 2],
                   [8, 9, 7.0, 6]])
-    for k in range(1, 7):
-        Ts = scipy_hierarchy.fcluster(Z, k, criterion="maxclust")
-        To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Z), k).numpy()
-        assert np.array_equal(Ts, To), k
+    same_cut(Z, range(1, 7), "out-of-order maxima")
 
 
 @NATIVE

@@ -407,10 +407,9 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   }
   // Smallest threshold MD[i] (binary search over rows, as scipy) giving at most max_nc
   // clusters. With MD monotone along the tree, cutting at `thresh` leaves
-  // n - #{nodes with MD <= thresh} clusters.
-  // Z's rows are sorted by distance, so MD is non-decreasing unless the tree has
-  // inversions or NaN (or Z came from elsewhere); then the count of MD <= thresh is a
-  // binary search.
+  // n - #{nodes with MD <= thresh} clusters. That count is itself a bisection when MD is
+  // non-decreasing over the rows (Z sorted by distance, no inversions, no NaN: every tree
+  // linkage_from_merges makes), a scan otherwise.
   bool sorted = m > 0 && !std::isnan(MD[0]);
   for (int64_t r = 1; r < m && sorted; ++r) sorted = MD[r] >= MD[r - 1];
   auto n_clusters_at = [&](double thresh) {
@@ -530,13 +529,14 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
     // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
     // AVX-512: the panel kernel; other paths: the portable tile kernel (the same bits
     // wherever it is compiled with FMA; the tests compare the two).
+#if defined(__x86_64__) && defined(__GNUC__)
     if (isa >= Isa::Avx512) {
       s.xtf.resize(dim * round_up(n, 32));
       detail::pack_b16_f32(xf, n, dim, s.xtf.data(), true);
-#if defined(__x86_64__) && defined(__GNUC__)
       detail::cosine_dist_f32_panels(n, dim, s.xtf.data(), D, ld);
+    } else
 #endif
-    } else {
+    {
       const int64_t ldt2 = round_up(n, 8) + 32;
       s.xtf.resize(dim * ldt2);
       detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);

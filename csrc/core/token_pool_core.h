@@ -30,7 +30,6 @@ enum class PoolDistance : int { Cosine = 0, Euclidean = 1 };
 // Storage type of the token rows handed to the core (F64 exists for float64 references).
 enum class PoolDType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 
-// Per-thread scratch reused across documents (grown on demand, never shrunk).
 // Cache-line aligned storage for the arrays the kernels read with 64-byte vector loads (a
 // std::vector's buffer is only 16-byte aligned: every such load would straddle two lines).
 template <typename T>
@@ -49,6 +48,7 @@ struct LineAligned {
 template <typename T>
 using aligned_vector = std::vector<T, LineAligned<T>>;
 
+// Per-thread scratch reused across documents (grown on demand, never shrunk).
 struct PoolScratch {
   std::vector<float> xf;
   aligned_vector<float> xtf;
