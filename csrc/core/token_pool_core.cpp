@@ -51,6 +51,14 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Scratch sized for this document: grown when too small, never shrunk, so that a document
+// longer than the last does not value-initialize (zero) the difference first -- the
+// callers write every element they read.
+template <typename V>
+void grow(V& v, int64_t n) {
+  if ((int64_t)v.size() < n) v.resize(n);
+}
+
 // ---------------------------------------------------------------------------------------
 // Row scan: the first index i < n of the smallest row[i] (strictly smaller than +inf) over
 // live clusters (size[i] != 0); -1 when there is none. The diagonal holds +inf; size is 0
@@ -135,6 +143,25 @@ __attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry
     __m512d r = _mm512_sub_pd(_mm512_add_pd(a, b), c);
     r = _mm512_mask_mov_pd(r, _mm512_cmp_pd_mask(r, zero, _CMP_LT_OQ), zero);
     _mm512_mask_storeu_pd(ry + i, act, _mm512_sqrt_pd(r));
+  }
+}
+
+// Column y of D set from row y (ry) at the rows of live clusters: one masked scatter per
+// 8 rows. Rows of dead clusters are never read again, so they are skipped rather than
+// written (a store per row, live or dead, each to its own cache line, was what the mirror
+// cost).
+__attribute__((target("avx512f"))) void mirror_column_avx512(double* D, int64_t ld, int64_t y,
+                                                            const double* ry,
+                                                            const double* size, int64_t n) {
+  const int64_t np = round_up(n, 8);
+  const __m512d zero = _mm512_setzero_pd();
+  __m512i idx = _mm512_setr_epi64(0, ld, 2 * ld, 3 * ld, 4 * ld, 5 * ld, 6 * ld, 7 * ld);
+  const __m512i step = _mm512_set1_epi64(8 * ld);
+  double* col = D + y;
+  for (int64_t i = 0; i < np; i += 8) {
+    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + i), zero, _CMP_NEQ_UQ);
+    _mm512_mask_i64scatter_pd(col, live, idx, _mm512_loadu_pd(ry + i), 8);
+    idx = _mm512_add_epi64(idx, step);
   }
 }
 
@@ -224,6 +251,19 @@ void ward_update(double* ry, const double* rx, double dxy, double nx, double ny,
   ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
 }
 
+// Mirror row y into column y (the matrix stays symmetric).
+void mirror_column(double* D, int64_t ld, int64_t y, const double* ry, const double* size,
+                   int64_t n, Isa isa) {
+#ifdef LATEINT_POOL_X86
+  if (isa >= Isa::Avx512) return mirror_column_avx512(D, ld, y, ry, size, n);
+#endif
+  (void)size;
+  (void)isa;
+  // Branch-free: rows of dead clusters are never read again, so writing them too is
+  // harmless (ry[y] stays +inf; scans skip dead columns).
+  for (int64_t i = 0; i < n; ++i) D[i * ld + y] = ry[i];
+}
+
 }  // namespace
 
 void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, double* mdist,
@@ -231,15 +271,15 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   // Sizes as doubles (exact for any realistic n), padded with 0 = inactive.
   s.size.assign(round_up(n, 8), 0.0);
   std::fill(s.size.begin(), s.size.begin() + n, 1.0);
-  s.chain.resize(n);
-  s.orig.resize(n);  // slot -> original observation (the matrix is compacted as clusters merge)
+  grow(s.chain, n);
+  grow(s.orig, n);  // slot -> original observation (the matrix is compacted as clusters merge)
   double* size = s.size.data();
   int32_t* chain = s.chain.data();
   int32_t* orig = s.orig.data();
   std::iota(orig, orig + n, 0);
   // Exact reciprocals 1/s of every cluster-size sum the update can meet (s <= n); padded
   // and dead lanes index entry 0..n as well.
-  s.inv.resize(n + 1);
+  grow(s.inv, n + 1);
   double* inv = s.inv.data();
   inv[0] = 0.0;
   for (int64_t v = 1; v <= n; ++v) inv[v] = 1.0 / (double)v;
@@ -258,7 +298,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
       // Drop the dead slots: rows/columns of live clusters move up in order (a monotone
       // renumbering keeps scipy's lowest-index tie-breaking). In place: every element moves
       // to a lower address and is read before anything overwrites it.
-      s.keep.resize(m);
+      grow(s.keep, m);
       s.remap.assign(m, -1);
       int64_t* keep = s.keep.data();
       int32_t* remap = s.remap.data();
@@ -325,9 +365,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     --active;
     double* ry = D + y * ld;
     ward_update(ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
-    // Mirror row y into column y. Branch-free: rows of dead clusters are never read again,
-    // so writing them too is harmless (ry[y] stays +inf; scans skip dead columns).
-    for (int64_t i = 0; i < m; ++i) D[i * ld + y] = ry[i];
+    mirror_column(D, ld, y, ry, size, m, isa);
   }
 }
 
@@ -335,13 +373,13 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
                          double* Z, PoolScratch& s) {
   const int64_t m = n - 1;
   if (m <= 0) return;
-  s.T.resize(m);
+  grow(s.T, m);
   int32_t* order = s.T.data();
   // numpy's argsort(kind="mergesort"): stable, NaN after every number. As a sort of
   // distinct (key, index) pairs, key = the distance's bits mapped to an unsigned order
   // (-0 and +0 equal, every NaN last): the same permutation, without the merge sort's
   // buffer and comparator calls.
-  s.keys.resize(m);
+  grow(s.keys, m);
   std::pair<uint64_t, int32_t>* keys = s.keys.data();
   for (int64_t k = 0; k < m; ++k) {
     const double d = mdist[k] == 0.0 ? 0.0 : mdist[k];
@@ -353,8 +391,8 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
   }
   std::sort(keys, keys + m);
   for (int64_t k = 0; k < m; ++k) order[k] = keys[k].second;
-  s.uf.resize(2 * n - 1);
-  s.mdist.resize(2 * n - 1);  // cluster sizes of the union-find nodes
+  grow(s.uf, 2 * n - 1);
+  grow(s.mdist, 2 * n - 1);  // cluster sizes of the union-find nodes
   int32_t* parent = s.uf.data();
   double* csize = s.mdist.data();
   for (int64_t i = 0; i < 2 * n - 1; ++i) {
@@ -396,7 +434,7 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   const int64_t m = n - 1;
   // Largest merge distance in each subtree (scipy's get_max_dist_for_each_cluster);
   // children are always earlier rows of Z.
-  s.MD.resize(m);
+  grow(s.MD, m);
   double* MD = s.MD.data();
   for (int64_t r = 0; r < m; ++r) {
     double v = Z[4 * r + 2];
@@ -430,7 +468,7 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   // Number the clusters in scipy's traversal order (cluster_monocrit): depth first from the
   // root, left subtree before right; a node whose MD <= cutoff starts a cluster when first
   // reached; leaf children get their number when their parent is left.
-  s.stack.resize(n);
+  grow(s.stack, n);
   s.visited.assign(2 * n - 1, 0);
   int32_t* stk = s.stack.data();
   uint8_t* visited = s.visited.data();
@@ -492,7 +530,7 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
   if (wide) {
     // float64 Gram: float64 inputs, and the Euclidean variant (2 - 2<a,b> cancels for close
     // tokens; float32 would leave ~3e-4 of error in their distance).
-    s.xd.resize(n * dim);
+    grow(s.xd, n * dim);
     double* xd = s.xd.data();
     for (int64_t i = 0; i < n; ++i) {
       double* r = xd + i * dim;
@@ -511,16 +549,16 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
         for (int64_t k = 0; k < dim; ++k) r[k] *= inv;
       }
     }
-    s.xtd.resize(dim * ldt);
+    grow(s.xtd, dim * ldt);
     transpose_into(xd, n, dim, s.xtd.data(), ldt);
-    s.gd.resize(n * ldt);
+    grow(s.gd, n * ldt);
     detail::gram_upper_f64(xd, n, dim, s.xtd.data(), ldt, s.gd.data(), ldt);
   } else {
     const float* xf;
     if (dt == PoolDType::F32) {
       xf = (const float*)x;
     } else {
-      s.xf.resize(n * dim);
+      grow(s.xf, n * dim);
       const uint16_t* h = (const uint16_t*)x;
       for (int64_t i = 0; i < n * dim; ++i)
         s.xf[i] = dt == PoolDType::F16 ? detail::f16_to_f32(h[i]) : detail::bf16_to_f32(h[i]);
@@ -531,14 +569,14 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
     // wherever it is compiled with FMA; the tests compare the two).
 #if defined(__x86_64__) && defined(__GNUC__)
     if (isa >= Isa::Avx512) {
-      s.xtf.resize(dim * round_up(n, 32));
+      grow(s.xtf, dim * round_up(n, 32));
       detail::pack_b16_f32(xf, n, dim, s.xtf.data(), true);
       detail::cosine_dist_f32_panels(n, dim, s.xtf.data(), D, ld);
     } else
 #endif
     {
       const int64_t ldt2 = round_up(n, 8) + 32;
-      s.xtf.resize(dim * ldt2);
+      grow(s.xtf, dim * ldt2);
       detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);
       detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     }
@@ -580,20 +618,20 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
     return n;
   }
   const int64_t ld = round_up(n, 8);
-  s.D.resize(n * ld);
+  grow(s.D, n * ld);
   pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
-  s.mx.resize(n);
-  s.my.resize(n);
-  s.Z.resize(4 * n);
+  grow(s.mx, n);
+  grow(s.my, n);
+  grow(s.Z, 4 * n);
   std::vector<double>& md = s.merge_d;
-  md.resize(n);
+  grow(md, n);
   ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
   return pool_labels_from_merges(s.mx.data(), s.my.data(), md.data(), n, k, labels, s);
 }
 
 int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
                                 int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s) {
-  s.Z.resize(4 * n);
+  grow(s.Z, 4 * n);
   linkage_from_merges(mx, my, mdist, n, s.Z.data(), s);
   const int64_t nc = fcluster_maxclust(s.Z.data(), n, n_clusters, labels, s);
   for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
