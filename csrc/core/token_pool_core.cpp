@@ -622,7 +622,6 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
   pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
   grow(s.mx, n);
   grow(s.my, n);
-  grow(s.Z, 4 * n);
   std::vector<double>& md = s.merge_d;
   grow(md, n);
   ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
