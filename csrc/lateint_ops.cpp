@@ -91,10 +91,11 @@ TORCH_LIBRARY(lateint_kernels, m) {
   // int64 [T], and the output offsets. token_pool = these + a segment mean.
   m.def("token_pool_labels(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
         "int protected_tokens, str distance) -> (Tensor, Tensor)");
-  // token_pool of a list of [L_i, dim] documents (PyLate's layout), read in place: the same
-  // (pooled tokens, offsets) as token_pool on torch.cat(docs) and its offsets.
+  // token_pool of a list of [L_i, dim] documents (PyLate's layout), read in place: one
+  // pooled [L'_i, dim] tensor per document, the rows token_pool gives that document when
+  // run on torch.cat(docs) and its offsets.
   m.def("token_pool_list(Tensor[] docs, int pool_factor, int protected_tokens, "
-        "bool normalize, str distance) -> (Tensor, Tensor)");
+        "bool normalize, str distance) -> Tensor[]");
   // Testing hooks (and the GPU path's host step): scipy's linkage(method="ward") of a full
   // float64 distance matrix, and fcluster(Z, max_nc, criterion="maxclust").
   m.def("_ward_linkage(Tensor dist) -> Tensor");

@@ -29,7 +29,7 @@ _SCHEMAS = {
     "token_pool_labels": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
                          "int protected_tokens, str distance) -> (Tensor, Tensor)",
     "token_pool_list": "(Tensor[] docs, int pool_factor, int protected_tokens, bool normalize, "
-                       "str distance) -> (Tensor, Tensor)",
+                       "str distance) -> Tensor[]",
 }
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _DISTANCES = ("cosine", "euclidean")
@@ -43,9 +43,16 @@ def _labels_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, dista
     return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
 
 
+def _split_owned(tokens, offsets):
+    """One tensor per document, each its own storage (an op's outputs must not alias one
+    another)."""
+    return [t.clone() for t in torch.split(tokens, (offsets[1:] - offsets[:-1]).tolist(), dim=0)]
+
+
 def _pool_list_ref_op(docs, pool_factor, protected_tokens, normalize, distance):
     packed = _ops.pack_list(docs)
-    return _ref.token_pool_ref(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize, distance)
+    return _split_owned(*_ref.token_pool_ref(packed.tokens, packed.offsets, pool_factor, protected_tokens,
+                                             normalize, distance))
 
 
 if not NATIVE_LOADED:
@@ -107,7 +114,8 @@ def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize
 
 def _pool_list_cuda(docs, pool_factor, protected_tokens, normalize, distance):
     packed = _ops.pack_list(docs)
-    return _pool_cuda(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize, distance)
+    return _split_owned(*_pool_cuda(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize,
+                                    distance))
 
 
 torch.library.register_kernel(f"{_NS}::token_pool", "cuda", _pool_cuda)
@@ -134,10 +142,13 @@ def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distanc
 def _(docs, pool_factor, protected_tokens, normalize, distance):
     torch._check(len(docs) >= 1, lambda: "`docs` must hold at least one document")
     torch._check(docs[0].dim() == 2, lambda: "`docs[0]` must be 2-D [L, dim]")
-    n_out = torch.library.get_ctx().new_dynamic_size()
-    torch._check(n_out <= sum(d.shape[0] for d in docs))
-    return (docs[0].new_empty(n_out, docs[0].shape[1]),
-            torch.empty(len(docs) + 1, dtype=torch.int64, device=docs[0].device))
+    ctx = torch.library.get_ctx()
+    outs = []
+    for d in docs:
+        n_out = ctx.new_dynamic_size()
+        torch._check(n_out <= d.shape[0])
+        outs.append(docs[0].new_empty(n_out, docs[0].shape[1]))
+    return outs
 
 
 @torch.library.register_fake(f"{_NS}::token_pool_labels")
@@ -218,8 +229,9 @@ def token_pool_labels(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_
 def token_pool_list(documents: Sequence[torch.Tensor], pool_factor: int, *, protected_tokens: int = 1,
                     normalize: bool = False, distance: str = "cosine") -> List[torch.Tensor]:
     """PyLate's calling convention: a list of [L_i, dim] tensors in, a list of pooled
-    [L'_i, dim] tensors out (views of one packed result, on the input device; PyLate's own
-    returns CPU tensors). On CPU the documents are read where they lie (no packed copy)."""
+    [L'_i, dim] tensors out (on the input device; PyLate's own returns CPU tensors), each its
+    own allocation as PyLate's are. On CPU the documents are read where they lie (no packed
+    copy)."""
     if len(documents) == 0:
         return []
     docs = list(documents)
@@ -234,11 +246,10 @@ def token_pool_list(documents: Sequence[torch.Tensor], pool_factor: int, *, prot
             raise TypeError(f"token_pool_list: documents must be float32, float16, bfloat16 or float64, "
                             f"got {docs[0].dtype}")
         _validate_scalars("token_pool_list", pool_factor, protected_tokens, distance)
-        tokens, offsets = torch.ops.lateint_kernels.token_pool_list(docs, pool_factor, protected_tokens,
-                                                                    bool(normalize), distance)
-    else:
-        packed = _ops.pack_list(docs)
-        tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
-                                     normalize=normalize, distance=distance)
+        return list(torch.ops.lateint_kernels.token_pool_list(docs, pool_factor, protected_tokens,
+                                                              bool(normalize), distance))
+    packed = _ops.pack_list(docs)
+    tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
+                                 normalize=normalize, distance=distance)
     lens = (offsets[1:] - offsets[:-1]).tolist()
     return list(torch.split(tokens, lens, dim=0))

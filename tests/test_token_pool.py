@@ -218,10 +218,16 @@ def test_list_op_equals_packed(dtype, options):
     assert all(g.dtype == dtype for g in got)
     assert torch.equal(torch.cat(got), want_t), seed
     if lk.NATIVE_LOADED:  # the op itself, not the wrapper's fallback
-        op_t, op_o = torch.ops.lateint_kernels.token_pool_list(
+        op_out = torch.ops.lateint_kernels.token_pool_list(
             docs, 3, options.get("protected_tokens", 1), options.get("normalize", False),
             options.get("distance", "cosine"))
-        assert torch.equal(op_t, want_t) and torch.equal(op_o, want_o)
+        assert len(op_out) == len(docs)
+        for g, w in zip(op_out, split(want_t, want_o)):
+            assert g.shape == w.shape and torch.equal(g, w)
+        # each document its own allocation (PyLate's layout), none aliasing an input
+        ptrs = [g.untyped_storage().data_ptr() for g in op_out if g.numel()]
+        assert len(set(ptrs)) == len(ptrs)
+        assert not set(ptrs) & {d.untyped_storage().data_ptr() for d in docs if d.numel()}
 
 
 def test_list_forced_reference_backend(monkeypatch):

@@ -271,24 +271,17 @@ void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t n
 }
 
 // Labels and means per document in one pass (the document is still in cache for its
-// means), written at upper-bound offsets (each document's target cluster count; scipy's
-// maxclust gives fewer only when merge distances tie), then moved down if any came short.
-template <typename T>
-std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInputs& in,
-                                                 bool normalize) {
+// means). Document d's rows go to dst(d), room for p + pool_target rows (its upper bound:
+// scipy's maxclust gives fewer clusters only when merge distances tie); count[d] receives
+// the rows written.
+template <typename T, typename Dst>
+void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& dst_of,
+               int64_t* count) {
   const int64_t* o = in.o;
-  const int64_t nd = in.nd, dim = in.dim;
-  std::vector<int64_t> ub(nd + 1), count(nd);
-  ub[0] = 0;
-  for (int64_t d = 0; d < nd; ++d) {
-    const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len);
-    ub[d + 1] = ub[d] + p + lateint::pool_target(len - p, in.pool_factor);
-  }
-  at::Tensor out = at::empty({ub[nd], dim}, in.opts);
-  T* base = static_cast<T*>(out.data_ptr());
+  const int64_t dim = in.dim;
   const lateint::Isa isa = lateint::cpu_active_isa();
   std::atomic<int64_t> bad_doc{-1};
-  for_each_doc(nd, [&](int64_t b, int64_t e) {
+  for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     std::vector<MeanAcc<T>> acc;
@@ -302,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
       }
       const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
       const T* x = static_cast<const T*>(doc_row(in, d, 0));
-      T* dst = base + ub[d] * dim;
+      T* dst = dst_of(d);
       count[d] = p + nc;
       if (nc == n)
         std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
@@ -312,6 +305,26 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
   });
   const int64_t bad = bad_doc.load();
   LK_CHECK(bad < 0, op, "`", in.name, "` contains NaN or Inf (in document ", bad, ")");
+}
+
+// Rows of document d's output at most (its upper bound).
+int64_t rows_bound(const PoolInputs& in, int64_t d) {
+  const int64_t len = in.o[d + 1] - in.o[d], p = std::min(in.protect, len);
+  return p + lateint::pool_target(len - p, in.pool_factor);
+}
+
+// One packed output [T', dim]: documents written at upper-bound offsets, then moved down if
+// any came short.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInputs& in,
+                                                 bool normalize) {
+  const int64_t nd = in.nd, dim = in.dim;
+  std::vector<int64_t> ub(nd + 1), count(nd);
+  ub[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) ub[d + 1] = ub[d] + rows_bound(in, d);
+  at::Tensor out = at::empty({ub[nd], dim}, in.opts);
+  T* base = static_cast<T*>(out.data_ptr());
+  pool_docs<T>(op, in, normalize, [&](int64_t d) { return base + ub[d] * dim; }, count.data());
   at::Tensor new_off = at::empty({nd + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* no = new_off.data_ptr<int64_t>();
   no[0] = 0;
@@ -327,6 +340,26 @@ std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInput
     out = out.narrow(0, 0, no[nd]);
   }
   return {out, new_off};
+}
+
+// One output tensor per document (PyLate's list), each its own allocation: a few tens of
+// KB apiece, so they come from (and go back to) the allocator's heap the way PyLate's
+// per-document tensors do, rather than from one fresh mapping of the whole result that is
+// page-faulted in on every call. A document that comes short is a narrowed view.
+template <typename T>
+std::vector<at::Tensor> pool_list_t(const char* op, const PoolInputs& in, bool normalize) {
+  const int64_t nd = in.nd, dim = in.dim;
+  std::vector<at::Tensor> outs(nd);
+  std::vector<T*> dst(nd);
+  std::vector<int64_t> count(nd);
+  for (int64_t d = 0; d < nd; ++d) {
+    outs[d] = at::empty({rows_bound(in, d), dim}, in.opts);
+    dst[d] = static_cast<T*>(outs[d].data_ptr());
+  }
+  pool_docs<T>(op, in, normalize, [&](int64_t d) { return dst[d]; }, count.data());
+  for (int64_t d = 0; d < nd; ++d)
+    if (count[d] != outs[d].size(0)) outs[d] = outs[d].narrow(0, 0, count[d]);
+  return outs;
 }
 
 std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_tokens,
@@ -365,14 +398,20 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
   return pool_packed(op, in, normalize);
 }
 
-// PyLate's list of documents in, packed out: the same as token_pool on the packed list,
-// without copying the input into one tensor first.
-std::tuple<at::Tensor, at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_factor,
-                                                       int64_t protected_tokens, bool normalize,
-                                                       c10::string_view distance) {
+// PyLate's list of documents in, a list out: the documents token_pool gives for the packed
+// list, without copying the input into one tensor first.
+std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_factor,
+                                            int64_t protected_tokens, bool normalize,
+                                            c10::string_view distance) {
   const char* op = "token_pool_list";
   const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
-  return pool_packed(op, in, normalize);
+  switch (in.dt) {
+    case PoolDType::F32: return pool_list_t<float>(op, in, normalize);
+    case PoolDType::F64: return pool_list_t<double>(op, in, normalize);
+    case PoolDType::F16: return pool_list_t<at::Half>(op, in, normalize);
+    case PoolDType::BF16: return pool_list_t<at::BFloat16>(op, in, normalize);
+  }
+  TORCH_CHECK(false, op, ": unsupported dtype");
 }
 
 // Testing hook: the distance matrix pool_labels clusters, for one document x [n, dim].
