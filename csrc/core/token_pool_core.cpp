@@ -6,6 +6,10 @@
 // paths (AVX-512 / AVX2 intrinsics) apply the same IEEE operations per lane; sqrt and
 // division are correctly rounded in every path, so all paths give the same bits.
 #pragma GCC optimize("fp-contract=off")
+// GCC 12 reports the deliberately undefined inputs inside its own AVX-512 integer min /
+// reduce intrinsics as uninitialized use.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "token_pool_core.h"
 
@@ -95,27 +99,54 @@ void ward_update_scalar(double* __restrict ry, const double* __restrict rx, doub
 }
 
 #ifdef LATEINT_POOL_X86
+// Four independent accumulators (vectors i, i + 8, i + 16, i + 24 of each 32): the compare ->
+// masked-move chain of one accumulator no longer paces the loop.
 __attribute__((target("avx512f"))) int32_t argmin_avx512(const double* row, const double* size,
                                                          int64_t n, double* m_out) {
   const int64_t np = round_up(n, 8);
   const __m512d zero = _mm512_setzero_pd();
-  __m512d best = _mm512_set1_pd(kInf);
-  __m512i bidx = _mm512_set1_epi64(-1);
+  __m512d b0 = _mm512_set1_pd(kInf), b1 = b0, b2 = b0, b3 = b0;
+  __m512i i0 = _mm512_set1_epi64(-1), i1 = i0, i2 = i0, i3 = i0;
   __m512i idx = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m512i step = _mm512_set1_epi64(8);
-  for (int64_t i = 0; i < np; i += 8) {
-    const __m512d v = _mm512_loadu_pd(row + i);
-    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + i), zero, _CMP_NEQ_UQ);
-    const __mmask8 lt = _mm512_mask_cmp_pd_mask(live, v, best, _CMP_LT_OQ);
-    best = _mm512_mask_mov_pd(best, lt, v);
-    bidx = _mm512_mask_mov_epi64(bidx, lt, idx);
-    idx = _mm512_add_epi64(idx, step);
+  const __m512i s8 = _mm512_set1_epi64(8), s16 = _mm512_set1_epi64(16);
+  const __m512i s24 = _mm512_set1_epi64(24), s32 = _mm512_set1_epi64(32);
+  // one accumulator step: lanes of live clusters strictly below the running minimum
+  auto step = [&](__m512d& b, __m512i& bi, int64_t at, __m512i ix) {
+    const __m512d v = _mm512_loadu_pd(row + at);
+    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + at), zero, _CMP_NEQ_UQ);
+    const __mmask8 lt = _mm512_mask_cmp_pd_mask(live, v, b, _CMP_LT_OQ);
+    b = _mm512_mask_mov_pd(b, lt, v);
+    bi = _mm512_mask_mov_epi64(bi, lt, ix);
+  };
+  int64_t i = 0;
+  for (; i + 32 <= np; i += 32) {
+    step(b0, i0, i, idx);
+    step(b1, i1, i + 8, _mm512_add_epi64(idx, s8));
+    step(b2, i2, i + 16, _mm512_add_epi64(idx, s16));
+    step(b3, i3, i + 24, _mm512_add_epi64(idx, s24));
+    idx = _mm512_add_epi64(idx, s32);
   }
-  const double m = _mm512_reduce_min_pd(best);
+  for (; i < np; i += 8) {
+    step(b0, i0, i, idx);
+    idx = _mm512_add_epi64(idx, s8);
+  }
+  // Combine: the smaller value, and on equal values the smaller index (each accumulator
+  // holds the first index of its lanes' minimum).
+  const __m512i big = _mm512_set1_epi64(INT64_MAX);
+  auto comb = [&](__m512d& ba, __m512i& ia, __m512d bb, __m512i ib) {
+    const __mmask8 lt = _mm512_cmp_pd_mask(bb, ba, _CMP_LT_OQ);
+    const __mmask8 eq = _mm512_cmp_pd_mask(bb, ba, _CMP_EQ_OQ);
+    const __m512i mi =
+        _mm512_min_epi64(_mm512_mask_mov_epi64(big, eq, ia), _mm512_mask_mov_epi64(big, eq, ib));
+    ia = _mm512_mask_mov_epi64(_mm512_mask_mov_epi64(ia, lt, ib), eq, mi);
+    ba = _mm512_mask_mov_pd(ba, lt, bb);
+  };
+  comb(b0, i0, b1, i1); comb(b2, i2, b3, i3); comb(b0, i0, b2, i2);
+  const double m = _mm512_reduce_min_pd(b0);
   *m_out = m;
   if (!(m < kInf)) return -1;
-  const __mmask8 eq = _mm512_cmp_pd_mask(best, _mm512_set1_pd(m), _CMP_EQ_OQ);
-  return (int32_t)_mm512_mask_reduce_min_epi64(eq, bidx);
+  const __mmask8 eq = _mm512_cmp_pd_mask(b0, _mm512_set1_pd(m), _CMP_EQ_OQ);
+  return (int32_t)_mm512_mask_reduce_min_epi64(eq, i0);
 }
 
 __attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry,
