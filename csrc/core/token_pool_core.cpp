@@ -406,10 +406,11 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
   if (m <= 0) return;
   grow(s.T, m);
   int32_t* order = s.T.data();
-  // numpy's argsort(kind="mergesort"): stable, NaN after every number. As a sort of
-  // distinct (key, index) pairs, key = the distance's bits mapped to an unsigned order
-  // (-0 and +0 equal, every NaN last): the same permutation, without the merge sort's
-  // buffer and comparator calls.
+  // numpy's argsort(kind="mergesort"): stable, NaN after every number. Keys are the
+  // distance's bits mapped to an unsigned order (-0 and +0 equal, every NaN last), sorted
+  // by insertion with a strict comparison (stable). The chain finds merges nearly in
+  // order (2.2 insertion moves per merge on the benchmark corpus), where insertion beats
+  // an O(m log m) sort; its worst case, O(m^2), stays below the chain's own O(n^2).
   grow(s.keys, m);
   std::pair<uint64_t, int32_t>* keys = s.keys.data();
   for (int64_t k = 0; k < m; ++k) {
@@ -420,7 +421,12 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
     if (std::isnan(d)) b = ~uint64_t(0);
     keys[k] = {b, (int32_t)k};
   }
-  std::sort(keys, keys + m);
+  for (int64_t k = 1; k < m; ++k) {
+    const std::pair<uint64_t, int32_t> v = keys[k];
+    int64_t j = k;
+    for (; j > 0 && keys[j - 1].first > v.first; --j) keys[j] = keys[j - 1];
+    keys[j] = v;
+  }
   for (int64_t k = 0; k < m; ++k) order[k] = keys[k].second;
   grow(s.uf, 2 * n - 1);
   grow(s.mdist, 2 * n - 1);  // cluster sizes of the union-find nodes
