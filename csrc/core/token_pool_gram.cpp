@@ -175,19 +175,20 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
     }
   }
   const __m512 one = _mm512_set1_ps(1.0f);
-  // v[h][q]: row i0 + q, columns j0 + 8h .. j0 + 8h + 7, as 1 - <,> in float32, widened
-  __m512d v[2 * NW][8];
-  for (int q = 0; q < 8; ++q)
-    for (int w = 0; w < NW; ++w) {
-      const __m512 d = _mm512_sub_ps(one, acc[q][w]);
-      v[2 * w][q] = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
-      v[2 * w + 1][q] =
-          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
-    }
   const bool interior = i0 >= j0 + 16 * NW && i0 + 8 <= n;
   for (int h = 0; h < 2 * NW; ++h) {
     const int64_t jb = j0 + 8 * h;
     if (jb >= n || jb >= i0 + 8) break;
+    // vh[q]: row i0 + q, columns jb .. jb + 7, as 1 - <,> in float32, widened. One block of
+    // 8 columns at a time (not all of the tile's at once), so the values stay in registers
+    // through the stores and the transpose instead of going through the stack.
+    __m512d vh[8];
+    for (int q = 0; q < 8; ++q) {
+      const __m512d d = _mm512_castps_pd(_mm512_sub_ps(one, acc[q][h >> 1]));
+      const __m256 half = _mm256_castpd_ps((h & 1) ? _mm512_extractf64x4_pd(d, 1)
+                                                    : _mm512_castpd512_pd256(d));
+      vh[q] = _mm512_cvtps_pd(half);
+    }
     // rows: D[i, jb + c] for jb + c < i (< n)
     for (int q = 0; q < 8; ++q) {
       const int64_t i = i0 + q;
@@ -197,10 +198,10 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
         const int64_t hi = std::min<int64_t>(i - jb, 8);
         mk = hi <= 0 ? 0 : (__mmask8)((1u << hi) - 1);
       }
-      if (mk) _mm512_mask_storeu_pd(D + i * ld + jb, mk, v[h][q]);
+      if (mk) _mm512_mask_storeu_pd(D + i * ld + jb, mk, vh[q]);
     }
     // mirror: D[jb + c, i0 + q] for jb + c < i0 + q < n
-    transpose8x8_pd(v[h]);
+    transpose8x8_pd(vh);
     for (int c = 0; c < 8; ++c) {
       const int64_t j = jb + c;
       if (j >= n) break;
@@ -209,7 +210,7 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
         const int64_t lo = std::max<int64_t>(j + 1 - i0, 0), hi = std::min<int64_t>(n - i0, 8);
         mk = lo >= hi ? 0 : (__mmask8)(((1u << hi) - 1) & ~((1u << lo) - 1));
       }
-      if (mk) _mm512_mask_storeu_pd(D + j * ld + i0, mk, v[h][c]);
+      if (mk) _mm512_mask_storeu_pd(D + j * ld + i0, mk, vh[c]);
     }
   }
 }
