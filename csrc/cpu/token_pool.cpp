@@ -234,6 +234,22 @@ void add_row(float* a, const T* r, int64_t dim) {
 void add_row(float* a, const float* r, int64_t dim) { add_row_f32(a, r, dim); }
 void add_row(double* a, const double* r, int64_t dim) { add_row_f64(a, r, dim); }
 
+// dst[k] = sum[k] / count: the mean's division, vectorized for the processor at hand.
+LK_POOL_CLONES void div_row_f32(const float* __restrict sum, float count, float* __restrict dst,
+                                int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
+}
+LK_POOL_CLONES void div_row_f64(const double* __restrict sum, double count,
+                                double* __restrict dst, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
+}
+void div_row(const float* sum, float count, float* dst, int64_t dim) {
+  div_row_f32(sum, count, dst, dim);
+}
+void div_row(const double* sum, double count, double* dst, int64_t dim) {
+  div_row_f64(sum, count, dst, dim);
+}
+
 // One document's cluster means written in the input dtype: sums in token order, then sum /
 // count, both in float32 (float64 for float64 inputs) -- PyLate's scatter_add and division,
 // so float32 results are PyLate's bits. x: the document's len rows; the first p are copied
@@ -257,8 +273,14 @@ void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t n
   for (int64_t c = 0; c < nc; ++c) {
     Acc* a = acc + c * dim;
     const Acc count = static_cast<Acc>(cnt[c]);
-    for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
     T* r = dst + (p + c) * dim;
+    if constexpr (std::is_same<T, Acc>::value) {
+      if (!normalize) {  // float32 / float64: the quotient is the output
+        div_row(a, count, r, dim);
+        continue;
+      }
+    }
+    for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
     if (normalize) {
       double ss = 0;
       for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
