@@ -398,14 +398,14 @@ std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_t
   return {rows, new_off};
 }
 
-// Labels, then the means, into one packed output [T', dim] and its offsets.
-std::tuple<at::Tensor, at::Tensor> pool_packed(const char* op, const PoolInputs& in,
-                                               bool normalize) {
-  switch (in.dt) {
-    case PoolDType::F32: return pool_packed_t<float>(op, in, normalize);
-    case PoolDType::F64: return pool_packed_t<double>(op, in, normalize);
-    case PoolDType::F16: return pool_packed_t<at::Half>(op, in, normalize);
-    case PoolDType::BF16: return pool_packed_t<at::BFloat16>(op, in, normalize);
+// fn(T()) for the element type T of the tokens.
+template <typename Fn>
+auto with_dtype(PoolDType dt, const char* op, const Fn& fn) {
+  switch (dt) {
+    case PoolDType::F32: return fn(float());
+    case PoolDType::F64: return fn(double());
+    case PoolDType::F16: return fn(at::Half());
+    case PoolDType::BF16: return fn(at::BFloat16());
   }
   TORCH_CHECK(false, op, ": unsupported dtype");
 }
@@ -417,7 +417,9 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
   const char* op = "token_pool";
   const PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
                                 distance);
-  return pool_packed(op, in, normalize);
+  return with_dtype(in.dt, op, [&](auto t) {
+    return pool_packed_t<decltype(t)>(op, in, normalize);
+  });
 }
 
 // PyLate's list of documents in, a list out: the documents token_pool gives for the packed
@@ -427,13 +429,9 @@ std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_fa
                                             c10::string_view distance) {
   const char* op = "token_pool_list";
   const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
-  switch (in.dt) {
-    case PoolDType::F32: return pool_list_t<float>(op, in, normalize);
-    case PoolDType::F64: return pool_list_t<double>(op, in, normalize);
-    case PoolDType::F16: return pool_list_t<at::Half>(op, in, normalize);
-    case PoolDType::BF16: return pool_list_t<at::BFloat16>(op, in, normalize);
-  }
-  TORCH_CHECK(false, op, ": unsupported dtype");
+  return with_dtype(in.dt, op, [&](auto t) {
+    return pool_list_t<decltype(t)>(op, in, normalize);
+  });
 }
 
 // Testing hook: the distance matrix pool_labels clusters, for one document x [n, dim].
