@@ -70,6 +70,24 @@ def test_ward_linkage_bit_exact_vs_scipy(isa):
 
 
 @NATIVE
+def test_ward_linkage_rounding_inversions_vs_scipy(isa):
+    """Equal distances: the Ward update's rounding makes a later merge's distance
+    (0.9999999999999999) smaller than that of the merge that formed one of its clusters
+    (1.0). scipy's sorted order then no longer follows the tree, and its union-find builds a
+    different tree, which the linkage must reproduce (through the union-find, not the
+    chain's own cluster ids); n <= 5 stays in tree order."""
+    for n in range(3, 12):
+        D = np.ones((n, n)) - np.eye(n)
+        Zs = scipy_hierarchy.linkage(squareform(D, checks=False), method="ward")
+        Zo = torch.ops.lateint_kernels._ward_linkage(torch.from_numpy(D)).numpy()
+        assert np.array_equal(Zs, Zo), n
+        for k in sorted({1, 2, n // 2, n - 1}):
+            Ts = scipy_hierarchy.fcluster(Zs, k, criterion="maxclust")
+            To = torch.ops.lateint_kernels._fcluster_maxclust(torch.from_numpy(Zo), k).numpy()
+            assert np.array_equal(Ts, To), (n, k)
+
+
+@NATIVE
 def test_fcluster_maxclust_matches_scipy():
     """Ward trees, centroid-linkage trees with inversions, ties, and a hand-made valid
     linkage whose subtree maxima are out of order (the cut then counts by a scan instead

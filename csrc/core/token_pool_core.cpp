@@ -304,10 +304,19 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   std::fill(s.size.begin(), s.size.begin() + n, 1.0);
   grow(s.chain, n);
   grow(s.orig, n);  // slot -> original observation (the matrix is compacted as clusters merge)
+  grow(s.cid, n);   // slot -> chain-order id of the cluster it holds
+  grow(s.cx, n);
+  grow(s.cy, n);
+  grow(s.csz, n);
   double* size = s.size.data();
   int32_t* chain = s.chain.data();
   int32_t* orig = s.orig.data();
+  int32_t* cid = s.cid.data();
+  int32_t* cx = s.cx.data();
+  int32_t* cy = s.cy.data();
+  double* csz = s.csz.data();
   std::iota(orig, orig + n, 0);
+  std::iota(cid, cid + n, 0);
   // Exact reciprocals 1/s of every cluster-size sum the update can meet (s <= n); padded
   // and dead lanes index entry 0..n as well.
   grow(s.inv, n + 1);
@@ -348,6 +357,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
       }
       for (int64_t r = 0; r < a; ++r) {
         orig[r] = orig[keep[r]];
+        cid[r] = cid[keep[r]];
         size[r] = size[keep[r]];
       }
       for (int64_t r = a; r < round_up(m, 8); ++r) size[r] = 0.0;
@@ -391,6 +401,10 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     mx[k] = orig[x];
     my[k] = orig[y];
     mdist[k] = cur;
+    cx[k] = cid[x];
+    cy[k] = cid[y];
+    csz[k] = nx + ny;
+    cid[y] = (int32_t)(n + k);
     size[x] = 0.0;
     size[y] = nx + ny;
     --active;
@@ -400,34 +414,93 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
   }
 }
 
-void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
-                         double* Z, PoolScratch& s) {
-  const int64_t m = n - 1;
-  if (m <= 0) return;
-  grow(s.T, m);
-  int32_t* order = s.T.data();
-  // numpy's argsort(kind="mergesort"): stable, NaN after every number. Keys are the
-  // distance's bits mapped to an unsigned order (-0 and +0 equal, every NaN last), sorted
-  // by insertion with a strict comparison (stable). The chain finds merges nearly in
-  // order (2.2 insertion moves per merge on the benchmark corpus), where insertion beats
-  // an O(m log m) sort; its worst case, O(m^2), stays below the chain's own O(n^2).
-  grow(s.keys, m);
-  std::pair<uint64_t, int32_t>* keys = s.keys.data();
+namespace {
+#ifdef LATEINT_POOL_X86
+// Stable insertion sort of keys[0..m) carrying idx along, eight keys per step: the window of
+// the eight sorted keys before the insertion point moves up by one where it is greater
+// than the key (a masked store: the greater ones are the window's top lanes), and the key
+// lands below them. keys[-8..-1] must be 0, below every key, so the walk stops there;
+// idx[-8..-1] must be readable.
+__attribute__((target("avx512f,avx512vl"))) void insertion_sort_avx512(uint64_t* keys,
+                                                                       int32_t* idx, int64_t m) {
+  for (int64_t k = 1; k < m; ++k) {
+    const uint64_t v = keys[k];
+    const int32_t vi = idx[k];
+    const __m512i vv = _mm512_set1_epi64((long long)v);
+    int64_t j = k;
+    for (;;) {
+      const __m512i z = _mm512_loadu_si512(keys + j - 8);
+      const __m256i zi = _mm256_loadu_si256((const __m256i*)(idx + j - 8));
+      const __mmask8 gt = _mm512_cmpgt_epu64_mask(z, vv);
+      _mm512_mask_storeu_epi64(keys + j - 7, gt, z);
+      _mm256_mask_storeu_epi32(idx + j - 7, gt, zi);
+      if (gt != 0xff) {
+        j -= __builtin_popcount(gt);
+        break;
+      }
+      j -= 8;
+    }
+    keys[j] = v;
+    idx[j] = vi;
+  }
+}
+#endif
+
+// order[r] = the merge at row r of scipy's linkage: numpy's argsort(kind="mergesort") of the
+// distances -- stable, NaN after every number. Keys are the distance's bits mapped to an
+// unsigned order (-0 and +0 equal, every NaN last; never 0), sorted by insertion with a
+// strict comparison (stable). The chain finds merges roughly in order (15 places of
+// insertion per merge on the benchmark corpus); its worst case, O(m^2), stays below the
+// chain's own O(n^2).
+void sort_keys_of(const double* mdist, int64_t m, uint64_t* keys, int32_t* idx) {
   for (int64_t k = 0; k < m; ++k) {
     const double d = mdist[k] == 0.0 ? 0.0 : mdist[k];
     uint64_t b;
     std::memcpy(&b, &d, sizeof b);
     b = (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
     if (std::isnan(d)) b = ~uint64_t(0);
-    keys[k] = {b, (int32_t)k};
+    keys[k] = b;
+    idx[k] = (int32_t)k;
   }
+}
+
+void sort_merges(const double* mdist, int64_t m, int32_t* order, PoolScratch& s) {
+  grow(s.skeys, m + 8);
+  grow(s.sidx, m + 8);
+  uint64_t* keys = s.skeys.data() + 8;
+  std::fill(keys - 8, keys, uint64_t(0));
+#ifdef LATEINT_POOL_X86
+  if (cpu_active_isa() >= Isa::Avx512) {
+    int32_t* idx = s.sidx.data() + 8;
+    std::fill(idx - 8, idx, 0);
+    sort_keys_of(mdist, m, keys, idx);
+    insertion_sort_avx512(keys, idx, m);
+    std::copy(idx, idx + m, order);
+    return;
+  }
+#endif
+  sort_keys_of(mdist, m, keys, order);
   for (int64_t k = 1; k < m; ++k) {
-    const std::pair<uint64_t, int32_t> v = keys[k];
+    const uint64_t v = keys[k];
+    const int32_t vi = order[k];
     int64_t j = k;
-    for (; j > 0 && keys[j - 1].first > v.first; --j) keys[j] = keys[j - 1];
+    for (; j > 0 && keys[j - 1] > v; --j) {
+      keys[j] = keys[j - 1];
+      order[j] = order[j - 1];
+    }
     keys[j] = v;
+    order[j] = vi;
   }
-  for (int64_t k = 0; k < m; ++k) order[k] = keys[k].second;
+}
+}  // namespace
+
+void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                         double* Z, PoolScratch& s) {
+  const int64_t m = n - 1;
+  if (m <= 0) return;
+  grow(s.T, m);
+  int32_t* order = s.T.data();
+  sort_merges(mdist, m, order, s);
   grow(s.uf, 2 * n - 1);
   grow(s.mdist, 2 * n - 1);  // cluster sizes of the union-find nodes
   int32_t* parent = s.uf.data();
@@ -462,6 +535,39 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
   }
 }
 
+void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                        double* Z, PoolScratch& s) {
+  const int64_t m = n - 1;
+  if (m <= 0) return;
+  grow(s.T, m);
+  grow(s.pos, m);
+  int32_t* order = s.T.data();
+  int32_t* pos = s.pos.data();
+  sort_merges(mdist, m, order, s);
+  for (int64_t r = 0; r < m; ++r) pos[order[r]] = (int32_t)r;
+  // scipy's union-find finds, for merge k at row pos[k], the clusters merge k joined -- the
+  // node of row pos[j] for a cluster formed by merge j -- exactly when every such j has an
+  // earlier row than k.
+  const int32_t* cx = s.cx.data();
+  const int32_t* cy = s.cy.data();
+  bool tree_order = true;
+  for (int64_t k = 0; k < m; ++k) {
+    const int32_t a = cx[k], b = cy[k];
+    tree_order &= (a < n || pos[a - n] < pos[k]) & (b < n || pos[b - n] < pos[k]);
+  }
+  if (!tree_order) return linkage_from_merges(mx, my, mdist, n, Z, s);
+  for (int64_t r = 0; r < m; ++r) {
+    const int32_t k = order[r];
+    const int32_t a = cx[k] < n ? cx[k] : (int32_t)n + pos[cx[k] - n];
+    const int32_t b = cy[k] < n ? cy[k] : (int32_t)n + pos[cy[k] - n];
+    double* z = Z + 4 * r;
+    z[0] = std::min(a, b);
+    z[1] = std::max(a, b);
+    z[2] = mdist[k];
+    z[3] = s.csz[k];
+  }
+}
+
 int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T,
                           PoolScratch& s) {
   if (max_nc >= n) {
@@ -493,52 +599,73 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
     for (int64_t r = 0; r < m; ++r) merged += MD[r] <= thresh;
     return n - merged;
   };
-  int64_t lo = -1, hi = n - 1;
-  while (hi - lo > 1) {
-    const int64_t i = (lo + hi) >> 1;
-    if (n_clusters_at(MD[i]) > max_nc)
-      lo = i;
-    else
-      hi = i;
+  // With MD non-decreasing the bisection's answer is direct: the smallest row whose MD
+  // reaches the (n - max_nc)-th smallest, whose value is MD[n - max_nc - 1].
+  double cutoff;
+  if (sorted) {
+    cutoff = MD[n - max_nc - 1];
+  } else {
+    int64_t lo = -1, hi = n - 1;
+    while (hi - lo > 1) {
+      const int64_t i = (lo + hi) >> 1;
+      if (n_clusters_at(MD[i]) > max_nc)
+        lo = i;
+      else
+        hi = i;
+    }
+    cutoff = MD[hi];
   }
-  const double cutoff = MD[hi];
   // Number the clusters in scipy's traversal order (cluster_monocrit): depth first from the
-  // root, left subtree before right; a node whose MD <= cutoff starts a cluster when first
-  // reached; leaf children get their number when their parent is left.
-  grow(s.stack, n);
-  s.visited.assign(2 * n - 1, 0);
+  // root, left subtree before right; a node whose MD <= cutoff (a cluster: MD never falls
+  // going up the tree, so all its descendants are in it) takes the next number when the
+  // traversal reaches it; the leaf children of a node above the cut take theirs, left then
+  // right, when the traversal leaves that node. Only the nodes above the cut are walked
+  // (frames: node, next child to look at); the numbers then flow down the clusters, parents
+  // (later rows) before children, to every node below a numbered one (whatever its own MD:
+  // a NaN subtree maximum does not reach its parent's).
+  grow(s.stack, 2 * n);
+  s.uf.assign(2 * n - 1, 0);
   int32_t* stk = s.stack.data();
-  uint8_t* visited = s.visited.data();
-  int64_t k = 0, nc = 0, leader = -1;
-  stk[0] = (int32_t)(2 * n - 2);
-  while (k >= 0) {
-    const int64_t root = stk[k] - n;
-    const int64_t lc = (int64_t)Z[4 * root], rc = (int64_t)Z[4 * root + 1];
-    if (leader == -1 && MD[root] <= cutoff) {
-      leader = root;
-      ++nc;
+  int32_t* num = s.uf.data();  // cluster number of each node in a cluster, 0 above the cut
+  auto in_cut = [&](int64_t node) { return node < n || MD[node - n] <= cutoff; };
+  int64_t nc = 0;
+  const int64_t root = 2 * n - 2;
+  if (in_cut(root)) {
+    num[root] = (int32_t)++nc;
+  } else {
+    int64_t k = 0;
+    stk[0] = (int32_t)root;
+    stk[1] = 0;
+    while (k >= 0) {
+      const int64_t r = stk[2 * k] - n;
+      const int32_t c = stk[2 * k + 1];
+      if (c < 2) {
+        stk[2 * k + 1] = c + 1;
+        const int64_t child = (int64_t)Z[4 * r + c];
+        if (child >= n) {
+          if (in_cut(child)) {
+            num[child] = (int32_t)++nc;
+          } else {
+            ++k;
+            stk[2 * k] = (int32_t)child;
+            stk[2 * k + 1] = 0;
+          }
+        }
+        continue;
+      }
+      const int64_t lc = (int64_t)Z[4 * r], rc = (int64_t)Z[4 * r + 1];
+      if (lc < n) num[lc] = (int32_t)++nc;
+      if (rc < n) num[rc] = (int32_t)++nc;
+      --k;
     }
-    if (lc >= n && !visited[lc]) {
-      visited[lc] = 1;
-      stk[++k] = (int32_t)lc;
-      continue;
-    }
-    if (rc >= n && !visited[rc]) {
-      visited[rc] = 1;
-      stk[++k] = (int32_t)rc;
-      continue;
-    }
-    if (lc < n) {
-      if (leader == -1) ++nc;
-      T[lc] = (int32_t)nc;
-    }
-    if (rc < n) {
-      if (leader == -1) ++nc;
-      T[rc] = (int32_t)nc;
-    }
-    if (leader == root) leader = -1;
-    --k;
   }
+  for (int64_t r = m - 1; r >= 0; --r) {
+    const int32_t v = num[n + r];
+    if (v == 0) continue;
+    num[(int64_t)Z[4 * r]] = v;
+    num[(int64_t)Z[4 * r + 1]] = v;
+  }
+  for (int64_t i = 0; i < n; ++i) T[i] = num[i];
   return nc;
 }
 
@@ -662,7 +789,11 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
   std::vector<double>& md = s.merge_d;
   grow(md, n);
   ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
-  return pool_labels_from_merges(s.mx.data(), s.my.data(), md.data(), n, k, labels, s);
+  grow(s.Z, 4 * n);
+  linkage_from_chain(s.mx.data(), s.my.data(), md.data(), n, s.Z.data(), s);
+  const int64_t nc = fcluster_maxclust(s.Z.data(), n, k, labels, s);
+  for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
+  return nc;
 }
 
 int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,

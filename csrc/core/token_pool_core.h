@@ -55,10 +55,12 @@ struct PoolScratch {
   std::vector<double> xd, xtd, gd;
   aligned_vector<double> D, size, inv;
   std::vector<double> mdist, Z, MD, merge_d;
-  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap;
+  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap, cid, cx, cy, pos;
+  std::vector<double> csz;
   std::vector<int64_t> keep;
   std::vector<uint8_t> visited;
-  std::vector<std::pair<uint64_t, int32_t>> keys;
+  std::vector<uint64_t> skeys;  // sort keys and their merges, 8 slots before the first
+  std::vector<int32_t> sidx;
   // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
   // lines per merge, so that its first read does not wait on DRAM. Optional.
   const void* prefetch = nullptr;
@@ -68,6 +70,9 @@ struct PoolScratch {
 // Ward NN-chain over the full symmetric n x n distance matrix D (row stride ld >= n),
 // which is overwritten. Writes the merges in the order the chain finds them, as scipy's
 // nn_chain does before sorting: slots mx[k] < my[k] and the distance mdist[k], k < n - 1.
+// Also records, for linkage_from_chain, the two clusters each merge joins by their
+// chain-order ids (observation i: i; the cluster formed by merge j: n + j) in s.cx / s.cy
+// and the merged size in s.csz.
 void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, double* mdist,
                    PoolScratch& s, Isa isa);
 
@@ -75,6 +80,14 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
 // relabelling, cluster sizes. Z is [n - 1, 4] row-major float64.
 void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
                          double* Z, PoolScratch& s);
+
+// linkage_from_merges for the merges ward_nn_chain just made (it reads s.cx, s.cy, s.csz):
+// the same matrix, with the clusters' ids mapped through the sorted order instead of a
+// union-find, when that order puts every merge after the merges that formed its two
+// clusters (Ward's merge distances grow up the tree, so it does unless rounding makes a
+// merge distance smaller than a child's); otherwise through linkage_from_merges.
+void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                        double* Z, PoolScratch& s);
 
 // scipy's fcluster(Z, max_nc, criterion="maxclust"): T[i] in 1..nc for observation i, with
 // scipy's cluster numbering. Returns nc (<= max_nc; fewer when merge distances tie).

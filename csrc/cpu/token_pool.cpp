@@ -472,7 +472,7 @@ at::Tensor ward_linkage_cpu(const at::Tensor& dist) {
   lateint::ward_nn_chain(D.data(), n, ld, mx.data(), my.data(), md.data(), s,
                          lateint::cpu_active_isa());
   at::Tensor Z = at::empty({n - 1, 4}, dist.options());
-  lateint::linkage_from_merges(mx.data(), my.data(), md.data(), n, Z.data_ptr<double>(), s);
+  lateint::linkage_from_chain(mx.data(), my.data(), md.data(), n, Z.data_ptr<double>(), s);
   return Z;
 }
 
