@@ -55,6 +55,15 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Row stride of the distance matrix for n columns: whole cache lines, an odd number of
+// them, so that a column (the chain's mirror writes one per merge) spreads over all L1
+// sets instead of a few (a stride of 2^k lines maps it to 64 / 2^k sets). Harness,
+// 2,000 benchmark documents, one thread: chain 165 -> 160 ms.
+inline int64_t row_stride(int64_t n) {
+  const int64_t ld = round_up(n, 8);
+  return (ld / 8) % 2 ? ld : ld + 8;
+}
+
 // Scratch sized for this document: grown when too small, never shrunk, so that a document
 // longer than the last does not value-initialize (zero) the difference first -- the
 // callers write every element they read.
@@ -348,7 +357,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
           keep[a] = i;
           remap[i] = (int32_t)a++;
         }
-      const int64_t ld2 = round_up(a, 8);
+      const int64_t ld2 = row_stride(a);
       for (int64_t r = 0; r < a; ++r) {
         const double* src = D + keep[r] * ld;
         double* dst = D + r * ld2;
@@ -781,7 +790,7 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
     for (int64_t i = 0; i < n; ++i) labels[i] = (int32_t)i;
     return n;
   }
-  const int64_t ld = round_up(n, 8);
+  const int64_t ld = row_stride(n);
   grow(s.D, n * ld);
   pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
   grow(s.mx, n);
