@@ -597,23 +597,21 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   }
   // Smallest threshold MD[i] (binary search over rows, as scipy) giving at most max_nc
   // clusters. With MD monotone along the tree, cutting at `thresh` leaves
-  // n - #{nodes with MD <= thresh} clusters. That count is itself a bisection when MD is
-  // non-decreasing over the rows (Z sorted by distance, no inversions, no NaN: every tree
-  // linkage_from_merges makes), a scan otherwise.
+  // n - #{nodes with MD <= thresh} clusters. When MD is non-decreasing over the rows (Z
+  // sorted by distance, no inversions, no NaN: every tree the linkage functions make) the
+  // search's answer is direct: the smallest row whose MD reaches the (n - max_nc)-th
+  // smallest, whose value is MD[n - max_nc - 1]. Otherwise the search, counting by a scan.
   bool sorted = m > 0 && !std::isnan(MD[0]);
   for (int64_t r = 1; r < m && sorted; ++r) sorted = MD[r] >= MD[r - 1];
-  auto n_clusters_at = [&](double thresh) {
-    if (sorted) return n - (int64_t)(std::upper_bound(MD, MD + m, thresh) - MD);
-    int64_t merged = 0;
-    for (int64_t r = 0; r < m; ++r) merged += MD[r] <= thresh;
-    return n - merged;
-  };
-  // With MD non-decreasing the bisection's answer is direct: the smallest row whose MD
-  // reaches the (n - max_nc)-th smallest, whose value is MD[n - max_nc - 1].
   double cutoff;
   if (sorted) {
     cutoff = MD[n - max_nc - 1];
   } else {
+    auto n_clusters_at = [&](double thresh) {
+      int64_t merged = 0;
+      for (int64_t r = 0; r < m; ++r) merged += MD[r] <= thresh;
+      return n - merged;
+    };
     int64_t lo = -1, hi = n - 1;
     while (hi - lo > 1) {
       const int64_t i = (lo + hi) >> 1;
@@ -636,7 +634,7 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
   s.uf.assign(2 * n - 1, 0);
   int32_t* stk = s.stack.data();
   int32_t* num = s.uf.data();  // cluster number of each node in a cluster, 0 above the cut
-  auto in_cut = [&](int64_t node) { return node < n || MD[node - n] <= cutoff; };
+  auto in_cut = [&](int64_t node) { return MD[node - n] <= cutoff; };  // internal nodes
   int64_t nc = 0;
   const int64_t root = 2 * n - 2;
   if (in_cut(root)) {
@@ -783,6 +781,15 @@ void pool_distances(const void* x, PoolDType dt, int64_t n, int64_t dim, PoolDis
         for (int64_t i = i0; i < std::min({i0 + B, n, j}); ++i) D[j * ld + i] = D[i * ld + j];
 }
 
+namespace {
+// The cut of the linkage in s.Z into at most n_clusters: labels[i] in 0..nc-1, returns nc.
+int64_t labels_of_cut(int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s) {
+  const int64_t nc = fcluster_maxclust(s.Z.data(), n, n_clusters, labels, s);
+  for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
+  return nc;
+}
+}  // namespace
+
 int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t pool_factor,
                     PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa) {
   const int64_t k = pool_target(n, pool_factor);
@@ -800,18 +807,14 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
   ward_nn_chain(s.D.data(), n, ld, s.mx.data(), s.my.data(), md.data(), s, isa);
   grow(s.Z, 4 * n);
   linkage_from_chain(s.mx.data(), s.my.data(), md.data(), n, s.Z.data(), s);
-  const int64_t nc = fcluster_maxclust(s.Z.data(), n, k, labels, s);
-  for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
-  return nc;
+  return labels_of_cut(n, k, labels, s);
 }
 
 int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
                                 int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s) {
   grow(s.Z, 4 * n);
   linkage_from_merges(mx, my, mdist, n, s.Z.data(), s);
-  const int64_t nc = fcluster_maxclust(s.Z.data(), n, n_clusters, labels, s);
-  for (int64_t i = 0; i < n; ++i) labels[i] -= 1;
-  return nc;
+  return labels_of_cut(n, n_clusters, labels, s);
 }
 
 }  // namespace lateint

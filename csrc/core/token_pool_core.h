@@ -58,7 +58,6 @@ struct PoolScratch {
   std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap, cid, cx, cy, pos;
   std::vector<double> csz;
   std::vector<int64_t> keep;
-  std::vector<uint8_t> visited;
   std::vector<uint64_t> skeys;  // sort keys and their merges, 8 slots before the first
   std::vector<int32_t> sidx;
   // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
