@@ -503,13 +503,12 @@ void sort_merges(const double* mdist, int64_t m, int32_t* order, PoolScratch& s)
 }
 }  // namespace
 
-void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
-                         double* Z, PoolScratch& s) {
+namespace {
+// scipy's label(): the merges in sorted order (`order`, from sort_merges) relabelled through
+// a union-find into Z's rows.
+void linkage_union_find(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                        const int32_t* order, double* Z, PoolScratch& s) {
   const int64_t m = n - 1;
-  if (m <= 0) return;
-  grow(s.T, m);
-  int32_t* order = s.T.data();
-  sort_merges(mdist, m, order, s);
   grow(s.uf, 2 * n - 1);
   grow(s.mdist, 2 * n - 1);  // cluster sizes of the union-find nodes
   int32_t* parent = s.uf.data();
@@ -543,6 +542,16 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
     ++next;
   }
 }
+}  // namespace
+
+void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                         double* Z, PoolScratch& s) {
+  const int64_t m = n - 1;
+  if (m <= 0) return;
+  grow(s.T, m);
+  sort_merges(mdist, m, s.T.data(), s);
+  linkage_union_find(mx, my, mdist, n, s.T.data(), Z, s);
+}
 
 void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
                         double* Z, PoolScratch& s) {
@@ -564,7 +573,7 @@ void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdis
     const int32_t a = cx[k], b = cy[k];
     tree_order &= (a < n || pos[a - n] < pos[k]) & (b < n || pos[b - n] < pos[k]);
   }
-  if (!tree_order) return linkage_from_merges(mx, my, mdist, n, Z, s);
+  if (!tree_order) return linkage_union_find(mx, my, mdist, n, order, Z, s);
   for (int64_t r = 0; r < m; ++r) {
     const int32_t k = order[r];
     const int32_t a = cx[k] < n ? cx[k] : (int32_t)n + pos[cx[k] - n];

@@ -13,7 +13,6 @@
 #pragma once
 #include <cstdint>
 #include <new>
-#include <utility>
 #include <vector>
 
 #include "maxsim_core.h"
@@ -84,7 +83,7 @@ void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdi
 // the same matrix, with the clusters' ids mapped through the sorted order instead of a
 // union-find, when that order puts every merge after the merges that formed its two
 // clusters (Ward's merge distances grow up the tree, so it does unless rounding makes a
-// merge distance smaller than a child's); otherwise through linkage_from_merges.
+// merge distance smaller than a child's); otherwise by linkage_from_merges' union-find.
 void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
                         double* Z, PoolScratch& s);
 
