@@ -10,7 +10,11 @@ __all__ = ["lut_maxsim_ref", "maxsim_ref", "maxsim_candidates_ref", "maxsim_argm
 
 
 def _padded(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, doc_ids: torch.Tensor):
-    """Gather documents `doc_ids` into [n, Lmax, d] with a validity mask [n, Lmax]."""
+    """Gather documents `doc_ids` into [n, Lmax, d] with a validity mask [n, Lmax]. With no
+    documents at all, every id is a placeholder (of a -1 candidate) and comes back empty."""
+    if doc_offsets.shape[0] < 2:
+        return (doc_tokens.new_zeros(len(doc_ids), 1, doc_tokens.shape[1]),
+                torch.zeros(len(doc_ids), 1, dtype=torch.bool, device=doc_tokens.device))
     starts = doc_offsets[doc_ids]
     lens = doc_offsets[doc_ids + 1] - starts
     lmax = int(lens.max()) if lens.numel() else 0
@@ -53,7 +57,7 @@ def _scores(queries, query_mask, doc_tokens, doc_offsets, doc_ids, doc_padded, m
             best, arg = _token_max(sim, valid[None, None], pad, mask_mode)
             starts = doc_offsets[ids][None, None, :]
             arg = torch.where(arg >= 0, arg + starts, arg)
-            best = best * qmask[:, :, None]
+            best = torch.where(qmask[:, :, None], best, torch.zeros_like(best))  # masked: adds 0, even NaN
             arg = torch.where(qmask[:, :, None], arg, torch.full_like(arg, -1))
             outs.append(best.sum(1))
             args.append(arg)
@@ -61,17 +65,19 @@ def _scores(queries, query_mask, doc_tokens, doc_offsets, doc_ids, doc_padded, m
             return queries.new_zeros(nq, 0), torch.zeros(nq, lq, 0, dtype=torch.long)
         return torch.cat(outs, 1), torch.cat(args, 2)
     k = doc_ids.shape[1]
+    if nq == 0 or k == 0:
+        return queries.new_zeros(nq, k), torch.full((nq, lq, k), -1, dtype=torch.long, device=queries.device)
     none = doc_ids < 0
     ids = doc_ids.clamp_min(0)
     D, valid = _padded(doc_tokens, doc_offsets, ids.reshape(-1))
     D = D.reshape(nq, k, *D.shape[1:])
     valid = valid.reshape(nq, k, -1)
     sim = torch.einsum("qid,qktd->qikt", queries, D)
-    pad = None if doc_padded is None else doc_padded[ids][:, None, :]
+    pad = None if doc_padded is None or nd == 0 else doc_padded[ids][:, None, :]
     best, arg = _token_max(sim, valid[:, None], pad, mask_mode)
     starts = doc_offsets[ids][:, None, :]
     arg = torch.where(arg >= 0, arg + starts, arg)
-    best = best * qmask[:, :, None]
+    best = torch.where(qmask[:, :, None], best, torch.zeros_like(best))  # masked: adds 0, even NaN
     arg = torch.where(qmask[:, :, None] & ~none[:, None, :], arg, torch.full_like(arg, -1))
     out = best.sum(1)
     out = out.masked_fill(none, float("-inf"))

@@ -326,7 +326,7 @@ void maxsim_grad_queries_range(const MaxSimProblem& p, const int32_t* argmax, co
 void build_doc_pairs(const MaxSimProblem& p, DocPairs* out) {
   DocPairs& dp = *out;
   dp.ptr.assign(p.nd + 1, 0);
-  if (p.cand == nullptr) {
+  if (!p.has_cand) {
     // all pairs: document s meets every query in slot s
     dp.q.resize(p.nd * p.nq);
     dp.slot.resize(p.nd * p.nq);

@@ -33,8 +33,10 @@ struct MaxSimProblem {
   const uint8_t* doc_padded = nullptr;  // [nd] or null; read in MaskMode::Zero only
   DType dtype = DType::F32;
   MaskMode mode = MaskMode::Ignore;
-  // Candidates: when non-null, query q is scored against docs cand[q * ncand + c] (a value of
-  // -1 means "no candidate": score -inf). When null, every query meets every document.
+  // Candidates: when has_cand, query q is scored against docs cand[q * ncand + c] (a value of
+  // -1 means "no candidate": score -inf); cand may be null when ncand is 0. Otherwise every
+  // query meets every document.
+  bool has_cand = false;
   const int64_t* cand = nullptr;
   int64_t ncand = 0;
 };
@@ -61,7 +63,7 @@ void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQue
 bool bf16_use_dot();
 
 // Number of "slots" per query: nd for all-pairs, ncand for candidates.
-inline int64_t n_slots(const MaxSimProblem& p) { return p.cand ? p.ncand : p.nd; }
+inline int64_t n_slots(const MaxSimProblem& p) { return p.has_cand ? p.ncand : p.nd; }
 
 // Forward over slots [s0, s1) of queries [q0, q1).
 //   scores: [nq, n_slots] float32, written for the range.

@@ -123,7 +123,8 @@ Inputs prepare(const char* op, const at::Tensor& queries, const std::optional<at
       in.doc_padded.defined() ? (const uint8_t*)in.doc_padded.data_ptr<bool>() : nullptr;
   p.dtype = dt;
   p.mode = mode_of(mask_mode, op);
-  p.cand = in.cand.defined() ? in.cand.data_ptr<int64_t>() : nullptr;
+  p.has_cand = in.cand.defined();
+  p.cand = p.has_cand ? in.cand.data_ptr<int64_t>() : nullptr;
   p.ncand = ncand;
   return in;
 }
@@ -133,7 +134,10 @@ Inputs prepare(const char* op, const at::Tensor& queries, const std::optional<at
   if (in.query_mask.defined()) q = q.index({in.query_mask});
   if (!at::isfinite(q).all().item<bool>())
     TORCH_CHECK(false, op, ": `queries` contains NaN or Inf (in an unmasked token)");
-  TORCH_CHECK(false, op, ": `doc_tokens` contains NaN or Inf");
+  if (!at::isfinite(in.docs).all().item<bool>())
+    TORCH_CHECK(false, op, ": `doc_tokens` contains NaN or Inf");
+  TORCH_CHECK(false, op, ": `queries` and `doc_tokens` are finite but a similarity (or its sum over the ",
+              "query tokens) overflows float32; are the embeddings normalized?");
 }
 
 // Runs the forward over all (query, slot) pairs of p in parallel.
@@ -145,7 +149,7 @@ void run_forward_problem(const char* op, const Inputs& in, const MaxSimProblem& 
   lateint::pack_queries(p, lateint::cpu_active_isa(), &pq);
   std::atomic<bool> finite{true};
   const int64_t nthreads = at::get_num_threads();
-  if (p.cand == nullptr && (p.nd >= 8 * nthreads || p.nq < nthreads)) {
+  if (!p.has_cand && (p.nd >= 8 * nthreads || p.nq < nthreads)) {
     // Split documents: each thread walks its own documents once for all queries.
     const int64_t grain = std::max<int64_t>(1, p.nd / (8 * nthreads));
     at::parallel_for(0, p.nd, grain, [&](int64_t b, int64_t e) {

@@ -56,6 +56,7 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
     std::vector<int64_t> cand(nq * 5);
     for (auto& c : cand) c = (int64_t)(rng() % (p.nd + 1)) - 1;
     MaxSimProblem pc = p;
+    pc.has_cand = true;
     pc.cand = cand.data();
     pc.ncand = 5;
     std::vector<float> SC(nq * 5, NAN);
