@@ -125,6 +125,9 @@ for _name in _POOL_OPS:
     _ops._BACKENDS[(_name, "cuda")] = ("triton" if _TRITON_POOL is not None and NATIVE_LOADED
                                        else "cpp" if NATIVE_LOADED else "reference")
 _ops._KNOWN_OPS.update(_POOL_OPS)
+_ops.mark_non_differentiable(*_POOL_OPS)
+if NATIVE_LOADED:
+    _ops.mark_non_differentiable("_ward_linkage", "_fcluster_maxclust", "_pool_distances", "_token_pool_finish")
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,6 +196,39 @@ def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distan
     _ops.raise_bad_offsets(op, doc_offsets, doc_tokens.shape[0], flags[:3])
     if flags[3]:
         raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
+    if distance == "cosine":
+        bad = _first_unnormalized_doc(doc_tokens, doc_offsets, pool_factor, protected_tokens)
+        if bad >= 0:
+            raise ValueError(_unnormalized_message(op, "doc_tokens", bad))
+
+
+# Squared norm up to which a clustered token counts as L2-normalized under the cosine
+# distance (csrc/core/token_pool_core.h: kPoolMaxSqNorm).
+_MAX_SQNORM = 1.02
+
+
+def _unnormalized_message(op: str, name: str, doc: int) -> str:
+    return (f"{op}: `{name}`: document {doc} has tokens that are not L2-normalized (squared norm above "
+            f"{_MAX_SQNORM}, or too large for float32 products); distance \"cosine\" clusters on 1 - <a, b>, "
+            f"which is a distance only between unit vectors. Normalize the tokens first, or pass "
+            f"distance=\"euclidean\"")
+
+
+def _first_unnormalized_doc(doc_tokens, doc_offsets, pool_factor: int, protected_tokens: int) -> int:
+    """The first document whose clustered tokens (past the protected ones, in a document the
+    cut shrinks) are not all of squared norm <= _MAX_SQNORM; -1 when there is none."""
+    lens = doc_offsets[1:] - doc_offsets[:-1]
+    if lens.numel() == 0:
+        return -1
+    p = lens.clamp(max=protected_tokens)
+    n = lens - p
+    clustered = (n // pool_factor).clamp(min=1) < n
+    doc_of = torch.repeat_interleave(torch.arange(lens.numel(), device=lens.device), lens)
+    pos = torch.arange(doc_tokens.shape[0], device=lens.device) - doc_offsets[:-1][doc_of]
+    checked = clustered[doc_of] & (pos >= p[doc_of])
+    sq = doc_tokens.float().pow(2).sum(1)
+    bad = checked & ~(sq <= _MAX_SQNORM)
+    return int(doc_of[bad][0]) if bool(bad.any()) else -1
 
 
 def token_pool(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int, *,

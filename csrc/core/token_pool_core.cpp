@@ -37,7 +37,29 @@ void cosine_dist_f32_panels(int64_t n, int64_t dim, const float* P, double* D, i
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
 bool all_finite_u64(const uint64_t* v, int64_t n);
+float max_sqnorm_f32(const float* x, int64_t n, int64_t dim);
 }  // namespace detail
+
+double pool_max_sqnorm(const void* x, PoolDType dt, int64_t n, int64_t dim) {
+  if (dt == PoolDType::F32) return detail::max_sqnorm_f32((const float*)x, n, dim);
+  double m = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int64_t k = 0; k < dim; ++k) {
+      const int64_t j = i * dim + k;
+      double v = 0.0;
+      switch (dt) {
+        case PoolDType::F64: v = ((const double*)x)[j]; break;
+        case PoolDType::F16: v = detail::f16_to_f32(((const uint16_t*)x)[j]); break;
+        case PoolDType::BF16: v = detail::bf16_to_f32(((const uint16_t*)x)[j]); break;
+        case PoolDType::F32: break;
+      }
+      s += v * v;
+    }
+    if (!(s <= m)) m = s;
+  }
+  return m;
+}
 
 bool pool_all_finite(const void* x, PoolDType dt, int64_t count) {
   switch (dt) {

@@ -106,6 +106,16 @@ int64_t pool_labels(const void* x, PoolDType dt, int64_t n, int64_t dim, int64_t
 // Whether all `count` values of x are finite (no NaN, no Inf).
 bool pool_all_finite(const void* x, PoolDType dt, int64_t count);
 
+// The largest squared L2 norm among the n rows of x [n, dim] (NaN if any is NaN, +inf on
+// overflow; float32 sums for float32 rows). The cosine distance 1 - <a, b> is a
+// dissimilarity (>= 0, up to rounding) only for rows of norm <= 1: larger norms give
+// negative distances, on which scipy's Ward update takes square roots of negative numbers.
+double pool_max_sqnorm(const void* x, PoolDType dt, int64_t n, int64_t dim);
+
+// Squared norm up to which a token counts as L2-normalized for the cosine distance: room
+// for float16 / bfloat16 rounding of unit vectors (relative error 2^-8 per value).
+constexpr double kPoolMaxSqNorm = 1.02;
+
 // The cut of pool_labels from an NN-chain's merge list (n - 1 merges, any device made
 // them): labels[i] in 0..nc-1, returns nc. Used by the GPU path's host step.
 int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,

@@ -171,21 +171,48 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
   });
 }
 
+constexpr int64_t kNonFinite = -1, kNotNormalized = -2;
+
 // Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
-// token p + i; returns the number of clusters (n when the document is kept as it is), or -1
-// when the document holds NaN or Inf. p = min(protected_tokens, length). Document `next`
-// (the caller's next one, or -1) is brought into cache while d clusters.
+// token p + i; returns the number of clusters (n when the document is kept as it is), or
+// kNonFinite when the document holds NaN or Inf, kNotNormalized when the cosine distance
+// would cluster tokens that are not L2-normalized. p = min(protected_tokens, length).
+// Document `next` (the caller's next one, or -1) is brought into cache while d clusters.
 int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int32_t>& lab,
                   lateint::PoolScratch& scratch, lateint::Isa isa) {
   scratch.prefetch = next >= 0 ? doc_row(in, next, 0) : nullptr;
   scratch.prefetch_bytes = next >= 0 ? (in.o[next + 1] - in.o[next]) * in.dim * in.esz : 0;
   const int64_t len = in.o[d + 1] - in.o[d];
-  if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) return -1;
+  if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) return kNonFinite;
   const int64_t p = std::min(in.protect, len), n = len - p;
+  if (in.dist == PoolDistance::Cosine && lateint::pool_target(n, in.pool_factor) < n &&
+      !(lateint::pool_max_sqnorm(doc_row(in, d, p), in.dt, n, in.dim) <= lateint::kPoolMaxSqNorm))
+    return kNotNormalized;
   lab.resize(n);
   return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
                               lab.data(), scratch, isa);
 }
+
+// The first document (lowest index) a pass refused, and why; reported after the pass.
+struct DocRefusal {
+  std::atomic<int64_t> doc{-1};
+  std::atomic<int64_t> why{0};
+  void note(int64_t d, int64_t code) {
+    int64_t cur = doc.load();
+    while ((cur < 0 || d < cur) && !doc.compare_exchange_weak(cur, d)) {
+    }
+    if (doc.load() == d) why = code;
+  }
+  void raise_if_any(const char* op, const PoolInputs& in) const {
+    const int64_t d = doc.load();
+    if (d < 0) return;
+    LK_CHECK(why.load() != kNonFinite, op, "`", in.name, "` contains NaN or Inf (in document ", d, ")");
+    LK_CHECK(false, op, "`", in.name, "`: document ", d, " has tokens that are not L2-normalized ",
+             "(squared norm above ", lateint::kPoolMaxSqNorm, ", or too large for float32 products); ",
+             "distance \"cosine\" clusters on 1 - <a, b>, which is a distance only between unit ",
+             "vectors. Normalize the tokens first, or pass distance=\"euclidean\"");
+  }
+};
 
 // Per-token output row (global) and the new offsets: protected tokens keep a row each, the
 // rest map to their cluster's row.
@@ -193,14 +220,14 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   const int64_t* o = in.o;
   std::vector<int64_t> count(in.nd);
   const lateint::Isa isa = lateint::cpu_active_isa();
-  std::atomic<int64_t> bad_doc{-1};
+  DocRefusal refused;
   for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
       const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
       if (nc < 0) {
-        bad_doc = d;
+        refused.note(d, nc);
         count[d] = 0;
         continue;
       }
@@ -210,8 +237,7 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
       count[d] = p + nc;
     }
   });
-  const int64_t bad = bad_doc.load();
-  LK_CHECK(bad < 0, op, "`", in.name, "` contains NaN or Inf (in document ", bad, ")");
+  refused.raise_if_any(op, in);
   rows_to_global(o, in.nd, count.data(), rows, new_offsets);
 }
 
@@ -302,7 +328,7 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
   const int64_t* o = in.o;
   const int64_t dim = in.dim;
   const lateint::Isa isa = lateint::cpu_active_isa();
-  std::atomic<int64_t> bad_doc{-1};
+  DocRefusal refused;
   for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
@@ -311,7 +337,7 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
     for (int64_t d = b; d < e; ++d) {
       const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
       if (nc < 0) {
-        bad_doc = d;
+        refused.note(d, nc);
         count[d] = 0;
         continue;
       }
@@ -325,8 +351,7 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
         doc_means(x, len, p, lab.data(), nc, dim, normalize, dst, acc, cnt);
     }
   });
-  const int64_t bad = bad_doc.load();
-  LK_CHECK(bad < 0, op, "`", in.name, "` contains NaN or Inf (in document ", bad, ")");
+  refused.raise_if_any(op, in);
 }
 
 // Rows of document d's output at most (its upper bound).
@@ -459,13 +484,22 @@ at::Tensor ward_linkage_cpu(const at::Tensor& dist) {
   LK_CHECK(dist.dim() == 2 && dist.size(0) == dist.size(1) && dist.size(0) >= 2, op,
            "`dist` must be a square [n, n] matrix with n >= 2, got ", dist.sizes());
   LK_CHECK_DTYPE(dist, at::kDouble, op, "dist");
+  LK_CHECK(dist.size(0) < (int64_t(1) << 31), op, "`dist` has ", dist.size(0),
+           " rows; at most 2^31 - 1 are supported");
   const int64_t n = dist.size(0), ld = (n + 7) / 8 * 8;
   std::vector<double> D(n * ld, std::numeric_limits<double>::infinity());
   at::Tensor dc = dist.contiguous();
   const double* src = dc.data_ptr<double>();
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j)
-      if (i != j) D[i * ld + j] = src[i * n + j];
+    for (int64_t j = 0; j < n; ++j) {
+      if (i == j) continue;
+      const double v = src[i * n + j];
+      LK_CHECK(std::isfinite(v), op, "`dist` must hold finite distances off the diagonal; dist[", i,
+               ", ", j, "] = ", v);
+      LK_CHECK(v == src[j * n + i], op, "`dist` must be symmetric; dist[", i, ", ", j, "] = ", v,
+               " but dist[", j, ", ", i, "] = ", src[j * n + i]);
+      D[i * ld + j] = v;
+    }
   lateint::PoolScratch s;
   std::vector<int32_t> mx(n), my(n);
   std::vector<double> md(n);
@@ -503,6 +537,26 @@ at::Tensor fcluster_maxclust_cpu(const at::Tensor& Z, int64_t max_nc) {
   return T;
 }
 
+// Whether the n - 1 merges (x, y) of a merge list join n observations into one tree (every
+// merge has 0 <= x < y < n and joins two different clusters, in whatever order the
+// linkage later sorts them) with finite distances: what linkage_from_merges relies on.
+bool is_spanning_tree(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                      std::vector<int32_t>& uf) {
+  uf.resize(n);
+  for (int64_t i = 0; i < n; ++i) uf[i] = (int32_t)i;
+  auto find = [&](int32_t i) {
+    while (uf[i] != i) i = uf[i] = uf[uf[i]];
+    return i;
+  };
+  for (int64_t j = 0; j + 1 < n; ++j) {
+    if (mx[j] < 0 || my[j] >= n || mx[j] >= my[j] || !std::isfinite(mdist[j])) return false;
+    const int32_t a = find(mx[j]), b = find(my[j]);
+    if (a == b) return false;
+    uf[a] = b;
+  }
+  return true;
+}
+
 // Host step of the GPU path: per document, the cut of an NN-chain merge list computed on
 // the device. merges_x/merges_y int32 [nd, W], merges_d float64 [nd, W] (W >= longest
 // poolable document - 1; row d holds n_d - 1 merges of document d's poolable tokens).
@@ -513,20 +567,31 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
                                                          int64_t pool_factor,
                                                          int64_t protected_tokens) {
   const char* op = "_token_pool_finish";
-  LK_CHECK(pool_factor >= 1 && protected_tokens >= 0, op, "bad pool_factor / protected_tokens");
+  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be >= 1, got ", pool_factor);
+  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
   LK_CHECK_DTYPE(merges_x, at::kInt, op, "merges_x");
   LK_CHECK_DTYPE(merges_y, at::kInt, op, "merges_y");
   LK_CHECK_DTYPE(merges_d, at::kDouble, op, "merges_d");
+  LK_CHECK_DIM(doc_offsets, 1, op, "doc_offsets", "[n_docs + 1]");
   LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
+  LK_CHECK(doc_offsets.size(0) >= 1, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
+  for (const at::Tensor* t : {&merges_x, &merges_y, &merges_d, &doc_offsets})
+    LK_CHECK(t->device().is_cpu(), op, "all inputs must be CPU tensors here, got ", t->device());
   const int64_t nd = doc_offsets.size(0) - 1;
   LK_CHECK(merges_x.dim() == 2 && merges_x.size(0) == nd && merges_y.sizes() == merges_x.sizes() &&
                merges_d.sizes() == merges_x.sizes(),
-           op, "merge arrays must be [n_docs, W] alike");
+           op, "`merges_x`, `merges_y` and `merges_d` must all be [n_docs, W] = [", nd, ", W], got ",
+           merges_x.sizes(), ", ", merges_y.sizes(), ", ", merges_d.sizes());
   at::Tensor ox = merges_x.contiguous(), oy = merges_y.contiguous(), od = merges_d.contiguous();
   at::Tensor off = doc_offsets.contiguous();
   const int64_t W = merges_x.size(1);
   const int64_t* o = off.data_ptr<int64_t>();
+  LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
+  for (int64_t i = 0; i < nd; ++i)
+    LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[", i + 1,
+             "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
   const int64_t T = o[nd];
+  LK_CHECK(T < (int64_t(1) << 31), op, "`doc_offsets[-1]` = ", T, "; at most 2^31 - 1 tokens are supported");
   at::Tensor rows = at::empty({T}, doc_offsets.options());
   at::Tensor new_off = at::empty({nd + 1}, doc_offsets.options());
   int64_t* r = rows.data_ptr<int64_t>();
@@ -535,7 +600,7 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, nd, 16, [&](int64_t b, int64_t e) {
     lateint::PoolScratch scratch;
-    std::vector<int32_t> lab;
+    std::vector<int32_t> lab, uf;
     for (int64_t d = b; d < e; ++d) {
       const int64_t len = o[d + 1] - o[d];
       const int64_t p = std::min(protected_tokens, len), n = len - p;
@@ -550,9 +615,11 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
         }
         const int32_t* mx = ox.data_ptr<int32_t>() + d * W;
         const int32_t* my = oy.data_ptr<int32_t>() + d * W;
-        for (int64_t j = 0; j + 1 < n; ++j)
-          if (mx[j] < 0 || my[j] >= n || mx[j] >= my[j]) bad = d;
-        if (bad.load() == d) continue;
+        const double* mdist = od.data_ptr<double>() + d * W;
+        if (!is_spanning_tree(mx, my, mdist, n, uf)) {
+          bad = d;
+          continue;
+        }
         nc = lateint::pool_labels_from_merges(mx, my, od.data_ptr<double>() + d * W, n, k,
                                               lab.data(), scratch);
       } else {
@@ -562,7 +629,8 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
       count[d] = p + nc;
     }
   });
-  LK_CHECK(bad.load() < 0, op, "invalid merge list for document ", bad.load());
+  LK_CHECK(bad.load() < 0, op, "`merges_x` / `merges_y` / `merges_d`: document ", bad.load(),
+           " does not hold n - 1 merges (0 <= x < y < n, finite distances) joining its n tokens into one tree");
   rows_to_global(o, nd, count.data(), r, no);
   return {rows, new_off};
 }
