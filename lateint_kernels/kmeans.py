@@ -39,6 +39,7 @@ except Exception:  # triton missing or broken
 torch.library.register_kernel(f"{_NS}::kmeans_assign", "cuda", _TRITON if _TRITON is not None else _ref_op)
 _ops._BACKENDS[("kmeans_assign", "cuda")] = "triton" if _TRITON is not None else "reference"
 _ops._KNOWN_OPS.add("kmeans_assign")
+_ops.mark_non_differentiable("kmeans_assign")
 
 
 @torch.library.register_fake(f"{_NS}::kmeans_assign")

@@ -132,6 +132,23 @@ def register_cpu_kernel_ops(schemas: dict, refs: dict, cuda: Optional[dict] = No
         _BACKENDS[(name, "cpu")] = "cpp" if NATIVE_LOADED else "reference"
         _BACKENDS[(name, "cuda")] = which
         _KNOWN_OPS.add(name)
+        mark_non_differentiable(name)
+
+
+def _no_grad_setup(ctx, inputs, output):
+    outs = output if isinstance(output, (tuple, list)) else (output,)
+    ctx.mark_non_differentiable(*[o for o in outs if isinstance(o, torch.Tensor)])
+
+
+def _no_backward(ctx, *grads):
+    raise RuntimeError("lateint_kernels: this op has no gradient")
+
+
+def mark_non_differentiable(*names: str) -> None:
+    """Outputs of these ops never require grad, whatever their inputs do: they have no
+    gradient, and an output that claimed one would fail only later, in backward."""
+    for name in names:
+        torch.library.register_autograd(f"{_NS}::{name}", _no_backward, setup_context=_no_grad_setup)
 
 
 def _forced_reference() -> bool:
@@ -220,6 +237,7 @@ def _cand_bwd(ctx, grad):
 
 torch.library.register_autograd(f"{_NS}::maxsim", _maxsim_bwd, setup_context=_maxsim_setup)
 torch.library.register_autograd(f"{_NS}::maxsim_candidates", _cand_bwd, setup_context=_cand_setup)
+mark_non_differentiable("maxsim_argmax", "maxsim_backward")
 
 
 # ---------------------------------------------------------------------------------------

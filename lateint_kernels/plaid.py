@@ -125,6 +125,13 @@ def approx_scores(scores: torch.Tensor, codes: torch.Tensor, doc_offsets: torch.
     ignoring centroids whose best score over the query tokens is below `threshold` (PLAID's
     centroid pruning) -> float32 [nq, n_candidates] (-inf for -1)."""
     _check_scores("approx_scores", scores, query_mask)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise ValueError(f"approx_scores: `threshold` must be a number (-inf: no pruning), got {threshold!r}")
+    if (_ops._forced_reference() or scores.device.type != "cpu") and not torch.compiler.is_compiling():
+        unmasked = scores if query_mask is None else scores[query_mask]
+        if bool(unmasked.isnan().any()):
+            raise ValueError("approx_scores: `scores` contains NaN (in an unmasked query token; are the queries "
+                             "finite?)")
     if _ops._forced_reference():
         return _ref.approx_scores_ref(scores, query_mask, codes, doc_offsets, candidates, threshold).float()
     return torch.ops.lateint_kernels.approx_scores(scores, query_mask, codes, doc_offsets, candidates,

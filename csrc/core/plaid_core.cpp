@@ -108,15 +108,19 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
 namespace {
 
 // Centroids [cb, cb + n) of the table, any n <= 64 (scalar; the tail of k, or no AVX-512).
-void table_block_generic(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k,
+bool table_block_generic(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k,
                          int64_t cb, int64_t n, double threshold, float* dst0) {
   constexpr int64_t B = 64;
   const float ninf = -std::numeric_limits<float>::infinity();
   float mx[B];
+  uint32_t nan = 0;
   for (int64_t j = 0; j < n; ++j) mx[j] = ninf;
   for (int64_t r = 0; r < l2; ++r) {
     const float* src = scores + rows[r] * k + cb;
-    for (int64_t j = 0; j < n; ++j) mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+    for (int64_t j = 0; j < n; ++j) {
+      nan |= (uint32_t)(src[j] != src[j]);
+      mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+    }
   }
   for (int64_t j = 0; j < n; ++j) {
     float* dst = dst0 + j * stride;
@@ -127,6 +131,7 @@ void table_block_generic(const float* scores, const int64_t* rows, int64_t l2, i
       std::fill(dst, dst + stride, ninf);
     }
   }
+  return nan == 0;
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -159,16 +164,21 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512* r) {
 
 // Blocks of 16 centroids: their maxima over the rows (one vector per row), then the rows
 // transposed 16 at a time in registers (rows past l2 read as -inf), pruned centroids -inf.
-__attribute__((target("avx512f"))) void table_rows_avx512(const float* scores, const int64_t* rows, int64_t l2,
+__attribute__((target("avx512f"))) bool table_rows_avx512(const float* scores, const int64_t* rows, int64_t l2,
                                                           int64_t stride, int64_t k, int64_t c0, int64_t c1,
                                                           double threshold, float* table) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const __m512 NINF = _mm512_set1_ps(ninf);
   const __m512d thr = _mm512_set1_pd(threshold);
   int64_t cb = c0;
+  __mmask16 nan = 0;
   for (; cb + 16 <= c1; cb += 16) {
     __m512 mx = NINF;
-    for (int64_t r = 0; r < l2; ++r) mx = _mm512_max_ps(mx, _mm512_loadu_ps(scores + rows[r] * k + cb));
+    for (int64_t r = 0; r < l2; ++r) {
+      const __m512 s = _mm512_loadu_ps(scores + rows[r] * k + cb);
+      nan |= _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, s);
+    }
     const __mmask8 klo = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm512_castps512_ps256(mx)), thr, _CMP_GE_OQ);
     const __mmask8 khi = _mm512_cmp_pd_mask(
         _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mx), 1))), thr, _CMP_GE_OQ);
@@ -182,22 +192,26 @@ __attribute__((target("avx512f"))) void table_rows_avx512(const float* scores, c
       for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + j * stride + rg, (keep >> j) & 1u ? v[j] : NINF);
     }
   }
-  if (cb < c1) table_block_generic(scores, rows, l2, stride, k, cb, c1 - cb, threshold, table + (cb - c0) * stride);
+  const bool tail_ok =
+      cb >= c1 || table_block_generic(scores, rows, l2, stride, k, cb, c1 - cb, threshold, table + (cb - c0) * stride);
+  return nan == 0 && tail_ok;
 }
 
 #endif
 
 }  // namespace
 
-void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
                        int64_t c1, double threshold, float* table) {
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
   if (stride % 16 == 0 && (int)cpu_active_isa() >= (int)Isa::Avx512)
     return table_rows_avx512(scores, rows, l2, stride, k, c0, c1, threshold, table);
 #endif
+  bool ok = true;
   for (int64_t cb = c0; cb < c1; cb += 64)
-    table_block_generic(scores, rows, l2, stride, k, cb, std::min<int64_t>(64, c1 - cb), threshold,
-                        table + (cb - c0) * stride);
+    ok &= table_block_generic(scores, rows, l2, stride, k, cb, std::min<int64_t>(64, c1 - cb), threshold,
+                              table + (cb - c0) * stride);
+  return ok;
 }
 
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,

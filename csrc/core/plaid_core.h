@@ -26,8 +26,9 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
 // -inf for l2 <= r < stride (padding: a -inf column adds 0 to the approximate score), and
 // the whole row of centroid c -inf when its best score over those tokens is below
 // `threshold` (or l2 == 0). With AVX-512 and stride a multiple of 16, blocks of 16
-// centroids x 16 tokens are transposed in registers.
-void approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+// centroids x 16 tokens are transposed in registers. Returns false when one of the scores
+// read is NaN (the caller refuses the call).
+bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
                        int64_t c1, double threshold, float* table);
 
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,

@@ -72,6 +72,7 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
                              const at::Tensor& candidates, double threshold) {
   const char* op = "approx_scores";
   check_scores(scores, query_mask, op);
+  LK_CHECK(!std::isnan(threshold), op, "`threshold` must be a number (-inf: no pruning), got nan");
   const int64_t nq = scores.size(0), lq = scores.size(1), k = scores.size(2);
   LK_CHECK(codes.dim() == 1, op, "`codes` must be 1-D [total_tokens]");
   LK_CHECK_DTYPE(codes, at::kInt, op, "codes");
@@ -107,7 +108,7 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   std::unique_ptr<float[]> tables(new float[std::min(nq, qc) * row_floats]);
   std::vector<std::vector<int64_t>> rows(std::min(nq, qc));
   std::vector<int64_t> l2s(std::min(nq, qc)), strides(std::min(nq, qc));
-  std::atomic<bool> codes_ok{true};
+  std::atomic<bool> codes_ok{true}, scores_ok{true};
   for (int64_t q0 = 0; q0 < nq; q0 += qc) {
     const int64_t q1 = std::min(nq, q0 + qc);
     for (int64_t q = q0; q < q1; ++q) {
@@ -123,10 +124,12 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = q0 + it / nkb, c0 = (it % nkb) * kb, c1 = std::min(k, c0 + kb);
         const int64_t l2 = l2s[q - q0], st = strides[q - q0];
-        lateint::approx_table_rows(s.data_ptr<float>() + q * lq * k, rows[q - q0].data(), l2, st, k, c0, c1,
-                                   threshold, tables.get() + (q - q0) * row_floats + c0 * st);
+        if (!lateint::approx_table_rows(s.data_ptr<float>() + q * lq * k, rows[q - q0].data(), l2, st, k, c0, c1,
+                                        threshold, tables.get() + (q - q0) * row_floats + c0 * st))
+          scores_ok = false;
       }
     });
+    LK_CHECK(scores_ok.load(), op, "`scores` contains NaN (in an unmasked query token; are the queries finite?)");
     at::parallel_for(0, (q1 - q0) * nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = q0 + it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
