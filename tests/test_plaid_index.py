@@ -130,7 +130,7 @@ def test_disk_layout_is_compact(index, tmp_path):
 
     path = str(tmp_path / "idx")
     index.save(path)
-    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().split()[0])
     assert np.load(os.path.join(vdir, "codes.npy"), mmap_mode="r").dtype == np.uint16
     assert np.load(os.path.join(vdir, "centroids.npy"), mmap_mode="r").dtype == np.float16
     assert torch.equal(index.centroids, index.centroids.half().float())
@@ -151,14 +151,17 @@ def test_codes_past_the_centroids_are_refused(index, tmp_path):
 
     path = str(tmp_path / "idx")
     index.save(path)
-    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().split()[0])
     f = os.path.join(vdir, "codes.npy")
     codes = np.load(f)
     codes[7] = index.centroids.shape[0]  # one past the last centroid, checksum made to match
     np.save(f, codes)
     meta = json.load(open(os.path.join(vdir, "meta.json")))
     meta["arrays"]["codes"]["sha256"] = hashlib.sha256(open(f, "rb").read()).hexdigest()
-    json.dump(meta, open(os.path.join(vdir, "meta.json"), "w"))
+    raw = json.dumps(meta).encode()
+    open(os.path.join(vdir, "meta.json"), "wb").write(raw)
+    # CURRENT's checksum of meta.json made to match too
+    open(os.path.join(path, "CURRENT"), "w").write(f"{os.path.basename(vdir)} {hashlib.sha256(raw).hexdigest()}\n")
     with pytest.raises(IndexFormatError, match="centroids past"):
         PLAIDIndex.load(path)
 
@@ -170,7 +173,7 @@ def test_damaged_index_is_refused(corpus, index, tmp_path, damage):
 
     path = str(tmp_path / "idx")
     index.save(path)
-    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().strip())
+    vdir = os.path.join(path, open(os.path.join(path, "CURRENT")).read().split()[0])
     f = os.path.join(vdir, "packed.npy")
     if damage == "flip":
         data = bytearray(open(f, "rb").read())

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import signal
 from typing import Optional, Sequence, Tuple
 
@@ -40,6 +40,150 @@ _ARRAYS = ("centroids", "codes", "packed", "doc_offsets", "bucket_cutoffs", "buc
 
 class IndexFormatError(ValueError):
     """An index directory that is not a complete, intact index of a supported version."""
+
+
+class _VersionGone(Exception):
+    """A file of the version being loaded is absent: a save replaced that version meanwhile
+    (or the file is lost). Carries the file's name."""
+
+
+_LOAD_ATTEMPTS = 20
+# Names a save writes in an index directory; nothing else there is ever removed.
+_VERSION_RE = re.compile(r"v([0-9]{1,18})")
+_TMP_DIR_RE = re.compile(r"\.v[0-9]{1,18}\.tmp-([0-9]+)")
+_TMP_CURRENT_RE = re.compile(r"\.CURRENT\.tmp-([0-9]+)|CURRENT\.tmp")
+# CURRENT: the version's name and its meta.json's SHA-256 (indexes written before the
+# checksum was added hold the name alone).
+_CURRENT_RE = re.compile(r"(v[0-9]{1,18})(?: ([0-9a-f]{64}))?\n")
+_VERSION_FILES = tuple(f"{key}.npy" for key in _ARRAYS) + ("meta.json",)
+_META_KEYS = {"format", "version", "nbits", "arrays", "user"}
+_ARRAY_INFO_KEYS = {"dtype", "shape", "sha256"}
+
+
+def _read_current(path: str) -> Tuple[str, Optional[str]]:
+    """(version directory name, meta.json SHA-256 or None) from path/CURRENT."""
+    cur = os.path.join(path, "CURRENT")
+    try:
+        with open(cur, "rb") as f:
+            raw = f.read(256)
+    except FileNotFoundError:
+        if os.path.isdir(path):
+            raise IndexFormatError(f"{path}: not a lateint PLAID index (no CURRENT file)") from None
+        raise IndexFormatError(f"{path}: no such index directory") from None
+    except OSError as e:
+        raise IndexFormatError(f"{path}: CURRENT unreadable: {e}") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = None
+    m = _CURRENT_RE.fullmatch(text) if text is not None else None
+    if m is None:
+        raise IndexFormatError(f"{path}: CURRENT is damaged (expected 'v<N> <sha256>', got {raw[:80]!r})")
+    return m.group(1), m.group(2)
+
+
+def _parse_meta(path: str, name: str, raw: bytes) -> dict:
+    """meta.json's content, checked key by key; IndexFormatError naming what is wrong."""
+    where = f"{path}: {name}/meta.json"
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IndexFormatError(f"{where} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{where} must hold a JSON object")
+    if meta.get("format") != FORMAT:
+        raise IndexFormatError(f"{where}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") != FORMAT_VERSION or isinstance(meta.get("version"), bool):
+        raise IndexFormatError(f"{where}: format version {meta.get('version')!r}; this lateint reads "
+                               f"version {FORMAT_VERSION}")
+    if set(meta) != _META_KEYS:
+        raise IndexFormatError(f"{where}: expected the keys {sorted(_META_KEYS)}, got {sorted(meta)}")
+    if meta["nbits"] not in (1, 2, 4, 8) or isinstance(meta["nbits"], bool):
+        raise IndexFormatError(f"{where}: nbits {meta['nbits']!r}, expected 1, 2, 4 or 8")
+    arrays = meta["arrays"]
+    if not isinstance(arrays, dict) or set(arrays) != set(_ARRAYS):
+        raise IndexFormatError(f"{where}: 'arrays' must describe exactly {list(_ARRAYS)}")
+    for key, info in arrays.items():
+        ok = (isinstance(info, dict) and set(info) == _ARRAY_INFO_KEYS and isinstance(info["dtype"], str)
+              and isinstance(info["shape"], list)
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in info["shape"])
+              and isinstance(info["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", info["sha256"]))
+        if not ok:
+            raise IndexFormatError(f"{where}: the entry of array {key!r} must be "
+                                   "{\"dtype\": str, \"shape\": [int, ...], \"sha256\": hex}")
+    if not isinstance(meta["user"], dict):
+        raise IndexFormatError(f"{where}: the 'user' entry must be an object")
+    return meta
+
+
+def _is_own_version_dir(d: str) -> bool:
+    """A directory holding nothing but files a save writes into a version directory."""
+    try:
+        entries = os.listdir(d)
+    except OSError:
+        return False
+    return all(e in _VERSION_FILES and os.path.isfile(os.path.join(d, e)) for e in entries)
+
+
+def _remove_own_dir(d: str) -> None:
+    """Removes a version (or temporary) directory that holds only the files a save writes;
+    leaves it, and says so, when it holds anything else."""
+    if not os.path.lexists(d):
+        return
+    if not os.path.isdir(d) or os.path.islink(d) or not _is_own_version_dir(d):
+        raise IndexFormatError(f"{d}: in the way of a save and not written by one (holds other files); "
+                               "not removing it")
+    for e in os.listdir(d):
+        os.remove(os.path.join(d, e))
+    os.rmdir(d)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_leftover(path: str, entry: str) -> None:
+    """After a save: removes `entry` of the index directory when a save wrote it (an older
+    version, a crashed save's temporary directory or CURRENT) and no live save still owns
+    it; anything else stays."""
+    full = os.path.join(path, entry)
+    tmp_dir, tmp_cur = _TMP_DIR_RE.fullmatch(entry), _TMP_CURRENT_RE.fullmatch(entry)
+    if tmp_dir or (tmp_cur and tmp_cur.group(1)):
+        pid = int((tmp_dir or tmp_cur).group(1))
+        if pid != os.getpid() and _pid_alive(pid):
+            return  # another process's save in progress
+    elif not (_VERSION_RE.fullmatch(entry) or tmp_cur):
+        return
+    try:
+        if tmp_cur:
+            if os.path.isfile(full) and not os.path.islink(full):
+                os.remove(full)
+        elif os.path.isdir(full) and not os.path.islink(full) and _is_own_version_dir(full):
+            for e in os.listdir(full):
+                os.remove(os.path.join(full, e))
+            os.rmdir(full)
+    except FileNotFoundError:
+        pass
+
+
+def _prepare_index_dir(path: str) -> Optional[str]:
+    """Makes sure `path` can take a save: creates it, or checks that it is empty or an index.
+    Returns the live version's name (None for a new index)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise IndexFormatError(f"PLAIDIndex.save: {path} exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
+    if os.path.exists(os.path.join(path, "CURRENT")):
+        return _read_current(path)[0]
+    if os.listdir(path):
+        raise IndexFormatError(f"PLAIDIndex.save: {path} is a non-empty directory that is not a lateint index; "
+                               "not writing into it (nothing was changed). Save into a new or empty directory.")
+    return None
 
 
 def _fsync_dir(path: str) -> None:
@@ -76,6 +220,62 @@ def _no_results(nq: int, k: int, device=None):
 
 _TENSORS = ("centroids", "codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "bucket_cutoffs",
             "bucket_weights", "ids", "deleted")
+
+
+def _int_ids(op: str, arg: str, ids, *, nonnegative: bool = True) -> torch.Tensor:
+    """ids (a tensor, array or sequence of integers) as int64 [n], or TypeError / ValueError
+    naming the argument: floats, strings and booleans are refused, not truncated."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{op}: `{arg}` must be a sequence of integer ids, got a string")
+    if isinstance(ids, torch.Tensor):
+        kind = "i" if not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool) else "f"
+        arr = ids.detach().cpu()
+        if kind != "i":
+            raise TypeError(f"{op}: `{arg}` must hold integers, got a {ids.dtype} tensor")
+        t = arr.to(torch.int64)
+    else:
+        try:
+            a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{op}: `{arg}` must be a sequence of integer ids ({e})") from None
+        if a.size == 0:
+            a = a.astype(np.int64)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{op}: `{arg}` must hold integers, got {a.dtype} values "
+                            f"(e.g. {a.reshape(-1)[:3].tolist()})")
+        if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"{op}: `{arg}` holds ids past the int64 range")
+        t = torch.from_numpy(a.astype(np.int64))
+    if t.dim() != 1:
+        raise ValueError(f"{op}: `{arg}` must be one-dimensional, got shape {tuple(t.shape)}")
+    if nonnegative and t.numel() and int(t.min()) < 0:
+        raise ValueError(f"{op}: `{arg}` must be >= 0 (-1 marks 'no result' in search output), got "
+                         f"{int(t.min())}")
+    return t
+
+
+def _positive_int(op: str, arg: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: `{arg}` must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op}: `{arg}` must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_tokens(op: str, doc_tokens, doc_offsets, dim: Optional[int] = None) -> None:
+    if not isinstance(doc_tokens, torch.Tensor) or doc_tokens.dim() != 2:
+        raise ValueError(f"{op}: `doc_tokens` must be a 2-D tensor [T, dim]")
+    if not doc_tokens.is_floating_point():
+        raise TypeError(f"{op}: `doc_tokens` must be float32, float16 or bfloat16, got {doc_tokens.dtype}")
+    if dim is not None and doc_tokens.shape[1] != dim:
+        raise ValueError(f"{op}: `doc_tokens` must be [T, {dim}] (the index's dim), got {tuple(doc_tokens.shape)}")
+    if not isinstance(doc_offsets, torch.Tensor) or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
+        raise ValueError(f"{op}: `doc_offsets` must be an int64 tensor [n + 1]")
+    if doc_offsets.shape[0] < 1:
+        raise ValueError(f"{op}: `doc_offsets` must hold n + 1 >= 1 entries (it starts with 0)")
+    lk.ops.check_offsets(op, doc_offsets, doc_tokens.shape[0])
+    if not bool(torch.isfinite(doc_tokens).all()):
+        raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
 
 
 def _defaults_for_k(k: int) -> Tuple[int, float, int]:
@@ -147,27 +347,30 @@ class PLAIDIndex:
         sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
         2 ** floor(log2(16 * sqrt(tokens of the sample scaled to the corpus))). pool_factor > 1
         first pools each document's tokens (lk.token_pool, PyLate's hierarchical pooling)."""
-        if doc_tokens.dim() != 2 or doc_offsets.dim() != 1 or doc_offsets.dtype != torch.int64:
-            raise ValueError("PLAIDIndex.build: `doc_tokens` must be [T, dim] and `doc_offsets` int64 [n + 1]")
+        op = "PLAIDIndex.build"
+        _check_tokens(op, doc_tokens, doc_offsets)
         n = doc_offsets.shape[0] - 1
         if n < 1 or doc_tokens.shape[0] < 1:
-            raise ValueError("PLAIDIndex.build: no documents (or no tokens) to index")
-        if nbits not in (1, 2, 4, 8):
-            raise ValueError(f"PLAIDIndex.build: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
+            raise ValueError(f"{op}: no documents (or no tokens) to index")
+        if nbits not in (1, 2, 4, 8) or isinstance(nbits, bool):
+            raise ValueError(f"{op}: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
         if doc_tokens.shape[1] * nbits % 8:
-            raise ValueError("PLAIDIndex.build: dim * nbits must be a multiple of 8")
-        lk.ops.check_offsets("PLAIDIndex.build", doc_offsets, doc_tokens.shape[0])
-        if pool_factor != 1:
-            doc_tokens, doc_offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor)
+            raise ValueError(f"{op}: dim * nbits must be a multiple of 8")
+        _positive_int(op, "pool_factor", pool_factor)
+        _positive_int(op, "kmeans_niter", kmeans_niter)
+        for arg, v in (("n_centroids", n_centroids), ("sample_docs", sample_docs)):
+            if v is not None:
+                _positive_int(op, arg, v)
         if ids is None:
             ids_t = torch.arange(n, dtype=torch.int64)
         else:
-            ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
+            ids_t = _int_ids(op, "ids", ids)
             if ids_t.shape != (n,) or torch.unique(ids_t).numel() != n:
-                raise ValueError(f"PLAIDIndex.build: `ids` must be {n} distinct integers")
+                raise ValueError(f"{op}: `ids` must be {n} distinct integers (one per document), got "
+                                 f"{ids_t.numel()} with {torch.unique(ids_t).numel()} distinct")
+        if pool_factor != 1:
+            doc_tokens, doc_offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor)
         x = doc_tokens.float().contiguous()
-        if not torch.isfinite(x).all():
-            raise ValueError("PLAIDIndex.build: `doc_tokens` contains NaN or Inf")
         g = torch.Generator().manual_seed(seed)
         n_sample = sample_docs or min(n, 1 + int(16 * math.sqrt(120 * n)))
         sample = torch.sort(torch.randperm(n, generator=g)[:n_sample]).values
@@ -198,16 +401,15 @@ class PLAIDIndex:
         """Appends documents under new ids: their tokens go to the existing centroids and
         buckets (no k-means), the IVF is rebuilt from the codes."""
         self._require_cpu("add")
+        op = "PLAIDIndex.add"
+        _check_tokens(op, doc_tokens, doc_offsets, self.centroids.shape[1])
         m = doc_offsets.shape[0] - 1
-        ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
-        if doc_tokens.dim() != 2 or doc_tokens.shape[1] != self.centroids.shape[1]:
-            raise ValueError(f"PLAIDIndex.add: `doc_tokens` must be [T, {self.centroids.shape[1]}]")
+        ids_t = _int_ids(op, "ids", ids)
         if ids_t.shape != (m,) or torch.unique(ids_t).numel() != m:
-            raise ValueError(f"PLAIDIndex.add: `ids` must be {m} distinct integers")
+            raise ValueError(f"{op}: `ids` must be {m} distinct integers (one per document)")
         clash = torch.isin(ids_t, self.ids)
         if clash.any():
-            raise ValueError(f"PLAIDIndex.add: ids already in the index: {ids_t[clash][:5].tolist()}")
-        lk.ops.check_offsets("PLAIDIndex.add", doc_offsets, doc_tokens.shape[0])
+            raise ValueError(f"{op}: ids already in the index: {ids_t[clash][:5].tolist()}")
         x = doc_tokens.float().contiguous()
         codes = lk.kmeans_assign(x, self.centroids)
         packed = lk.compress_residuals(x, self.centroids, codes, self.bucket_cutoffs, self.nbits)
@@ -221,7 +423,7 @@ class PLAIDIndex:
     def delete(self, ids: Sequence[int]) -> None:
         """Tombstones documents by id (search skips them; `compact` removes them)."""
         self._require_cpu("delete")
-        ids_t = torch.as_tensor(list(ids), dtype=torch.int64)
+        ids_t = _int_ids("PLAIDIndex.delete", "ids", ids, nonnegative=False)
         live = self.ids[~self.deleted]
         unknown = ids_t[~torch.isin(ids_t, live)]
         if unknown.numel():
@@ -261,8 +463,17 @@ class PLAIDIndex:
         if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
             raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
-        if k < 1:
-            raise ValueError(f"PLAIDIndex.search: `k` must be >= 1, got {k}")
+        op = "PLAIDIndex.search"
+        k = _positive_int(op, "k", k)
+        for arg, v in (("ncells", ncells), ("ndocs", ndocs), ("ndocs_exact", ndocs_exact)):
+            if v is not None:
+                _positive_int(op, arg, v)
+        if centroid_score_threshold is not None:
+            if isinstance(centroid_score_threshold, bool) or not isinstance(
+                    centroid_score_threshold, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{op}: `centroid_score_threshold` must be a number, got {centroid_score_threshold!r}")
+            if math.isnan(centroid_score_threshold):
+                raise ValueError(f"{op}: `centroid_score_threshold` must be a number, got nan")
         if queries.device != self.device:
             raise ValueError(f"PLAIDIndex.search: `queries` must be on the index's device ({self.device}), got "
                              f"{queries.device} (PLAIDIndex.to moves the index)")
@@ -321,9 +532,12 @@ class PLAIDIndex:
         if subset is None:
             rows = live[None]
         else:
-            per_query = (not isinstance(subset, torch.Tensor) and len(subset) > 0
-                         and not isinstance(subset[0], (int, np.integer))
-                         and not (isinstance(subset[0], torch.Tensor) and subset[0].dim() == 0))
+            if isinstance(subset, (str, bytes)) or not hasattr(subset, "__len__"):
+                raise TypeError(f"PLAIDIndex.search: `subset` must be a sequence of ids or one per query, "
+                                f"got {type(subset).__name__}")
+            first = subset[0] if not isinstance(subset, torch.Tensor) and len(subset) > 0 else None
+            per_query = isinstance(first, (list, tuple, range, np.ndarray, set)) or (
+                isinstance(first, torch.Tensor) and first.dim() >= 1)
             if isinstance(subset, torch.Tensor) and subset.dim() == 2:
                 per_query, subset = True, list(subset)
             if per_query:
@@ -336,33 +550,38 @@ class PLAIDIndex:
         return torch.cat([rows, torch.zeros(rows.shape[0], 1, dtype=torch.bool, device=rows.device)], 1)
 
     def _id_tensor(self, ids) -> torch.Tensor:
-        if isinstance(ids, torch.Tensor):
-            return ids.to(dtype=torch.int64, device=self.ids.device)
-        return torch.as_tensor(list(ids), dtype=torch.int64).to(self.ids.device)
+        """A subset's ids as int64 on the index's device; ids never in the index are refused."""
+        t = _int_ids("PLAIDIndex.search", "subset", ids, nonnegative=False)
+        unknown = t[~torch.isin(t, self.ids.cpu())]
+        if unknown.numel():
+            raise ValueError(f"PLAIDIndex.search: `subset` names ids that are not in the index: "
+                             f"{unknown[:5].tolist()}")
+        return t.to(self.ids.device)
 
     # -----------------------------------------------------------------------------------
     # On disk: path/CURRENT names the live version directory path/v<N>/ (meta.json + one .npy
-    # per array). A save writes v<N+1> completely (fsync), then replaces CURRENT atomically
+    # per array) and the SHA-256 of its meta.json ("v<N> <hex>\n"); meta.json holds each
+    # array's dtype, shape and SHA-256, so CURRENT's one line vouches for every byte of the
+    # version. A save writes v<N+1> completely (fsync), then replaces CURRENT atomically
     # (os.replace of a file), then removes the old version: a crash at any point leaves
-    # CURRENT naming a complete index.
+    # CURRENT naming a complete index. A save goes only into an empty directory or an index,
+    # and removes only the files and directories it names itself.
     def save(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-        cur = os.path.join(path, "CURRENT")
-        old = open(cur).read().strip() if os.path.exists(cur) else None
-        n = int(old[1:]) + 1 if old and old[1:].isdigit() else 1
+        try:
+            json.dumps(self.metadata)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"PLAIDIndex.save: `metadata` must be JSON-serializable: {e}") from None
+        old = _prepare_index_dir(path)
+        n = int(old[1:]) + 1 if old else 1
         name = f"v{n}"
         tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_own_dir(tmp)
         os.makedirs(tmp)
         # tests only: SIGKILL before array i (i < len(_ARRAYS)), before the rename (len), before
         # CURRENT (len + 1)
         crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {},
                 "user": self.metadata}
-        try:
-            json.dumps(self.metadata)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"PLAIDIndex.save: `metadata` must be JSON-serializable: {e}") from None
         for i, key in enumerate(_ARRAYS):
             if i == crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-save, for the tests
@@ -373,28 +592,31 @@ class PLAIDIndex:
                 f.flush()
                 os.fsync(f.fileno())
             meta["arrays"][key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": _sha256(fpath)}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1, sort_keys=True)
+        meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
+        with open(os.path.join(tmp, "meta.json"), "wb") as f:
+            f.write(meta_bytes)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
         if crash_after == len(_ARRAYS):
             os.kill(os.getpid(), signal.SIGKILL)
         final = os.path.join(path, name)
-        shutil.rmtree(final, ignore_errors=True)  # leftover of a crash after this point
+        _remove_own_dir(final)  # leftover of a crash after this point: never named by CURRENT
         os.rename(tmp, final)
         _fsync_dir(path)
         if crash_after == len(_ARRAYS) + 1:
             os.kill(os.getpid(), signal.SIGKILL)
-        with open(cur + ".tmp", "w") as f:
-            f.write(name + "\n")
+        cur = os.path.join(path, "CURRENT")
+        cur_tmp = os.path.join(path, f".CURRENT.tmp-{os.getpid()}")
+        with open(cur_tmp, "w") as f:
+            f.write(f"{name} {hashlib.sha256(meta_bytes).hexdigest()}\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(cur + ".tmp", cur)
+        os.replace(cur_tmp, cur)
         _fsync_dir(path)
-        for entry in os.listdir(path):  # older versions and crashed saves
-            if entry not in (name, "CURRENT") and (entry.startswith("v") or entry.startswith(".v")):
-                shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+        for entry in os.listdir(path):  # older versions and what crashed saves left
+            if entry != name:
+                _remove_leftover(path, entry)
 
     def _disk_array(self, key: str) -> np.ndarray:
         arr = getattr(self, key).contiguous().cpu().numpy()
@@ -407,61 +629,86 @@ class PLAIDIndex:
     @classmethod
     def load(cls, path: str) -> "PLAIDIndex":
         """Loads an index saved by `save`, arrays memory-mapped (copy-on-write). Refuses, with
-        IndexFormatError, a directory that is not a complete index of this format version,
-        or whose arrays do not match their recorded dtype, shape and SHA-256."""
-        cur = os.path.join(path, "CURRENT")
-        if not os.path.isfile(cur):
-            raise IndexFormatError(f"{path}: not a lateint PLAID index (no CURRENT file)")
-        name = open(cur).read().strip()
+        IndexFormatError naming the file, a directory that is not a complete, intact index of
+        this format version. A load racing a save of the same index returns the old or the
+        new version, never a mix or an error: when the version it started on is removed under
+        it, it starts over on the one CURRENT names then."""
+        seen, missing = None, "?"
+        for _ in range(_LOAD_ATTEMPTS):
+            name, meta_sha = _read_current(path)
+            try:
+                return cls._load_version(path, name, meta_sha)
+            except _VersionGone as gone:
+                missing = str(gone)
+                if (name, meta_sha) == seen:  # gone twice without a new CURRENT: not a race
+                    break
+                seen = (name, meta_sha)
+        raise IndexFormatError(f"{path}: {name}/{missing} (of the version CURRENT names) is missing")
+
+    @classmethod
+    def _load_version(cls, path: str, name: str, meta_sha: Optional[str]) -> "PLAIDIndex":
         vdir = os.path.join(path, name)
+        mpath = os.path.join(vdir, "meta.json")
         try:
-            with open(os.path.join(vdir, "meta.json")) as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as e:
-            raise IndexFormatError(f"{path}: unreadable meta.json in {name}: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise IndexFormatError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta.get("version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{path}: format version {meta.get('version')!r}; this lateint reads "
-                                   f"version {FORMAT_VERSION}")
+            with open(mpath, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise _VersionGone("meta.json") from None
+        except OSError as e:
+            raise IndexFormatError(f"{path}: {name}/meta.json unreadable: {e}") from None
+        if meta_sha is not None and hashlib.sha256(raw).hexdigest() != meta_sha:
+            raise IndexFormatError(f"{path}: {name}/meta.json is damaged (its SHA-256 does not match CURRENT's)")
+        meta = _parse_meta(path, name, raw)
         arrays = {}
         for key in _ARRAYS:
-            info = meta.get("arrays", {}).get(key)
+            info = meta["arrays"][key]
             fpath = os.path.join(vdir, f"{key}.npy")
-            if info is None or not os.path.isfile(fpath):
-                raise IndexFormatError(f"{path}: array {key!r} missing")
-            if _sha256(fpath) != info["sha256"]:
-                raise IndexFormatError(f"{path}: {key}.npy is damaged (checksum mismatch)")
+            try:
+                digest = _sha256(fpath)
+            except FileNotFoundError:
+                raise _VersionGone(f"{key}.npy") from None
+            except OSError as e:
+                raise IndexFormatError(f"{path}: {name}/{key}.npy unreadable: {e}") from None
+            if digest != info["sha256"]:
+                raise IndexFormatError(f"{path}: {name}/{key}.npy is damaged (checksum mismatch)")
             try:
                 arr = np.load(fpath, mmap_mode="c", allow_pickle=False)
+            except FileNotFoundError:
+                raise _VersionGone(f"{key}.npy") from None
             except (OSError, ValueError) as e:
-                raise IndexFormatError(f"{path}: {key}.npy unreadable: {e}") from e
+                raise IndexFormatError(f"{path}: {name}/{key}.npy unreadable: {e}") from e
             if str(arr.dtype) != info["dtype"] or list(arr.shape) != info["shape"]:
-                raise IndexFormatError(f"{path}: {key}.npy is {arr.dtype} {list(arr.shape)}, recorded "
+                raise IndexFormatError(f"{path}: {name}/{key}.npy is {arr.dtype} {list(arr.shape)}, recorded "
                                        f"{info['dtype']} {info['shape']}")
             arrays[key] = torch.from_numpy(arr)
+        nbits = meta["nbits"]
+        if arrays["centroids"].dim() != 2 or arrays["packed"].dim() != 2:
+            raise IndexFormatError(f"{path}: arrays of inconsistent shapes or dtypes")
         k, dim = arrays["centroids"].shape
         n_tok = arrays["codes"].shape[0]
-        nbits = meta.get("nbits")
-        consistent = (nbits in (1, 2, 4, 8) and arrays["packed"].shape == (n_tok, dim * nbits // 8)
+        consistent = (arrays["packed"].shape == (n_tok, dim * nbits // 8)
                       and arrays["centroids"].dtype == torch.float16
-                      and arrays["codes"].dtype in (torch.uint16, torch.int32)
-                      and arrays["ids"].shape[0] == arrays["doc_offsets"].shape[0] - 1
+                      and arrays["codes"].dtype in (torch.uint16, torch.int32) and arrays["codes"].dim() == 1
+                      and arrays["doc_offsets"].dtype == torch.int64 and arrays["doc_offsets"].dim() == 1
+                      and arrays["doc_offsets"].shape[0] >= 1
+                      and arrays["ids"].dtype == torch.int64 and arrays["deleted"].dtype == torch.bool
+                      and arrays["ids"].shape == (arrays["doc_offsets"].shape[0] - 1,)
                       and arrays["deleted"].shape == arrays["ids"].shape
+                      and arrays["bucket_cutoffs"].shape == ((1 << nbits) - 1,)
+                      and arrays["bucket_weights"].shape == (1 << nbits,)
                       and int(arrays["doc_offsets"][-1]) == n_tok)
         if not consistent:
             raise IndexFormatError(f"{path}: arrays of inconsistent shapes or dtypes")
+        doc_offsets = arrays["doc_offsets"]
+        if int(doc_offsets[0]) != 0 or bool((doc_offsets[1:] < doc_offsets[:-1]).any()):
+            raise IndexFormatError(f"{path}: doc_offsets.npy is not a valid offsets array (0, non-decreasing)")
         codes = arrays["codes"].to(torch.int32)
         if n_tok and (int(codes.max()) >= k or int(codes.min()) < 0):
             raise IndexFormatError(f"{path}: codes refer to centroids past the {k} stored (or negative)")
-        doc_offsets = arrays["doc_offsets"]
         ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, k)
         index = cls(arrays["centroids"].float(), codes, arrays["packed"], doc_offsets, ivf_offsets, ivf_docs,
                     arrays["bucket_cutoffs"], arrays["bucket_weights"], nbits, arrays["ids"], arrays["deleted"])
-        user = meta.get("user", {})
-        if not isinstance(user, dict):
-            raise IndexFormatError(f"{path}: meta.json's 'user' entry must be an object")
-        index.metadata = user
+        index.metadata = meta["user"]
         return index
 
     def bytes_per_token(self, where: str = "disk") -> float:
