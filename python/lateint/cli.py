@@ -19,6 +19,35 @@ import time
 from .commands import UsageError
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= low (argparse reports anything else with exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(text: str) -> float:
+    """argparse type: a float that is not NaN."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v != v:
+        raise argparse.ArgumentTypeError("expected a number, got nan")
+    return v
+
+
+_POS = _int_at_least(1)
+_NONNEG = _int_at_least(0)
+
+
 def _corpus(n_docs, nq, seed=0):
     from .synthetic import clustered_corpus
     # noise norm twice the centre's, and each query touches 2 of its document's 6 topics:
@@ -83,8 +112,8 @@ def _demo(args) -> int:
         raise UsageError(f"--docs must be >= 1, got {args.docs}")
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
-    if args.model and not os.path.isdir(args.model):
-        raise UsageError(f"--model {args.model}: not a directory")
+    from .commands import check_model_dir
+    check_model_dir(args.model)
     if args.corpus == "synthetic":
         args.docs = args.docs or 5000
         args.queries = args.queries or 64
@@ -124,16 +153,16 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
                                    "and prints MRR@k / recall@k, bytes per token and latency. --corpus synthetic "
                                    "runs the exact-MaxSim demo on generated embeddings instead (no model needed).")
     d.add_argument("--corpus", choices=["bbc", "synthetic"], default="bbc", help="default: bbc (real text)")
-    d.add_argument("--docs", type=int, help="articles / documents (default: all 2,225 / 5,000 synthetic)")
-    d.add_argument("--queries", type=int, default=0, help="queries (default: one per article / 64 synthetic)")
-    d.add_argument("--k", type=int, default=10, help="cut-off for recall/MRR (default 10)")
+    d.add_argument("--docs", type=_POS, help="articles / documents (default: all 2,225 / 5,000 synthetic)")
+    d.add_argument("--queries", type=_NONNEG, default=0, help="queries (default: one per article / 64 synthetic)")
+    d.add_argument("--k", type=_POS, default=10, help="cut-off for recall/MRR (default 10)")
     d.add_argument("--nbits", type=int, default=4, choices=[1, 2, 4, 8], help="PLAID residual bits (default 4)")
-    d.add_argument("--pool-factor", type=int, help="token pooling factor (default 2 for bbc, 1 synthetic)")
-    d.add_argument("--doc-len", type=int, default=128, help="document tokens kept per article (default 128)")
+    d.add_argument("--pool-factor", type=_POS, help="token pooling factor (default 2 for bbc, 1 synthetic)")
+    d.add_argument("--doc-len", type=_POS, default=128, help="document tokens kept per article (default 128)")
     d.add_argument("--model", metavar="DIR", help="a model saved by `lateint train` or a transformers encoder "
                                                   "directory (default: all-MiniLM-L6-v2's own token states)")
     d.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
-    d.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    d.add_argument("--threads", type=_NONNEG, default=0, help="CPU threads (default: torch's)")
     d.add_argument("--smoke", action="store_true", help="tiny run (CI)")
     t = sub.add_parser("train", help="fine-tune a ColBERT model on (query, positive[, negatives]) pairs",
                        description="Contrastive fine-tuning (in-batch + hard negatives; GradCache with "
@@ -145,22 +174,22 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     t.add_argument("--output", required=True, metavar="DIR", help="where the trained model is saved")
     t.add_argument("--model", metavar="DIR", help="a transformers encoder directory or a saved lateint "
                                                   "ColBERT (default: all-MiniLM-L6-v2 from its package)")
-    t.add_argument("--dim", type=int, default=128, help="projection size for a new model (default 128)")
-    t.add_argument("--query-length", type=int, help="query tokens after [MASK] expansion (default 32)")
-    t.add_argument("--document-length", type=int, help="document tokens kept (default 180)")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=32, help="examples per step and process (default 32)")
-    t.add_argument("--mini-batch-size", type=int, default=0,
+    t.add_argument("--dim", type=_POS, default=128, help="projection size for a new model (default 128)")
+    t.add_argument("--query-length", type=_POS, help="query tokens after [MASK] expansion (default 32)")
+    t.add_argument("--document-length", type=_POS, help="document tokens kept (default 180)")
+    t.add_argument("--epochs", type=_POS, default=1)
+    t.add_argument("--batch-size", type=_POS, default=32, help="examples per step and process (default 32)")
+    t.add_argument("--mini-batch-size", type=_NONNEG, default=0,
                    help="GradCache: embed in chunks of this size (memory of one chunk; default 0: off)")
-    t.add_argument("--lr", type=float, default=3e-3, help="projection learning rate (default 3e-3)")
-    t.add_argument("--encoder-lr", type=float, default=2e-5, help="encoder learning rate (default 2e-5)")
-    t.add_argument("--train-layers", type=int, default=0,
+    t.add_argument("--lr", type=_number, default=3e-3, help="projection learning rate (default 3e-3)")
+    t.add_argument("--encoder-lr", type=_number, default=2e-5, help="encoder learning rate (default 2e-5)")
+    t.add_argument("--train-layers", type=_int_at_least(-1), default=0,
                    help="last N encoder layers trained too (-1: all; default 0: projection only)")
-    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--temperature", type=_number, default=1.0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-steps", type=int, help="stop after this many steps")
+    t.add_argument("--max-steps", type=_POS, help="stop after this many steps")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here and resume from it when present")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
+    t.add_argument("--checkpoint-every", type=_NONNEG, default=0, help="steps between checkpoints (default: end only)")
     e = sub.add_parser("encode", help="texts (JSONL) -> token embeddings (a directory of .npy files)",
                        description='Encodes {"id", "text"} JSONL lines with a model: the documents\' tokens '
                                    '(padding and punctuation dropped, optionally pooled) or the queries\'.')
@@ -169,17 +198,17 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     e.add_argument("--kind", choices=["documents", "queries"], default="documents")
     e.add_argument("--model", metavar="DIR", help="saved lateint ColBERT or transformers encoder (default: "
                                                   "all-MiniLM-L6-v2 token states)")
-    e.add_argument("--pool-factor", type=int, default=1, help="token pooling for documents (default 1: off)")
-    e.add_argument("--doc-len", type=int, help="document tokens kept (default: the model's)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--pool-factor", type=_POS, default=1, help="token pooling for documents (default 1: off)")
+    e.add_argument("--doc-len", type=_POS, help="document tokens kept (default: the model's)")
+    e.add_argument("--batch-size", type=_POS, default=32)
     ix = sub.add_parser("index", help="build a PLAID index from embeddings; add or delete documents")
     ixs = ix.add_subparsers(dest="action", required=True)
     b = ixs.add_parser("build", help="build an index from a documents embeddings directory")
     b.add_argument("--embeddings", required=True, metavar="DIR")
     b.add_argument("--index", required=True, metavar="DIR")
     b.add_argument("--nbits", type=int, default=4, choices=[1, 2, 4, 8])
-    b.add_argument("--pool-factor", type=int, default=1, help="pool tokens while indexing (default 1: off)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--pool-factor", type=_POS, default=1, help="pool tokens while indexing (default 1: off)")
+    b.add_argument("--seed", type=_NONNEG, default=0)
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
     a_ = ixs.add_parser("add", help="add documents (new ids) without a rebuild")
     a_.add_argument("--index", required=True, metavar="DIR")
@@ -194,19 +223,19 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     se.add_argument("--queries", required=True, metavar="PATH",
                     help="a queries embeddings directory, or a JSONL of texts (encoded with the index's model)")
     se.add_argument("--output", required=True, metavar="FILE", help="TREC run file to write")
-    se.add_argument("--k", type=int, default=10)
+    se.add_argument("--k", type=_POS, default=10)
     se.add_argument("--model", metavar="DIR", help="model for JSONL queries (default: the index's)")
-    se.add_argument("--ncells", type=int, help="IVF cells per query token (default: PLAID's for k)")
-    se.add_argument("--ndocs", type=int, help="candidates kept for exact scoring (default: PLAID's for k)")
-    se.add_argument("--threshold", type=float, help="centroid score pruning threshold (default: PLAID's for k)")
+    se.add_argument("--ncells", type=_POS, help="IVF cells per query token (default: PLAID's for k)")
+    se.add_argument("--ndocs", type=_POS, help="candidates kept for exact scoring (default: PLAID's for k)")
+    se.add_argument("--threshold", type=_number, help="centroid score pruning threshold (default: PLAID's for k)")
     se.add_argument("--tag", default="lateint", help="run tag (last column)")
     ev = sub.add_parser("evaluate", help="MRR@k / recall@k of a TREC run against TREC qrels")
     ev.add_argument("--run", required=True, metavar="FILE")
     ev.add_argument("--qrels", required=True, metavar="FILE", help="'qid 0 docid relevance' per line")
-    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--k", type=_POS, default=10)
     ev.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     be = sub.add_parser("bench", help="kernel microbenchmarks (MaxSim, token pooling, PLAID) beside baselines")
-    be.add_argument("--docs", type=int, default=2000)
+    be.add_argument("--docs", type=_POS, default=2000)
     be.add_argument("--smoke", action="store_true", help="tiny run (CI)")
     args = ap.parse_args(argv)
     try:
@@ -217,6 +246,13 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
             return getattr(commands, {"index": "index_cmd"}.get(args.cmd, args.cmd))(args)
     except UsageError as e:
         print(f"lateint {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as e:
+        # the library's refusals (they name the argument) and files that cannot be read or
+        # written: the input's fault, reported without a traceback
+        if os.environ.get("LATEINT_DEBUG") == "1":
+            raise
+        print(f"lateint {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 2
 

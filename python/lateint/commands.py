@@ -34,8 +34,7 @@ def load_model(spec: Optional[str], doc_len: Optional[int] = None):
     transformers encoder's token states."""
     from .model import CONFIG_NAME, ColBERT, minilm_dir
     kw = {} if doc_len is None else {"document_length": doc_len}
-    if spec and not os.path.isdir(spec):
-        raise UsageError(f"--model {spec}: not a directory")
+    check_model_dir(spec)
     if spec and os.path.isfile(os.path.join(spec, CONFIG_NAME)):
         return ColBERT.load(spec, **kw), os.path.abspath(spec)
     try:
@@ -46,25 +45,51 @@ def load_model(spec: Optional[str], doc_len: Optional[int] = None):
     return model, (os.path.abspath(spec) if spec else "all-MiniLM-L6-v2")
 
 
+def check_model_dir(spec: Optional[str], arg: str = "--model") -> None:
+    """A --model value must be a directory holding a model: a lateint ColBERT or a
+    transformers encoder (its config.json)."""
+    from .model import CONFIG_NAME
+    if not spec:
+        return
+    if not os.path.isdir(spec):
+        raise UsageError(f"{arg} {spec}: not a directory")
+    if not any(os.path.isfile(os.path.join(spec, n)) for n in (CONFIG_NAME, "config.json")):
+        raise UsageError(f"{arg} {spec}: not a model directory (no {CONFIG_NAME} of `lateint train`, "
+                         "no config.json of a transformers encoder)")
+
+
 # ---------------------------------------------------------------------------------------
 # files
-def _jsonl(path: str, what: str):
-    """(line number, object) for every non-empty line of a JSONL file."""
+def _lines(path: str, what: str):
+    """(line number, text) for every line of a UTF-8 text file; UsageError naming the file
+    (and line) when it is missing, unreadable or not UTF-8."""
     if not os.path.isfile(path):
         raise UsageError(f"{what} {path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    yield n, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UsageError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path}: unreadable ({e.strerror or e})") from None
 
 
-def read_texts(path: str) -> Tuple[List[str], List[str]]:
+def _jsonl(path: str, what: str):
+    """(line number, object) for every non-empty line of a JSONL file."""
+    for n, line in _lines(path, what):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not JSON ({e.msg})") from None
+
+
+def read_texts(path: str, what: str = "--input") -> Tuple[List[str], List[str]]:
     ids, texts, seen = [], [], set()
-    for n, rec in _jsonl(path, "--input"):
+    for n, rec in _jsonl(path, what):
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str) or \
                 not isinstance(rec.get("id"), (str, int)):
             raise UsageError(f'{path}:{n}: expected {{"id": str or int, "text": str}}')
@@ -99,8 +124,13 @@ def write_embeddings(path: str, tokens: torch.Tensor, offsets: torch.Tensor, ids
     """Writes the embeddings directory to a temporary sibling, then renames it into place."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    if os.path.lexists(path) and not _is_embeddings_dir(path):
+        raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"--output {path}: cannot write there ({e.strerror or e})") from None
     try:
         np.save(os.path.join(tmp, "tokens.npy"), tokens.float().cpu().numpy())
         np.save(os.path.join(tmp, "offsets.npy"), offsets.cpu().numpy().astype(np.int64))
@@ -108,14 +138,52 @@ def write_embeddings(path: str, tokens: torch.Tensor, offsets: torch.Tensor, ids
             json.dump(ids, f)
         with open(os.path.join(tmp, "info.json"), "w") as f:
             json.dump(info, f, indent=1)
-        if os.path.exists(path):
-            if not os.path.isfile(os.path.join(path, "info.json")):
+        if os.path.lexists(path):
+            if not _is_embeddings_dir(path):
                 raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it")
-            shutil.rmtree(path)
+            for name in os.listdir(path):
+                os.remove(os.path.join(path, name))
+            os.rmdir(path)
         os.rename(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(f"--output {path}: cannot write there ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_EMBEDDING_FILES = ("tokens.npy", "offsets.npy", "ids.json", "info.json")
+
+
+def _is_embeddings_dir(path: str) -> bool:
+    """A directory `write_embeddings` wrote: its four files and nothing else (only such a
+    directory is ever replaced)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    entries = os.listdir(path)
+    return set(entries) == set(_EMBEDDING_FILES) and all(os.path.isfile(os.path.join(path, e)) for e in entries)
+
+
+def write_text_atomic(path: str, text: str, arg: str) -> None:
+    """Writes a file through a temporary sibling and a rename; UsageError naming `arg` when
+    the path is a directory or cannot be written (nothing is left behind)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{arg} {path}: is a directory (give a file path)")
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-",
+                                   dir=os.path.dirname(os.path.abspath(path)))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise UsageError(f"{arg} {path}: cannot write there ({e.strerror or e})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_embeddings(path: str):
@@ -126,12 +194,18 @@ def read_embeddings(path: str):
     try:
         tokens = torch.from_numpy(np.load(os.path.join(path, "tokens.npy"), allow_pickle=False))
         offsets = torch.from_numpy(np.load(os.path.join(path, "offsets.npy"), allow_pickle=False))
-        with open(os.path.join(path, "ids.json")) as f:
+        with open(os.path.join(path, "ids.json"), encoding="utf-8") as f:
             ids = json.load(f)
-        with open(os.path.join(path, "info.json")) as f:
+        with open(os.path.join(path, "info.json"), encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: unreadable embeddings ({e})") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"{path}: info.json must hold a JSON object, got {type(info).__name__}")
+    if not isinstance(ids, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
+        raise UsageError(f"{path}: ids.json must hold a list of string (or integer) ids")
+    if len(set(map(str, ids))) != len(ids):
+        raise UsageError(f"{path}: ids.json holds duplicate ids")
     ok = (tokens.dim() == 2 and tokens.dtype == torch.float32 and offsets.dim() == 1 and offsets.dtype == torch.int64
           and isinstance(ids, list) and len(ids) == offsets.numel() - 1 and offsets.numel() >= 2
           and int(offsets[0]) == 0 and int(offsets[-1]) == tokens.shape[0]
@@ -142,35 +216,34 @@ def read_embeddings(path: str):
     return tokens, offsets, [str(i) for i in ids], info
 
 
-def _whitespace_rows(path: str, n_fields: int, layout: str):
+def _whitespace_rows(path: str, n_fields: int, layout: str, what: str):
     """(line number, fields) for every non-empty line of a whitespace-separated file whose
     lines must have n_fields fields (`layout` names them in the error)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != n_fields:
-                raise UsageError(f"{path}:{n}: expected '{layout}'")
-            yield n, parts
+    for n, line in _lines(path, what):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != n_fields:
+            raise UsageError(f"{path}:{n}: expected '{layout}'")
+        yield n, parts
 
 
 def read_trec_run(path: str) -> Dict[str, List[Tuple[str, float]]]:
     run: Dict[str, List[Tuple[int, str, float]]] = {}
-    for n, parts in _whitespace_rows(path, 6, "qid Q0 docid rank score tag"):
+    for n, parts in _whitespace_rows(path, 6, "qid Q0 docid rank score tag", "--run"):
         try:
             rank, score = int(parts[3]), float(parts[4])
         except ValueError:
             raise UsageError(f"{path}:{n}: rank and score must be numbers") from None
+        if score != score:
+            raise UsageError(f"{path}:{n}: score is nan")
         run.setdefault(parts[0], []).append((rank, parts[2], score))
     return {q: [(d, s) for _, d, s in sorted(rows)] for q, rows in run.items()}
 
 
 def read_qrels(path: str) -> Dict[str, set]:
     qrels: Dict[str, set] = {}
-    for n, parts in _whitespace_rows(path, 4, "qid 0 docid relevance"):
+    for n, parts in _whitespace_rows(path, 4, "qid 0 docid relevance", "--qrels"):
         try:
             rel = float(parts[3])
         except ValueError:
@@ -211,12 +284,11 @@ def train(args) -> int:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    check_model_dir(args.model)
     try:
         src = args.model or minilm_dir()
     except FileNotFoundError as e:
         raise UsageError(f"{e} (scripts/install.sh installs it)") from None
-    if not os.path.isdir(src):
-        raise UsageError(f"--model {src}: not a directory")
     kw = {k: v for k, v in (("query_length", args.query_length), ("document_length", args.document_length))
           if v is not None}
     if os.path.isfile(os.path.join(src, CONFIG_NAME)):
@@ -249,9 +321,20 @@ def _load_index(path: str):
     except IndexFormatError as e:
         raise UsageError(str(e)) from None
     names = index.metadata.get("names")
-    if not isinstance(names, list) or len(names) < int(index.ids.max()) + 1:
+    top = int(index.ids.max()) + 1 if index.ids.numel() else 0
+    if not isinstance(names, list) or len(names) < top or not all(isinstance(n, str) for n in names):
         raise UsageError(f"{path}: index has no document id table (not built by `lateint index build`)")
     return index, names
+
+
+def _save_index(index, path: str) -> None:
+    from .plaid import IndexFormatError
+    try:
+        index.save(path)
+    except IndexFormatError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--index {path}: cannot write there ({e.strerror or e})") from None
 
 
 def index_cmd(args) -> int:
@@ -260,37 +343,52 @@ def index_cmd(args) -> int:
         tokens, offsets, ids, info = read_embeddings(args.embeddings)
         if info.get("kind") == "queries":
             raise UsageError(f"{args.embeddings}: holds queries, not documents")
+        if os.path.lexists(args.index) and not os.path.isdir(args.index):
+            raise UsageError(f"--index {args.index}: exists and is not a directory")
         if os.path.exists(os.path.join(args.index, "CURRENT")) and not args.overwrite:
             raise UsageError(f"{args.index}: an index exists there (--overwrite replaces it)")
+        if os.path.isdir(args.index) and os.listdir(args.index) and \
+                not os.path.exists(os.path.join(args.index, "CURRENT")):
+            raise UsageError(f"--index {args.index}: a non-empty directory that is not an index; "
+                             "not writing into it (give a new or empty directory)")
         t = time.perf_counter()
-        index = PLAIDIndex.build(tokens, offsets, nbits=args.nbits, seed=args.seed, pool_factor=args.pool_factor,
-                                 show_progress_bar=True)
+        try:
+            index = PLAIDIndex.build(tokens, offsets, nbits=args.nbits, seed=args.seed,
+                                     pool_factor=args.pool_factor, show_progress_bar=True)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{args.embeddings}: {e}") from None
         index.metadata = {"names": ids, "model": info.get("model"), "dim": info.get("dim"),
                           "document_length": info.get("document_length")}
-        index.save(args.index)
+        _save_index(index, args.index)
         print(f"indexed {index.n_docs} documents ({index.n_tokens:,} tokens, nbits {args.nbits}) in "
               f"{time.perf_counter() - t:.1f} s: {index.bytes_per_token('disk'):.1f} bytes per token -> {args.index}")
         return 0
     index, names = _load_index(args.index)
     if args.action == "add":
-        tokens, offsets, ids, _ = read_embeddings(args.embeddings)
+        tokens, offsets, ids, info = read_embeddings(args.embeddings)
+        if info.get("kind") == "queries":
+            raise UsageError(f"{args.embeddings}: holds queries, not documents")
+        if tokens.shape[1] != index.centroids.shape[1]:
+            raise UsageError(f"{args.embeddings}: tokens have dim {tokens.shape[1]}, the index "
+                             f"{index.centroids.shape[1]} (encode them with the index's model)")
         live = {names[i] for i, dead in zip(index.ids.tolist(), index.deleted.tolist()) if not dead}
         clash = [i for i in ids if i in live]
         if clash:
             raise UsageError(f"ids already in the index: {clash[:5]} (delete them first)")
         new = list(range(len(names), len(names) + len(ids)))
-        index.add(tokens, offsets, new)
+        try:
+            index.add(tokens, offsets, new)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{args.embeddings}: {e}") from None
         index.metadata["names"] = names + ids
-        index.save(args.index)
+        _save_index(index, args.index)
         print(f"added {len(ids)} documents; the index now holds {int((~index.deleted).sum())}")
         return 0
     # delete
     wanted = list(args.ids or [])
     if args.ids_file:
-        if not os.path.isfile(args.ids_file):
-            raise UsageError(f"--ids-file {args.ids_file}: no such file")
-        with open(args.ids_file) as f:
-            wanted += [ln.strip() for ln in f if ln.strip()]
+        wanted += [ln.strip() for _, ln in _lines(args.ids_file, "--ids-file") if ln.strip()]
+    wanted = list(dict.fromkeys(wanted))  # each id once, in the order given
     if not wanted:
         raise UsageError("index delete: give --ids or --ids-file")
     by_name = {names[i]: i for i, dead in zip(index.ids.tolist(), index.deleted.tolist()) if not dead}
@@ -300,17 +398,19 @@ def index_cmd(args) -> int:
     index.delete([by_name[w] for w in wanted])
     if args.compact:
         index.compact()
-    index.save(args.index)
+    _save_index(index, args.index)
     print(f"deleted {len(wanted)} documents; the index now holds {int((~index.deleted).sum())}")
     return 0
 
 
 def search(args) -> int:
+    if os.path.isdir(args.output):
+        raise UsageError(f"--output {args.output}: is a directory (give a file path)")
     index, names = _load_index(args.index)
     if os.path.isdir(args.queries):
         tokens, offsets, qids, info = read_embeddings(args.queries)
     else:
-        qids, texts = read_texts(args.queries)
+        qids, texts = read_texts(args.queries, "--queries")
         model_spec = args.model
         recorded = index.metadata.get("model")
         if model_spec is None and recorded not in (None, "all-MiniLM-L6-v2"):
@@ -339,12 +439,7 @@ def search(args) -> int:
                 rank += 1
                 rows.append(f"{qids[s + qi]} Q0 {names[d]} {rank} {sc:.6f} {args.tag}")
     secs = time.perf_counter() - t
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(rows) + ("\n" if rows else ""))
-    os.replace(tmp, args.output)
+    write_text_atomic(args.output, "\n".join(rows) + ("\n" if rows else ""), "--output")
     print(f"searched {len(qids)} queries in {secs:.2f} s ({len(qids) / secs:.0f} queries/s) -> {args.output}")
     return 0
 
@@ -369,8 +464,7 @@ def evaluate(args) -> int:
               "queries_without_results": missing}
     print(" ".join(f"{key} {val:.4f}" if isinstance(val, float) else f"{key} {val}" for key, val in result.items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_text_atomic(args.json, json.dumps(result, indent=1), "--json")
     return 0
 
 
