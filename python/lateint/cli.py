@@ -237,7 +237,10 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     be = sub.add_parser("bench", help="kernel microbenchmarks (MaxSim, token pooling, PLAID) beside baselines")
     be.add_argument("--docs", type=_POS, default=2000)
     be.add_argument("--smoke", action="store_true", help="tiny run (CI)")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse's refusal (status 2, message printed) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         if args.cmd == "demo":
             return _demo(args)
