@@ -26,8 +26,8 @@ def _int_at_least(low: int):
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        if v < low or v >= 2 ** 63:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low} (and < 2^63), got {v}")
         return v
     parse.__name__ = f"integer >= {low}"
     return parse
