@@ -94,6 +94,9 @@ def test_outputs_that_cannot_be_written(work, capsys, tmp_path):
                   work / "a_file" / "run.trec"], "--output")
     _bad(capsys, ["evaluate", "--run", work / "run.txt", "--qrels", work / "qrels.txt", "--json",
                   work / "a_file" / "x.json"], "--json")
+    # the demo's report path is checked before the (minutes-long) run
+    _bad(capsys, ["demo", "--json", work / "a_file" / "x.json"], "--json")
+    _bad(capsys, ["demo", "--json", work / "empty_model"], "--json", "directory")
     # an index path that is a file
     _bad(capsys, ["index", "build", "--embeddings", work / "docs", "--index", work / "a_file"], "--index")
     # evaluate --json into a directory that does not exist yet: created

@@ -75,15 +75,17 @@ _VALID = {
     "demo": ["demo", "--corpus", "synthetic", "--docs", "20"],
 }
 _VALUE_ARGS = {
-    "search": ["--index", "--queries", "--output", "--k", "--ncells", "--ndocs", "--threshold", "--model"],
+    "search": ["--index", "--queries", "--output", "--k", "--ncells", "--ndocs", "--threshold", "--model", "--tag"],
     "evaluate": ["--run", "--qrels", "--k", "--json"],
     "index build": ["--embeddings", "--index", "--nbits", "--pool-factor", "--seed"],
     "index add": ["--index", "--embeddings"],
-    "index delete": ["--index", "--ids-file"],
+    "index delete": ["--index", "--ids-file", "--ids"],
     "encode": ["--input", "--output", "--pool-factor", "--doc-len", "--batch-size", "--model", "--kind"],
-    "train": ["--train", "--model", "--dim", "--epochs", "--batch-size", "--mini-batch-size", "--lr",
-              "--temperature", "--max-steps", "--query-length", "--document-length", "--train-layers"],
-    "demo": ["--docs", "--k", "--nbits", "--pool-factor", "--doc-len", "--model", "--threads", "--queries"],
+    "train": ["--train", "--output", "--model", "--dim", "--epochs", "--batch-size", "--mini-batch-size", "--lr",
+              "--encoder-lr", "--temperature", "--seed", "--max-steps", "--checkpoint-dir", "--checkpoint-every",
+              "--query-length", "--document-length", "--train-layers"],
+    "demo": ["--corpus", "--docs", "--k", "--nbits", "--pool-factor", "--doc-len", "--model", "--threads",
+             "--queries", "--json"],
 }
 _BAD_VALUES = ["0", "-1", "-5", "nan", "inf", "abc", "", "1e400", "99999999999999999999", "2.5",
                "{d}/missing", "{d}/a_file", "{d}/empty_dir", "{d}/binary.bin", "{d}/a_file/below", "/dev/null"]

@@ -112,8 +112,10 @@ def _demo(args) -> int:
         raise UsageError(f"--docs must be >= 1, got {args.docs}")
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
-    from .commands import check_model_dir
+    from .commands import check_model_dir, check_output_path
     check_model_dir(args.model)
+    if args.json:
+        check_output_path(args.json, "--json")
     if args.corpus == "synthetic":
         args.docs = args.docs or 5000
         args.queries = args.queries or 64
@@ -186,7 +188,7 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     t.add_argument("--train-layers", type=_int_at_least(-1), default=0,
                    help="last N encoder layers trained too (-1: all; default 0: projection only)")
     t.add_argument("--temperature", type=_number, default=1.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_NONNEG, default=0)
     t.add_argument("--max-steps", type=_POS, help="stop after this many steps")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here and resume from it when present")
     t.add_argument("--checkpoint-every", type=_NONNEG, default=0, help="steps between checkpoints (default: end only)")
@@ -250,9 +252,9 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     except UsageError as e:
         print(f"lateint {args.cmd}: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as e:
-        # the library's refusals (they name the argument) and files that cannot be read or
-        # written: the input's fault, reported without a traceback
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        # the library's refusals (they name the argument; the C++ ops' arrive as
+        # RuntimeError) and files that cannot be read or written: reported without a traceback
         if os.environ.get("LATEINT_DEBUG") == "1":
             raise
         print(f"lateint {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -165,6 +165,18 @@ def _is_embeddings_dir(path: str) -> bool:
     return set(entries) == set(_EMBEDDING_FILES) and all(os.path.isfile(os.path.join(path, e)) for e in entries)
 
 
+def check_output_path(path: str, arg: str) -> None:
+    """Refuses, before any work, an output file path that cannot be written: a directory, or
+    one below a file."""
+    if os.path.isdir(path):
+        raise UsageError(f"{arg} {path}: is a directory (give a file path)")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{arg} {path}: cannot write there ({parent} is not a writable directory)")
+
+
 def write_text_atomic(path: str, text: str, arg: str) -> None:
     """Writes a file through a temporary sibling and a rename; UsageError naming `arg` when
     the path is a directory or cannot be written (nothing is left behind)."""
@@ -404,8 +416,7 @@ def index_cmd(args) -> int:
 
 
 def search(args) -> int:
-    if os.path.isdir(args.output):
-        raise UsageError(f"--output {args.output}: is a directory (give a file path)")
+    check_output_path(args.output, "--output")
     index, names = _load_index(args.index)
     if os.path.isdir(args.queries):
         tokens, offsets, qids, info = read_embeddings(args.queries)
@@ -445,6 +456,8 @@ def search(args) -> int:
 
 
 def evaluate(args) -> int:
+    if args.json:
+        check_output_path(args.json, "--json")
     run = read_trec_run(args.run)
     qrels = read_qrels(args.qrels)
     judged = [q for q in qrels if qrels[q]]

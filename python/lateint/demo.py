@@ -128,7 +128,7 @@ def run(args) -> int:
     print(f"total {time.perf_counter() - t_all:.0f} s")
     report.update({"plaid_latency_ms_p50": p50, "plaid_latency_ms_p95": p95, "total_s": time.perf_counter() - t_all})
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        from .commands import write_text_atomic
+        write_text_atomic(args.json, json.dumps(report, indent=1), "--json")
         print(f"report -> {args.json}")
     return 0
