@@ -193,20 +193,21 @@ int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int
                               lab.data(), scratch, isa);
 }
 
-// The first document (lowest index) a pass refused, and why; reported after the pass.
+// The first document (lowest index) a pass refused, and why, as one value (2 * doc + 1 when
+// it is not normalized), so that the two never come from different threads' refusals.
 struct DocRefusal {
-  std::atomic<int64_t> doc{-1};
-  std::atomic<int64_t> why{0};
+  std::atomic<int64_t> first{-1};
   void note(int64_t d, int64_t code) {
-    int64_t cur = doc.load();
-    while ((cur < 0 || d < cur) && !doc.compare_exchange_weak(cur, d)) {
+    const int64_t v = 2 * d + (code == kNonFinite ? 0 : 1);
+    int64_t cur = first.load();
+    while ((cur < 0 || v < cur) && !first.compare_exchange_weak(cur, v)) {
     }
-    if (doc.load() == d) why = code;
   }
   void raise_if_any(const char* op, const PoolInputs& in) const {
-    const int64_t d = doc.load();
-    if (d < 0) return;
-    LK_CHECK(why.load() != kNonFinite, op, "`", in.name, "` contains NaN or Inf (in document ", d, ")");
+    const int64_t v = first.load();
+    if (v < 0) return;
+    const int64_t d = v / 2;
+    LK_CHECK(v % 2 == 1, op, "`", in.name, "` contains NaN or Inf (in document ", d, ")");
     LK_CHECK(false, op, "`", in.name, "`: document ", d, " has tokens that are not L2-normalized ",
              "(squared norm above ", lateint::kPoolMaxSqNorm, ", or too large for float32 products); ",
              "distance \"cosine\" clusters on 1 - <a, b>, which is a distance only between unit ",
