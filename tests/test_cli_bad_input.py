@@ -103,6 +103,9 @@ def test_outputs_that_cannot_be_written(work, capsys, tmp_path):
     assert main(["evaluate", "--run", str(work / "run.txt"), "--qrels", str(work / "qrels.txt"), "--json",
                  str(tmp_path / "new" / "dir" / "e.json")]) == 0
     assert json.load(open(tmp_path / "new" / "dir" / "e.json"))["queries"] == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "new" / "dir" / "e.json").st_mode & 0o777 == 0o666 & ~umask  # as open() makes it
     # encode: an --output that is a file or a foreign directory is never replaced
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "info.json").write_text("{}")

@@ -189,6 +189,9 @@ def write_text_atomic(path: str, text: str, arg: str) -> None:
                                    dir=os.path.dirname(os.path.abspath(path)))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is 0600; a plain open() gives this
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
