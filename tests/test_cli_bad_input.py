@@ -80,6 +80,9 @@ def test_model_arguments_elsewhere(work, capsys):
     _bad(capsys, ["train", "--train", work / "pairs.jsonl", "--output", work / "m", "--model", work / "empty_model"],
          "not a model")
     _bad(capsys, ["demo", "--model", work / "empty_model"], "not a model")
+    for arg, value in (("--lr", "inf"), ("--lr", "-1"), ("--encoder-lr", "nan"), ("--temperature", "0"),
+                       ("--temperature", "1e400")):
+        _bad(capsys, ["train", "--train", work / "pairs.jsonl", "--output", work / "m", arg, value], arg)
 
 
 def test_outputs_that_cannot_be_written(work, capsys, tmp_path):

@@ -44,6 +44,17 @@ def _number(text: str) -> float:
     return v
 
 
+def _finite(low: float, strict: bool):
+    """argparse type: a finite float > low (strict) or >= low."""
+    def parse(text: str) -> float:
+        v = _number(text)
+        if not (v > low if strict else v >= low) or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {low}, got {text!r}")
+        return v
+    parse.__name__ = f"number {'>' if strict else '>='} {low}"
+    return parse
+
+
 _POS = _int_at_least(1)
 _NONNEG = _int_at_least(0)
 
@@ -183,11 +194,11 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     t.add_argument("--batch-size", type=_POS, default=32, help="examples per step and process (default 32)")
     t.add_argument("--mini-batch-size", type=_NONNEG, default=0,
                    help="GradCache: embed in chunks of this size (memory of one chunk; default 0: off)")
-    t.add_argument("--lr", type=_number, default=3e-3, help="projection learning rate (default 3e-3)")
-    t.add_argument("--encoder-lr", type=_number, default=2e-5, help="encoder learning rate (default 2e-5)")
+    t.add_argument("--lr", type=_finite(0.0, False), default=3e-3, help="projection learning rate (default 3e-3)")
+    t.add_argument("--encoder-lr", type=_finite(0.0, False), default=2e-5, help="encoder learning rate (default 2e-5)")
     t.add_argument("--train-layers", type=_int_at_least(-1), default=0,
                    help="last N encoder layers trained too (-1: all; default 0: projection only)")
-    t.add_argument("--temperature", type=_number, default=1.0)
+    t.add_argument("--temperature", type=_finite(0.0, True), default=1.0)
     t.add_argument("--seed", type=_NONNEG, default=0)
     t.add_argument("--max-steps", type=_POS, help="stop after this many steps")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here and resume from it when present")
