@@ -23,7 +23,8 @@ import traceback
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_ROOT, os.path.join(_ROOT, "python")]  # the checkout this file is in, not another install
 import lateint_kernels as lk  # noqa: E402
 from lateint_kernels import reference as ref  # noqa: E402
 
@@ -597,8 +598,98 @@ def fam_plaid(rng):
     return op, run_checked(op, call, check, must_refuse)
 
 
+def fam_helpers(rng):
+    """The public helpers around the kernels and the raw ISA switch."""
+    which = rng.choice(["residual_buckets", "centroid_scores", "pack", "pack_list", "unpack", "_cpu_isa"])
+    must_refuse = False
+    if which == "residual_buckets":
+        nbits = int(rng.choice([1, 2, 4, 8, 3, 0]))
+        v = torch.from_numpy(rng.standard_normal(int(rng.choice([0, 1, 7, 300])))).float() * 0.1
+        mut = rng.choice(["none", "none", "nan", "extreme"])
+        if mut != "none" and v.numel():
+            v = poison_values(rng, v, mut)
+        must_refuse = nbits not in (1, 2, 4, 8) or v.numel() == 0 or (mut == "nan" and v.numel() > 0)
+
+        def call():
+            return lk.residual_buckets(v, nbits)
+
+        def check(out):
+            cut, w = out
+            s = torch.sort(v.double()).values
+            qs = torch.arange(1, 1 << nbits, dtype=torch.float64) / (1 << nbits)
+            want = torch.quantile(s, qs) if s.numel() <= 2 ** 24 else None
+            close(cut, want, torch.float32, "residual_buckets cutoffs")
+            if not bool((w[1:] >= w[:-1]).all()):
+                raise Fail("bucket weights not sorted")
+    elif which == "centroid_scores":
+        d = int(rng.choice([4, 16]))
+        q = unit(rng, 6, d).reshape(2, 3, d)
+        c = unit(rng, int(rng.choice([1, 5])), d if rng.random() < 0.8 else d + 1)
+        must_refuse = c.shape[1] != d
+
+        def call():
+            return lk.centroid_scores(q, c)
+
+        def check(out):
+            close(out, q.double() @ c.double().T, torch.float32, "centroid_scores")
+    elif which in ("pack", "pack_list", "unpack"):
+        d = int(rng.choice([1, 8]))
+        lens = rng.integers(0, 6, int(rng.choice([1, 3])))
+        docs = [unit(rng, int(n), d) for n in lens]
+        padded = torch.zeros(len(docs), max(int(lens.max()), 1), d)
+        mask = torch.zeros(padded.shape[:2], dtype=torch.bool)
+        for i, t in enumerate(docs):
+            padded[i, :t.shape[0]] = t
+            mask[i, :t.shape[0]] = True
+        mut = rng.choice(["none", "none", "shape", "dims"])
+        if mut == "shape" and which != "unpack":  # a mask of another shape / a document of another dim
+            mask = mask[:, :-1] if mask.shape[1] > 1 else mask[:0]
+            docs = docs + [unit(rng, 2, d + 1)]
+            must_refuse = True
+        elif mut == "dims" and which != "pack_list":  # 2-D padded docs / 1-D tokens
+            padded = padded[0]
+            must_refuse = True
+        else:
+            mut = "none"
+
+        def call():
+            if which == "pack":
+                return lk.pack(padded, mask)
+            if which == "pack_list":
+                return lk.pack_list(docs)
+            flat = torch.cat([t for t in docs if t.shape[1] == d]) if docs else torch.zeros(0, d)
+            off = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)])).to(torch.int64)
+            return lk.unpack(flat if mut != "dims" else flat.reshape(-1), off)
+
+        def check(out):
+            if which == "unpack":
+                p, m = out
+                w = int(lens.max())  # unpack pads to the longest document, 0 when all are empty
+                if not torch.equal(m, mask[:, :w]) or not torch.equal(p, padded[:, :w]):
+                    raise Fail("unpack differs from the padded documents")
+            else:
+                if not torch.equal(out.tokens, torch.cat(docs) if docs else torch.zeros(0, d)):
+                    raise Fail(f"{which}: tokens differ")
+                if out.offsets.tolist() != [0] + np.cumsum(lens).tolist():
+                    raise Fail(f"{which}: offsets differ")
+    else:
+        req = int(rng.choice([-2, -1, 0, 1, 2, 3, 7, -9]))
+        must_refuse = req > 3 or req < -2
+
+        def call():
+            got = OPS._cpu_isa(req)
+            OPS._cpu_isa(-2)  # back to the best for the next cases
+            return got
+
+        def check(out):
+            if not 0 <= out <= 3:
+                raise Fail(f"_cpu_isa({req}) returned {out}")
+    op = which if which == "_cpu_isa" else f"lk.{which}"
+    return op, run_checked(op, call, check, must_refuse)
+
+
 FAMILIES = {"maxsim": fam_maxsim, "pool": fam_pool, "pool_hooks": fam_pool_hooks, "kmeans": fam_kmeans,
-            "codec": fam_codec, "plaid": fam_plaid}
+            "codec": fam_codec, "plaid": fam_plaid, "helpers": fam_helpers}
 
 
 def main(argv=None) -> int:

@@ -283,6 +283,8 @@ std::tuple<at::Tensor, at::Tensor> maxsim_backward_cpu(
 }  // namespace
 
 int64_t lateint_cpu_isa(int64_t request) {
+  TORCH_CHECK(request >= -2 && request <= 3, "_cpu_isa: `request` must be -1 (query), -2 (restore the best) or ",
+              "0..3 (scalar, avx2, avx512, avx512bf16), got ", request);
   if (request == -2) return (int64_t)lateint::set_cpu_isa(-1);
   if (request >= 0) return (int64_t)lateint::set_cpu_isa((int)request);
   return (int64_t)lateint::cpu_active_isa();
