@@ -274,14 +274,6 @@ __attribute__((target("avx2"))) void ward_update_avx2(double* __restrict ry,
   const __m256d vdxy = _mm256_set1_pd(dxy), zero = _mm256_setzero_pd();
   for (int64_t i = 0; i < np; i += 4) {
     const __m256d ni = _mm256_loadu_pd(size + i);
-    const __m256d t = _mm256_i32gather_pd(inv, _mm256_cvttpd_epi32(_mm256_add_pd(vnxy, ni)), 8);
-    const __m256d dxi = _mm256_loadu_pd(rx + i), dyi = _mm256_loadu_pd(ry + i);
-    __m256d a = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vnx), t), dxi), dxi);
-    __m256d b = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vny), t), dyi), dyi);
-    __m256d c = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(ni, t), vdxy), vdxy);
-    __m256d r = _mm256_sub_pd(_mm256_add_pd(a, b), c);
-    r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(r, zero, _CMP_LT_OQ));
-    const __m256d out = _mm256_sqrt_pd(r);
     // keep the old value where the cluster is inactive or is y itself
     __m256d keep = _mm256_cmp_pd(ni, zero, _CMP_EQ_OQ);
     if (y >= i && y < i + 4) {
@@ -289,6 +281,17 @@ __attribute__((target("avx2"))) void ward_update_avx2(double* __restrict ry,
       std::memset(&sel[y - i], 0xff, sizeof(double));
       keep = _mm256_or_pd(keep, _mm256_load_pd(sel));
     }
+    // t gathered for the updated lanes only: y's lane would index nx + ny + size[y], up to
+    // 2n, past the table of n + 1 reciprocals
+    const __m256d upd = _mm256_andnot_pd(keep, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)));
+    const __m256d t = _mm256_mask_i32gather_pd(zero, inv, _mm256_cvttpd_epi32(_mm256_add_pd(vnxy, ni)), upd, 8);
+    const __m256d dxi = _mm256_loadu_pd(rx + i), dyi = _mm256_loadu_pd(ry + i);
+    __m256d a = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vnx), t), dxi), dxi);
+    __m256d b = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vny), t), dyi), dyi);
+    __m256d c = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(ni, t), vdxy), vdxy);
+    __m256d r = _mm256_sub_pd(_mm256_add_pd(a, b), c);
+    r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(r, zero, _CMP_LT_OQ));
+    const __m256d out = _mm256_sqrt_pd(r);
     _mm256_storeu_pd(ry + i, _mm256_blendv_pd(out, dyi, keep));
   }
 }
