@@ -208,11 +208,15 @@ def test_crash_mid_save_keeps_the_old_index(corpus, index, tmp_path, kill_after)
     other = tmp_path / "other.pt"
     torch.save((tokens[: int(off[200])], off[:201]), other)
     script = (
-        "import sys, torch; sys.path.insert(0, sys.argv[3])\n"
+        "import os, signal, sys, torch; sys.path.insert(0, sys.argv[3])\n"
+        "import lateint.plaid as plaid\n"
         "from lateint.plaid import PLAIDIndex\n"
         "t, o = torch.load(sys.argv[1])\n"
-        "PLAIDIndex.build(t, o, nbits=2, n_centroids=32, kmeans_niter=2).save(sys.argv[2])\n")
-    env = dict(os.environ, LATEINT_TEST_KILL_SAVE_AFTER=str(kill_after))
+        "index = PLAIDIndex.build(t, o, nbits=2, n_centroids=32, kmeans_niter=2)\n"
+        # the test-only seam: this process is killed at the chosen step of its save
+        f"plaid._save_step = lambda i: os.kill(os.getpid(), signal.SIGKILL) if i == {kill_after} else None\n"
+        "index.save(sys.argv[2])\n")
+    env = dict(os.environ)
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
     out = subprocess.run([sys.executable, "-c", script, str(other), path, root], env=env, capture_output=True,
                          text=True, timeout=300)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import signal
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -48,6 +47,12 @@ class _VersionGone(Exception):
 
 
 _LOAD_ATTEMPTS = 20
+
+
+def _save_step(step: int) -> None:
+    """Called by `save` before each of its steps: step i < len(_ARRAYS) before writing array
+    i, len(_ARRAYS) before the rename, len(_ARRAYS) + 1 before CURRENT. Does nothing; fault-
+    injection tests replace it (in their own process) to stop a save at a given step."""
 # Names a save writes in an index directory; nothing else there is ever removed.
 _VERSION_RE = re.compile(r"v([0-9]{1,18})")
 _TMP_DIR_RE = re.compile(r"\.v[0-9]{1,18}\.tmp-([0-9]+)")
@@ -577,14 +582,10 @@ class PLAIDIndex:
         tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
         _remove_own_dir(tmp)
         os.makedirs(tmp)
-        # tests only: SIGKILL before array i (i < len(_ARRAYS)), before the rename (len), before
-        # CURRENT (len + 1)
-        crash_after = int(os.environ.get("LATEINT_TEST_KILL_SAVE_AFTER", "-1"))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {},
                 "user": self.metadata}
         for i, key in enumerate(_ARRAYS):
-            if i == crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-save, for the tests
+            _save_step(i)
             arr = self._disk_array(key)
             fpath = os.path.join(tmp, f"{key}.npy")
             with open(fpath, "wb") as f:
@@ -598,14 +599,12 @@ class PLAIDIndex:
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if crash_after == len(_ARRAYS):
-            os.kill(os.getpid(), signal.SIGKILL)
+        _save_step(len(_ARRAYS))
         final = os.path.join(path, name)
         _remove_own_dir(final)  # leftover of a crash after this point: never named by CURRENT
         os.rename(tmp, final)
         _fsync_dir(path)
-        if crash_after == len(_ARRAYS) + 1:
-            os.kill(os.getpid(), signal.SIGKILL)
+        _save_step(len(_ARRAYS) + 1)
         cur = os.path.join(path, "CURRENT")
         cur_tmp = os.path.join(path, f".CURRENT.tmp-{os.getpid()}")
         with open(cur_tmp, "w") as f:
