@@ -27,6 +27,15 @@ inline void check_offsets(const at::Tensor& off, int64_t total, const char* op, 
     LK_CHECK(o[i + 1] >= o[i], op, "`", name, "` must be non-decreasing at ", i + 1);
 }
 
+// The packed-documents offsets o [nd + 1] of an op's `doc_offsets`: o[0] == 0 and
+// non-decreasing (the caller checks the last entry against its own total).
+inline void check_doc_offsets_start_and_order(const int64_t* o, int64_t nd, const char* op) {
+  LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
+  for (int64_t i = 0; i < nd; ++i)
+    LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[", i + 1,
+             "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
+}
+
 // The residual codec's bit width: 1, 2, 4 or 8, and whole bytes per row of dim values.
 inline void check_nbits(int64_t nbits, int64_t dim, const char* op) {
   LK_CHECK(nbits == 1 || nbits == 2 || nbits == 4 || nbits == 8, op,

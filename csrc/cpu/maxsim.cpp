@@ -68,11 +68,7 @@ Inputs prepare(const char* op, const at::Tensor& queries, const std::optional<at
   const int64_t T = docs.size(0);
   {
     const int64_t* o = in.offsets.data_ptr<int64_t>();
-    LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
-    for (int64_t i = 0; i < nd; ++i) {
-      LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[",
-               i + 1, "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
-    }
+    check_doc_offsets_start_and_order(o, nd, op);
     LK_CHECK(o[nd] == T, op, "`doc_offsets[-1]` must equal the number of rows of `doc_tokens` (",
              T, "), got ", o[nd]);
   }

@@ -87,10 +87,7 @@ PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& o
   in.dim = tokens.size(1);
   const int64_t T = tokens.size(0);
   const int64_t* o = in.o;
-  LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
-  for (int64_t i = 0; i < in.nd; ++i)
-    LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[",
-             i + 1, "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
+  check_doc_offsets_start_and_order(o, in.nd, op);
   LK_CHECK(o[in.nd] == T, op,
            "`doc_offsets[-1]` must equal the number of rows of `doc_tokens` (", T, "), got ",
            o[in.nd]);
@@ -587,10 +584,7 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
   at::Tensor off = doc_offsets.contiguous();
   const int64_t W = merges_x.size(1);
   const int64_t* o = off.data_ptr<int64_t>();
-  LK_CHECK(o[0] == 0, op, "`doc_offsets[0]` must be 0, got ", o[0]);
-  for (int64_t i = 0; i < nd; ++i)
-    LK_CHECK(o[i + 1] >= o[i], op, "`doc_offsets` must be non-decreasing, but doc_offsets[", i + 1,
-             "] = ", o[i + 1], " < doc_offsets[", i, "] = ", o[i]);
+  check_doc_offsets_start_and_order(o, nd, op);
   const int64_t T = o[nd];
   LK_CHECK(T < (int64_t(1) << 31), op, "`doc_offsets[-1]` = ", T, "; at most 2^31 - 1 tokens are supported");
   at::Tensor rows = at::empty({T}, doc_offsets.options());
@@ -621,8 +615,7 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
           bad = d;
           continue;
         }
-        nc = lateint::pool_labels_from_merges(mx, my, od.data_ptr<double>() + d * W, n, k,
-                                              lab.data(), scratch);
+        nc = lateint::pool_labels_from_merges(mx, my, mdist, n, k, lab.data(), scratch);
       } else {
         for (int64_t i = 0; i < n; ++i) lab[i] = (int32_t)i;
       }
