@@ -120,14 +120,18 @@ def ivf_candidates(scores: torch.Tensor, ivf_offsets: torch.Tensor, ivf_docs: to
 
 
 def approx_scores(scores: torch.Tensor, codes: torch.Tensor, doc_offsets: torch.Tensor, candidates: torch.Tensor,
-                  *, threshold: float = float("-inf"), query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  *, threshold: float = float("-inf"), query_mask: Optional[torch.Tensor] = None,
+                  validate: bool = True) -> torch.Tensor:
     """Centroid-only MaxSim of each candidate (codes: int32 centroid id per packed token),
     ignoring centroids whose best score over the query tokens is below `threshold` (PLAID's
-    centroid pruning) -> float32 [nq, n_candidates] (-inf for -1)."""
+    centroid pruning) -> float32 [nq, n_candidates] (-inf for -1). NaN in an unmasked row of
+    `scores` is refused (the C++ op finds it in its own pass; the reference and GPU paths
+    check it here, one host sync on GPU that validate=False skips for scores already known
+    to be NaN-free)."""
     _check_scores("approx_scores", scores, query_mask)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
         raise ValueError(f"approx_scores: `threshold` must be a number (-inf: no pruning), got {threshold!r}")
-    if (_ops._forced_reference() or scores.device.type != "cpu") and not torch.compiler.is_compiling():
+    if validate and (_ops._forced_reference() or scores.device.type != "cpu") and not torch.compiler.is_compiling():
         unmasked = scores if query_mask is None else scores[query_mask]
         if bool(unmasked.isnan().any()):
             raise ValueError("approx_scores: `scores` contains NaN (in an unmasked query token; are the queries "

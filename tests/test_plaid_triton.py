@@ -261,7 +261,8 @@ def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
 
     monkeypatch.setattr(lk, "ivf_candidates", lambda s, io, idocs, nd, nc, query_mask=None:
                         entry("ivf_candidates")(s, query_mask, io, idocs, nd, nc))
-    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold=float("-inf"), query_mask=None:
+    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold=float("-inf"), query_mask=None,
+                        validate=True:
                         entry("approx_scores")(s, query_mask, codes, offs, cand, threshold))
     monkeypatch.setattr(lk, "decompress_maxsim", lambda qq, codes, packed, offs, c, w, nb, cand, query_mask=None:
                         entry("decompress_maxsim")(qq, query_mask, codes, packed, offs, c, w, nb, cand))

@@ -508,7 +508,8 @@ class PLAIDIndex:
         if not bool((best >= 0).any()):
             return _no_results(nq, k, q.device)
         if ndocs_exact < best.shape[1]:  # PLAID's stage 3: centroid-only scores, no pruning
-            full = lk.approx_scores(s, self.codes, self.doc_offsets, best, query_mask=query_mask)
+            # the same centroid scores as above, checked there
+            full = lk.approx_scores(s, self.codes, self.doc_offsets, best, query_mask=query_mask, validate=False)
             top = full.topk(ndocs_exact, dim=1)
             best = torch.gather(best, 1, top.indices)
             best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
