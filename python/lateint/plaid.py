@@ -122,7 +122,10 @@ def _parse_meta(path: str, name: str, raw: bytes) -> dict:
 
 
 def _is_own_version_dir(d: str) -> bool:
-    """A directory holding nothing but files a save writes into a version directory."""
+    """A directory (not a link to one) holding nothing but files a save writes into a
+    version directory."""
+    if os.path.islink(d) or not os.path.isdir(d):
+        return False
     try:
         entries = os.listdir(d)
     except OSError:
@@ -130,17 +133,22 @@ def _is_own_version_dir(d: str) -> bool:
     return all(e in _VERSION_FILES and os.path.isfile(os.path.join(d, e)) for e in entries)
 
 
+def _delete_own_dir(d: str) -> None:
+    """Deletes a directory _is_own_version_dir accepted: its files, then itself."""
+    for e in os.listdir(d):
+        os.remove(os.path.join(d, e))
+    os.rmdir(d)
+
+
 def _remove_own_dir(d: str) -> None:
     """Removes a version (or temporary) directory that holds only the files a save writes;
     leaves it, and says so, when it holds anything else."""
     if not os.path.lexists(d):
         return
-    if not os.path.isdir(d) or os.path.islink(d) or not _is_own_version_dir(d):
+    if not _is_own_version_dir(d):
         raise IndexFormatError(f"{d}: in the way of a save and not written by one (holds other files); "
                                "not removing it")
-    for e in os.listdir(d):
-        os.remove(os.path.join(d, e))
-    os.rmdir(d)
+    _delete_own_dir(d)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -169,10 +177,8 @@ def _remove_leftover(path: str, entry: str) -> None:
         if tmp_cur:
             if os.path.isfile(full) and not os.path.islink(full):
                 os.remove(full)
-        elif os.path.isdir(full) and not os.path.islink(full) and _is_own_version_dir(full):
-            for e in os.listdir(full):
-                os.remove(os.path.join(full, e))
-            os.rmdir(full)
+        elif _is_own_version_dir(full):
+            _delete_own_dir(full)
     except FileNotFoundError:
         pass
 
