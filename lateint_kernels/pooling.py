@@ -167,7 +167,7 @@ def _validate_scalars(op, pool_factor, protected_tokens, distance):
     if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or not 1 <= pool_factor < 2 ** 63:
         raise ValueError(f"{op}: `pool_factor` must be an integer >= 1 (and < 2^63), got {pool_factor!r}")
     if isinstance(protected_tokens, bool) or not isinstance(protected_tokens, int) or not 0 <= protected_tokens < 2 ** 63:
-        raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0, got {protected_tokens!r}")
+        raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0 (and < 2^63), got {protected_tokens!r}")
     if distance not in _DISTANCES:
         raise ValueError(f'{op}: `distance` must be "cosine" or "euclidean", got {distance!r}')
 

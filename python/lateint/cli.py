@@ -119,10 +119,7 @@ def demo(args) -> int:
 
 
 def _demo(args) -> int:
-    if args.docs is not None and args.docs < 1:
-        raise UsageError(f"--docs must be >= 1, got {args.docs}")
-    if args.k < 1:
-        raise UsageError(f"--k must be >= 1, got {args.k}")
+    # --docs, --k and --pool-factor are integers >= 1 by their argparse types
     from .commands import check_model_dir, check_output_path
     check_model_dir(args.model)
     if args.json:
@@ -135,8 +132,6 @@ def _demo(args) -> int:
     from . import demo as real
     args.docs = args.docs or 10 ** 9
     args.pool_factor = 2 if args.pool_factor is None else args.pool_factor
-    if args.pool_factor < 1:
-        raise UsageError(f"--pool-factor must be >= 1, got {args.pool_factor}")
     try:
         return real.run(args)
     except FileNotFoundError as e:

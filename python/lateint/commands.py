@@ -180,8 +180,7 @@ def check_output_path(path: str, arg: str) -> None:
 def write_text_atomic(path: str, text: str, arg: str) -> None:
     """Writes a file through a temporary sibling and a rename; UsageError naming `arg` when
     the path is a directory or cannot be written (nothing is left behind)."""
-    if os.path.isdir(path):
-        raise UsageError(f"{arg} {path}: is a directory (give a file path)")
+    check_output_path(path, arg)
     tmp = None
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
