@@ -65,13 +65,14 @@ def _ext_modules():
     debug = os.environ.get("LATEINT_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-std=c++17", "-Wno-psabi", "-fopenmp"]
-    sources = _sources("csrc/lateint_ops.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/core/*.cpp")
+    # one folder per op family (csrc/<family>/): its torch-free core and its CPU binding
+    sources = [p for p in _sources("csrc/*/*.cpp") if not p.startswith(os.path.join("csrc", "tests"))]
     # -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers; without the flag
     # it silently runs on one thread.
     kwargs = dict(name="lateint_kernels._C", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")],
                   extra_link_args=["-fopenmp"])
     if use_cuda:
-        sources += _sources("csrc/cuda/*.cu")
+        sources += _sources("csrc/*/*.cu")
         arch = os.environ.get("LATEINT_CUDA_ARCH", "80;90")
         gencode = []
         for a in arch.split(";"):

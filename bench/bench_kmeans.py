@@ -1,7 +1,8 @@
 """kmeans_assign on CPU vs plain torch (chunked matmul + max, the way one would write it
 without materializing [n, k]), same data, same run; sgemm ceiling measured alongside. Where
 the CPU has AVX512-VNNI, kmeans_assign screens with int8 dot products: it is timed both ways
-(the float32 kernel alone via cpu_isa("avx2")), and both answers are checked to be equal.
+(the float32 kernel alone via cpu_isa("avx2"), so at its AVX2 width), and both answers are
+checked to be equal.
 
     python bench/bench_kmeans.py [--smoke]
 Appends rows to bench/results/kmeans.csv.
@@ -46,7 +47,7 @@ def main(argv=None):
         assert torch.equal(lk.kmeans_assign(x, c).long(), torch_assign(x, c)), "different answers"
         reps = dict(repeats=1, min_repeats_slow=1) if args.smoke else dict(repeats=3, min_repeats_slow=3)
         before = lk.cpu_isa()
-        lk.cpu_isa("avx2")  # the float32 kernel alone (same kernel code: it is not ISA-dispatched)
+        lk.cpu_isa("avx2")  # the float32 kernel alone (the int8 screen needs the avx512 level)
         try:
             fp32 = lk.kmeans_assign(x, c, return_scores=True)
             t_fp32 = H.time_cpu(lambda: lk.kmeans_assign(x, c), **reps)

@@ -27,8 +27,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_ROOT, os.path.join(_ROOT, "python")]  # the checkout this file is in, not another install
 import lateint_kernels as lk  # noqa: E402
 from lateint_kernels import reference as ref  # noqa: E402
+import lateint_kernels.testing as lkt  # noqa: E402
 
 OPS = torch.ops.lateint_kernels
+TESTING = lkt.ops
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -192,7 +194,7 @@ def fam_maxsim(rng):
                 return OPS.maxsim_candidates(q, qmask, x, off, cand, padded, mode)
             return lk.maxsim_candidates(q, x, off, cand, query_mask=qmask, mask_mode=mode, doc_padded=padded)
         if which == "maxsim_argmax":
-            return OPS.maxsim_argmax(q, qmask, x, off, cand, padded, mode)[0]
+            return TESTING.maxsim_argmax(q, qmask, x, off, cand, padded, mode)[0]
         ns = cand.shape[1] if cand is not None else nd
         grad = torch.from_numpy(rng.standard_normal((nq, ns))).float()
         return OPS.maxsim_backward(grad, q, qmask, x, off, cand, padded, mode), grad
@@ -334,7 +336,7 @@ def fam_pool_hooks(rng):
             D[0, 1] = D[1, 0] = -D[0, 1]
 
         def call():
-            return OPS._ward_linkage(D)
+            return TESTING.ward_linkage(D)
 
         def check(Z):
             if mut == "neg":
@@ -355,7 +357,7 @@ def fam_pool_hooks(rng):
             must_refuse = True
 
         def call():
-            return OPS._fcluster_maxclust(Z, k)
+            return TESTING.fcluster_maxclust(Z, k)
 
         def check(T):
             want = hierarchy.fcluster(Z.numpy(), k, criterion="maxclust")
@@ -368,10 +370,10 @@ def fam_pool_hooks(rng):
             must_refuse = True
 
         def call():
-            return OPS._pool_distances(x, dist)
+            return TESTING.pool_distances(x, dist)
 
         def check(D):
-            want = torch.from_numpy(ref._pool_distances_condensed(x, dist))
+            want = torch.from_numpy(ref.pool._pool_distances_condensed(x, dist))
             got = D[tuple(torch.triu_indices(n, n, 1))]
             close(got, want, torch.float32, "_pool_distances")
     else:
@@ -600,7 +602,7 @@ def fam_plaid(rng):
 
 def fam_helpers(rng):
     """The public helpers around the kernels and the raw ISA switch."""
-    which = rng.choice(["residual_buckets", "centroid_scores", "pack", "pack_list", "unpack", "_cpu_isa"])
+    which = rng.choice(["residual_buckets", "centroid_scores", "pack", "pack_list", "unpack", "cpu_isa"])
     must_refuse = False
     if which == "residual_buckets":
         nbits = int(rng.choice([1, 2, 4, 8, 3, 0]))
@@ -677,14 +679,14 @@ def fam_helpers(rng):
         must_refuse = req > 3 or req < -2
 
         def call():
-            got = OPS._cpu_isa(req)
-            OPS._cpu_isa(-2)  # back to the best for the next cases
+            got = lk._C.cpu_isa(req)
+            lk._C.cpu_isa(-2)  # back to the best for the next cases
             return got
 
         def check(out):
             if not 0 <= out <= 3:
-                raise Fail(f"_cpu_isa({req}) returned {out}")
-    op = which if which == "_cpu_isa" else f"lk.{which}"
+                raise Fail(f"cpu_isa({req}) returned {out}")
+    op = which if which == "cpu_isa" else f"lk.{which}"
     return op, run_checked(op, call, check, must_refuse)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lateint_kernels as lk
+import lateint_kernels.testing as lkt
 from lateint_kernels import reference as ref
 
 from _data import corpus, random_lengths
@@ -88,7 +89,7 @@ def test_maxsim_many_docs_long_docs(isa):
 def test_argmax_matches_reference(isa):
     q, d, off = corpus(AWKWARD_LENGTHS, 96, nq=2, lq=33, seed=13)
     qm = torch.rand(2, 33) > 0.2
-    s, a = torch.ops.lateint_kernels.maxsim_argmax(q, qm, d, off, None, None, "ignore")
+    s, a = lkt.ops.maxsim_argmax(q, qm, d, off, None, None, "ignore")
     ws, wa = _ref64(q, d, off, query_mask=qm)
     _close(s, ws, 1e-5, 1e-5)
     assert a.dtype == torch.int32 and a.shape == (2, 33, len(AWKWARD_LENGTHS))
@@ -452,7 +453,7 @@ def test_cuda_op_matches_reference(dtype, tol, lq, mask_mode):
     got = lk.maxsim(c(q), c(d), c(off), query_mask=c(qm), mask_mode=mask_mode, doc_padded=c(pad))
     want, wa = _ref64(q, d, off, query_mask=qm, mask_mode=mask_mode, doc_padded=pad)
     _close(got.cpu(), want, tol, tol)
-    s, a = torch.ops.lateint_kernels.maxsim_argmax(c(q), c(qm), c(d), c(off), None, c(pad), mask_mode)
+    s, a = lkt.ops.maxsim_argmax(c(q), c(qm), c(d), c(off), None, c(pad), mask_mode)
     assert (a.cpu().long() == wa).float().mean() > 0.999
     gc = lk.maxsim_candidates(c(q), c(d), c(off), c(cand), query_mask=c(qm), mask_mode=mask_mode, doc_padded=c(pad))
     wc = ref.maxsim_candidates_ref(q.double(), d.double(), off, cand, query_mask=qm, mask_mode=mask_mode,
@@ -505,7 +506,7 @@ def test_cuda_simt_kernels(dtype, tol):
     ops = torch.ops.lateint_kernels
     c = lambda t: t.cuda()
     for mode in ("ignore", "zero"):
-        s, a = ops.maxsim_argmax_cuda_simt(c(q), c(qm), c(d), c(off), None, c(pad), mode)
+        s, a = lkt.ops.maxsim_argmax_cuda_simt(c(q), c(qm), c(d), c(off), None, c(pad), mode)
         ws, wa = _ref64(q, d, off, query_mask=qm, mask_mode=mode, doc_padded=pad)
         _close(s.cpu(), ws, tol, tol)
         _close(ops.maxsim_cuda_simt(c(q), c(qm), c(d), c(off), c(pad), mode).cpu(), ws, tol, tol)
@@ -548,7 +549,7 @@ def test_opcheck_argmax_and_backward():
     for pair in _samples(False):
         for q, qm, d, off, pad, mode in pair:
             for cand in (None, torch.tensor([[0, 1], [2, -1]])):
-                torch.library.opcheck(torch.ops.lateint_kernels.maxsim_argmax.default,
+                torch.library.opcheck(lkt.ops.maxsim_argmax.default,
                                       (q, qm, d, off, cand, pad, mode))
                 ns = cand.shape[1] if cand is not None else off.shape[0] - 1
                 g = torch.randn(q.shape[0], ns)
@@ -564,7 +565,7 @@ def test_cpu_isa_switch():
     assert lk.cpu_isa("best") == best
     with pytest.raises(ValueError, match="set"):
         lk.cpu_isa("sse9")
-    assert torch.ops.lateint_kernels._cpu_bf16_dot() in (0, 1)
+    assert lkt.bf16_dot() in (0, 1)
 
 
 def test_fuzz_fresh_inputs_against_float64():
@@ -618,12 +619,12 @@ def test_fuzz_fresh_inputs_against_float64():
 def test_bf16_paths_forced(path):
     """Both bf16 CPU paths through the whole op (the process picks one by timing)."""
     code = ("import torch, lateint_kernels as lk; from _data import corpus;"
-            "from lateint_kernels import reference as ref;"
+            "from lateint_kernels import reference as ref; import lateint_kernels.testing as lkt;"
             "q,d,off=corpus([1,0,13,64,300,5,97],128,nq=3,lq=33,seed=5,dtype=torch.bfloat16);"
             "qm=torch.rand(3,33)>0.2;"
             "s=lk.maxsim(q,d,off,query_mask=qm); c=lk.maxsim_candidates(q,d,off,torch.tensor([[6,0],[4,4],[1,-1]]));"
             "w=ref.maxsim_ref(q.double(),d.double(),off,query_mask=qm);"
-            "print(torch.ops.lateint_kernels._cpu_bf16_dot(), float((s.double()-w).abs().max()/w.abs().max()))")
+            "print(lkt.bf16_dot(), float((s.double()-w).abs().max()/w.abs().max()))")
     r = _run_py(code, LATEINT_BF16_PATH=path)
     assert r.returncode == 0, r.stderr
     dot, err = r.stdout.split()

@@ -318,6 +318,8 @@ def test_to_device_and_device_checks(corpus, index, tmp_path):
     assert index.device.type == "cpu"  # the original stays
     with pytest.raises(ValueError, match="queries"):
         moved.search(q, 10)
+    with pytest.raises(ValueError, match="lut"):  # no device kernel: refused, not run on the reference
+        moved.search(q.to("meta"), 10, scorer="lut")
     for call in (lambda: moved.delete([1000]), lambda: moved.compact(),
                  lambda: moved.add(corpus[1][:3], torch.tensor([0, 3]), [5000])):
         with pytest.raises(ValueError, match="CPU index"):
@@ -343,3 +345,27 @@ def test_stage_three_keeps_the_best_quarter_by_unpruned_centroid_scores(corpus, 
     ids_all, scores_all = index.search(q, 10, ndocs_exact=80, **kw)
     assert (scores_all >= scores - 1e-6).all()
     assert not torch.equal(ids_all, ids)  # the stage changes answers on this corpus: the test can fail
+
+
+def test_an_index_checks_its_arrays_once_when_it_comes_to_be(index):
+    """The stages run with validation off, so an index with arrays that would lead them out
+    of bounds must never exist: the constructor (build, load, to, add, compact) refuses it."""
+    from lateint.plaid import IndexFormatError, PLAIDIndex
+
+    arrays = [index.centroids, index.codes, index.packed, index.doc_offsets, index.ivf_offsets, index.ivf_docs,
+              index.bucket_cutoffs, index.bucket_weights]
+    rest = (index.nbits, index.ids, index.deleted)
+    PLAIDIndex(*arrays, *rest)  # the intact arrays pass
+    off = index.doc_offsets.clone()
+    off[3], off[4] = off[4] + 1, off[3]
+    codes = index.codes.clone()
+    codes[7] = index.centroids.shape[0]
+    ivf_docs = index.ivf_docs.clone()
+    ivf_docs[0] = index.n_docs
+    ivf_off = index.ivf_offsets.clone()
+    ivf_off[-1] += 1
+    for i, bad in ((3, off), (1, codes), (5, ivf_docs), (4, ivf_off)):
+        broken = list(arrays)
+        broken[i] = bad
+        with pytest.raises(IndexFormatError, match="invalid arrays"):
+            PLAIDIndex(*broken, *rest)

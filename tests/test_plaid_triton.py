@@ -1,7 +1,7 @@
 """The CUDA path of the PLAID ops, run on CPU: the Triton kernels under TRITON_INTERPRET=1
 (conftest) against the float64 references on fresh random data, the device-side torch
 ivf_candidates, the CUDA entries' input checks, and the kernels compiled to sm_80 / sm_90
-cubins (no GPU needed). None of this has run on a GPU yet."""
+cubins (no GPU needed); run on an H100 by scripts/gpu_check.sh (bench/RESULTS.md)."""
 import os
 import sys
 
@@ -15,8 +15,9 @@ from _data import clustered
 from _gpu_compile import compile_for_gpu
 
 pytest.importorskip("triton")
-from lateint_kernels import plaid as lkp  # noqa: E402
-from lateint_kernels import residual as lkr  # noqa: E402
+from lateint_kernels.ops import plaid as lkp  # noqa: E402
+from lateint_kernels.ops import codec as lkr  # noqa: E402
+from lateint_kernels.triton import codec as tc  # noqa: E402
 from lateint_kernels.triton import plaid as tp  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
@@ -43,7 +44,7 @@ CODEC_CASES = [(nb, dim) for nb in (1, 2, 4, 8) for dim in (8, 40, 128) if dim *
 @pytest.mark.parametrize("nbits,dim", CODEC_CASES)
 def test_compress_bit_identical_to_reference(nbits, dim):
     _, _, x, c, codes, cut, _ = codec_problem(131, 13, dim, nbits, seed())
-    got = tp.compress_residuals_triton(x.to(DEV), c.to(DEV), codes.to(DEV), cut.to(DEV), nbits).cpu()
+    got = tc.compress_residuals_triton(x.to(DEV), c.to(DEV), codes.to(DEV), cut.to(DEV), nbits).cpu()
     assert torch.equal(got, ref.compress_residuals_ref(x, c, codes, cut, nbits))
     assert torch.equal(got, lk.compress_residuals(x, c, codes, cut, nbits))  # = the C++ CPU op
 
@@ -52,7 +53,7 @@ def test_compress_bit_identical_to_reference(nbits, dim):
 def test_decompress_matches_float64_reference(nbits, dim):
     _, _, x, c, codes, cut, w = codec_problem(97, 11, dim, nbits, seed())
     packed = lk.compress_residuals(x, c, codes, cut, nbits)
-    got = tp.decompress_residuals_triton(codes.to(DEV), packed.to(DEV), c.to(DEV), w.to(DEV), nbits).cpu()
+    got = tc.decompress_residuals_triton(codes.to(DEV), packed.to(DEV), c.to(DEV), w.to(DEV), nbits).cpu()
     want = ref.decompress_residuals_ref(codes, packed, c.double(), w.double(), nbits)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
     # and the round trip is a real reconstruction: closer to x with more bits
@@ -140,9 +141,9 @@ def test_cuda_entries_run_and_name_bad_arguments():
     q, mask, codes, packed, off, c, w, cand = (t.to(DEV) for t in cpu)
     scores = lk.centroid_scores(q, c)
     qc, maskc, codesc, packedc, offc, cc, wc, candc = cpu
-    dmaxsim = lkp._CUDA["decompress_maxsim"][0]
-    approx = lkp._CUDA["approx_scores"][0]
-    compress, decompress = lkr._CUDA["compress_residuals"][0], lkr._CUDA["decompress_residuals"][0]
+    dmaxsim = lkp.CUDA_ENTRIES["decompress_maxsim"][0]
+    approx = lkp.CUDA_ENTRIES["approx_scores"][0]
+    compress, decompress = lkr.CUDA_ENTRIES["compress_residuals"][0], lkr.CUDA_ENTRIES["decompress_residuals"][0]
     ok = dmaxsim(q, mask, codes, packed, off, c, w, 2, cand)
     assert ok.device == q.device
     torch.testing.assert_close(ok.cpu(), lk.decompress_maxsim(qc, codesc, packedc, offc, cc, wc, 2, candc,
@@ -184,7 +185,7 @@ def test_cuda_entries_run_and_name_bad_arguments():
         with pytest.raises(ValueError, match=name):
             call()
     # ivf: an id past n_docs
-    ivf = lkp._CUDA["ivf_candidates"][0]
+    ivf = lkp.CUDA_ENTRIES["ivf_candidates"][0]
     with pytest.raises(ValueError, match="ivf_docs"):
         ivf(scores, None, torch.tensor([0] + [1] * c.shape[0], device=DEV), torch.tensor([99], device=DEV), 10, 1)
     with pytest.raises(ValueError, match="ncells"):
@@ -204,12 +205,12 @@ _COMPILE = r"""
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lateint_kernels.triton import plaid as tp
+from lateint_kernels.triton import codec as tc, plaid as tp
 P32, P8, PI32, PI64, PI8 = "*fp32", "*u8", "*i32", "*i64", "*i8"
 kernels = [
-    (tp._compress_kernel, dict(X=P32, C=P32, CODES=PI32, CUT=P32, OUT=P8, n="i32", dim="i32", bpr="i32"),
+    (tc._compress_kernel, dict(X=P32, C=P32, CODES=PI32, CUT=P32, OUT=P8, n="i32", dim="i32", bpr="i32"),
      dict(NBITS=2, BLOCK_T=64, BLOCK_B=32)),
-    (tp._decompress_kernel, dict(CODES=PI32, PACKED=P8, C=P32, W=P32, OUT=P32, n="i32", dim="i32", bpr="i32"),
+    (tc._decompress_kernel, dict(CODES=PI32, PACKED=P8, C=P32, W=P32, OUT=P32, n="i32", dim="i32", bpr="i32"),
      dict(NBITS=4, BLOCK_T=32, BLOCK_D=128)),
     (tp._decompress_maxsim_kernel, dict(Q=P32, QM=PI8, CODES=PI32, PACKED=P8, OFF=PI64, C=P32, W=P32, CAND=PI64,
                                         OUT=P32, nc="i32", lq="i32", dim="i32", bpr="i32"),
@@ -237,6 +238,18 @@ def test_triton_kernels_compile_for_gpu(arch):
     assert "COMPILED 4" in compile_for_gpu(_COMPILE, arch, timeout=600)
 
 
+def _route_stages_to_cuda_entries(monkeypatch, entry):
+    """PLAIDIndex.search's stage calls (lk.<stage>) -> the ops' CUDA entries, whatever the device."""
+    monkeypatch.setattr(lk, "ivf_candidates", lambda s, io, idocs, nd, nc, query_mask=None, validate=True:
+                        entry("ivf_candidates")(s, query_mask, io, idocs, nd, nc, validate))
+    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold=float("-inf"), query_mask=None,
+                        validate=True:
+                        entry("approx_scores")(s, query_mask, codes, offs, cand, threshold, validate))
+    monkeypatch.setattr(lk, "decompress_maxsim", lambda qq, codes, packed, offs, c, w, nb, cand, query_mask=None,
+                        validate=True:
+                        entry("decompress_maxsim")(qq, query_mask, codes, packed, offs, c, w, nb, cand, validate))
+
+
 def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
     """PLAIDIndex.search with every PLAID stage served by its CUDA entry (on the GPU where
     there is one, else on CPU tensors with Triton interpreted): the same top-k ids as the C++
@@ -256,19 +269,63 @@ def test_search_through_the_cuda_kernels_equals_the_cpu_search(monkeypatch):
     def entry(name):
         def run(*args):
             calls.append(name)
-            return lkp._CUDA[name][0](*args)
+            return lkp.CUDA_ENTRIES[name][0](*args)
         return run
 
-    monkeypatch.setattr(lk, "ivf_candidates", lambda s, io, idocs, nd, nc, query_mask=None:
-                        entry("ivf_candidates")(s, query_mask, io, idocs, nd, nc))
-    monkeypatch.setattr(lk, "approx_scores", lambda s, codes, offs, cand, threshold=float("-inf"), query_mask=None,
-                        validate=True:
-                        entry("approx_scores")(s, query_mask, codes, offs, cand, threshold))
-    monkeypatch.setattr(lk, "decompress_maxsim", lambda qq, codes, packed, offs, c, w, nb, cand, query_mask=None:
-                        entry("decompress_maxsim")(qq, query_mask, codes, packed, offs, c, w, nb, cand))
+    _route_stages_to_cuda_entries(monkeypatch, entry)
     dev_settings = dict(settings, query_mask=mask.to(DEV))
     got_ids, got_scores = index.to(DEV).search(q.to(DEV), 5, **dev_settings)
     got_ids, got_scores = got_ids.cpu(), got_scores.cpu()
     assert calls == ["ivf_candidates", "approx_scores", "approx_scores", "decompress_maxsim"]  # stages 1-4
     assert torch.equal(got_ids, want_ids)
     torch.testing.assert_close(got_scores, want_scores, rtol=0, atol=1e-4)
+
+
+def test_search_on_the_cuda_path_syncs_only_where_it_must(monkeypatch):
+    """Host syncs of one PLAIDIndex.search batch on the CUDA path (the stages' CUDA entries,
+    counted on CPU tensors; kernel launches, which do not sync, are not counted): the index's
+    arrays were checked once when it came to be, so no stage re-checks them. What remains:
+    the queries' NaN check and ivf_candidates' output sizes (two unique, the lists' total,
+    the widest row). With every stage validating again the same batch takes more."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+    from _sync import SyncCounter
+    from lateint.plaid import PLAIDIndex
+    from lateint.synthetic import clustered_corpus
+
+    q, tokens, off, _ = clustered_corpus(120, 10, 60, 32, nq=4, lq=12, n_topics=32, seed=3)
+    index = PLAIDIndex.build(tokens, off, nbits=2, n_centroids=32, kmeans_niter=3)
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[:, 9:] = False
+    counter = SyncCounter()
+    for name in ("approx_scores_triton", "decompress_maxsim_triton"):
+        launch = getattr(tp, name)
+        monkeypatch.setattr(tp, name, lambda *a, _launch=launch: _paused(counter, _launch, a))
+
+    def entry(name):
+        return lkp.CUDA_ENTRIES[name][0]
+
+    _route_stages_to_cuda_entries(monkeypatch, entry)
+    want = index.search(q, 5, ncells=2, ndocs=40, query_mask=mask)
+    with counter:
+        got = index.search(q, 5, ncells=2, ndocs=40, query_mask=mask)
+    assert torch.equal(got[0], want[0])
+    assert counter.count == 5, counter.where
+
+    def revalidating(name):
+        def run(*args):
+            return lkp.CUDA_ENTRIES[name][0](*args[:-1], True)
+        return run
+
+    _route_stages_to_cuda_entries(monkeypatch, revalidating)
+    before = SyncCounter()
+    for name in ("approx_scores_triton", "decompress_maxsim_triton"):
+        launch = getattr(tp, name)
+        monkeypatch.setattr(tp, name, lambda *a, _launch=launch: _paused(before, _launch, a))
+    with before:
+        index.search(q, 5, ncells=2, ndocs=40, query_mask=mask)
+    assert before.count > counter.count, (before.where, counter.where)
+
+
+def _paused(counter, launch, args):
+    with counter.paused():
+        return launch(*args)

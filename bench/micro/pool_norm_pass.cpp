@@ -1,5 +1,5 @@
 // The squared-norm pass token pooling makes over each clustered document (a copy of
-// max_sqnorm_f32 in csrc/core/token_pool_gram.cpp, same clones), timed alone:
+// max_sqnorm_f32 in csrc/pool/pool_gram.cpp, same variants), timed alone:
 //   g++ -O3 -std=c++17 bench/micro/pool_norm_pass.cpp -o /tmp/pool_norm_pass && /tmp/pool_norm_pass
 #include <chrono>
 #include <cstdint>

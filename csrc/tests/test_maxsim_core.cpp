@@ -5,7 +5,7 @@
 #include <random>
 #include <vector>
 
-#include "../core/maxsim_core.h"
+#include "maxsim/maxsim_core.h"
 
 using namespace lateint;
 
@@ -30,8 +30,8 @@ static void check(Isa isa, int64_t nq, int64_t lq, int64_t dim, const std::vecto
   for (auto& v : D) v = nd(rng);
   std::vector<uint16_t> Qb(Q.size()), Db(D.size());
   if (bf16) {  // round the inputs to bf16; the float64 reference then sees the same values
-    for (size_t i = 0; i < Q.size(); ++i) Q[i] = detail::bf16_to_f32(Qb[i] = detail::f32_to_bf16(Q[i]));
-    for (size_t i = 0; i < D.size(); ++i) D[i] = detail::bf16_to_f32(Db[i] = detail::f32_to_bf16(D[i]));
+    for (size_t i = 0; i < Q.size(); ++i) Q[i] = bf16_to_f32(Qb[i] = f32_to_bf16(Q[i]));
+    for (size_t i = 0; i < D.size(); ++i) D[i] = bf16_to_f32(Db[i] = f32_to_bf16(D[i]));
   }
   std::vector<uint8_t> mask(nq * lq, 1);
   if (use_mask)

@@ -1,6 +1,6 @@
 """Triton kmeans_assign (CUDA path): a block of rows stays on chip while centroid tiles
 stream past; tensor-core dot products, running max and first-index argmax per row.
-Validated under TRITON_INTERPRET=1 on CPU (tests/test_kmeans.py); not yet run on a GPU."""
+Validated under TRITON_INTERPRET=1 on CPU (tests/test_kmeans.py) and run on an H200 (bench/RESULTS.md)."""
 from __future__ import annotations
 
 import torch

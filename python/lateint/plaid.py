@@ -1,4 +1,4 @@
-"""PLAID index on lateint_kernels' ops (issue 3, in progress): build, search, save, load.
+"""PLAID index on lateint_kernels' ops: build, search, save, load.
 Updates: `add` assigns new documents to the existing centroids and buckets (no k-means);
 `delete` marks tombstones that search skips and `compact` drops.
 
@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 import lateint_kernels as lk
+from lateint_kernels._checks import check_offsets
+
+from ._atomic import atomic_directory, write_file_atomic
 
 from . import kmeans as _kmeans
 
@@ -57,8 +60,8 @@ def _save_step(step: int) -> None:
 _VERSION_RE = re.compile(r"v([0-9]{1,18})")
 _TMP_DIR_RE = re.compile(r"\.v[0-9]{1,18}\.tmp-([0-9]+)")
 _TMP_CURRENT_RE = re.compile(r"\.CURRENT\.tmp-([0-9]+)|CURRENT\.tmp")
-# CURRENT: the version's name and its meta.json's SHA-256 (indexes written before the
-# checksum was added hold the name alone).
+# CURRENT: the version's name and its meta.json's SHA-256, or the name alone (an index of
+# format 1 may hold either; both load).
 _CURRENT_RE = re.compile(r"(v[0-9]{1,18})(?: ([0-9a-f]{64}))?\n")
 _VERSION_FILES = tuple(f"{key}.npy" for key in _ARRAYS) + ("meta.json",)
 _META_KEYS = {"format", "version", "nbits", "arrays", "user"}
@@ -197,14 +200,6 @@ def _prepare_index_dir(path: str) -> Optional[str]:
     return None
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -284,7 +279,7 @@ def _check_tokens(op: str, doc_tokens, doc_offsets, dim: Optional[int] = None) -
         raise ValueError(f"{op}: `doc_offsets` must be an int64 tensor [n + 1]")
     if doc_offsets.shape[0] < 1:
         raise ValueError(f"{op}: `doc_offsets` must hold n + 1 >= 1 entries (it starts with 0)")
-    lk.ops.check_offsets(op, doc_offsets, doc_tokens.shape[0])
+    check_offsets(op, doc_offsets, doc_tokens.shape[0])
     if not bool(torch.isfinite(doc_tokens).all()):
         raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
 
@@ -315,6 +310,35 @@ class PLAIDIndex:
         # free-form JSON saved with the index (in meta.json, so in the same atomic write):
         # adapters keep their own document keys here, e.g. PyLate's string ids
         self.metadata: dict = {}
+        self._check_arrays()
+
+    def _check_arrays(self) -> None:
+        """Validates the arrays the search stages read, once (one host sync on a GPU):
+        offsets, code and IVF ranges, shapes. Every way an index comes to be (build, load,
+        to, add, compact) ends here, so `search` calls its stages with validation off."""
+        k, dim = self.centroids.shape
+        n_tok, nd = self.codes.shape[0], self.doc_offsets.shape[0] - 1
+        shapes = (self.packed.shape == (n_tok, dim * self.nbits // 8) and self.codes.dtype == torch.int32
+                  and self.ids.shape == (nd,) and self.deleted.shape == (nd,)
+                  and self.ivf_offsets.shape == (k + 1,) and self.bucket_weights.shape == (1 << self.nbits,))
+        if not shapes:
+            raise IndexFormatError("PLAIDIndex: arrays of inconsistent shapes or dtypes")
+        if self.codes.is_meta:  # shapes only: no data to check
+            self._any_deleted = False
+            return
+        flags = [self.doc_offsets[:1].ne(0).any(), self.doc_offsets[-1:].ne(n_tok).any(),
+                 (self.doc_offsets[1:] < self.doc_offsets[:-1]).any(),
+                 self.ivf_offsets[:1].ne(0).any(), self.ivf_offsets[-1:].ne(self.ivf_docs.shape[0]).any(),
+                 (self.ivf_offsets[1:] < self.ivf_offsets[:-1]).any(), self.deleted.any()]
+        if n_tok:
+            flags.append((self.codes < 0).any() | (self.codes >= k).any())
+        if self.ivf_docs.numel():
+            flags.append((self.ivf_docs < 0).any() | (self.ivf_docs >= nd).any())
+        got = torch.stack(flags).tolist()
+        self._any_deleted = got[6]
+        if any(got[:6]) or any(got[7:]):
+            raise IndexFormatError("PLAIDIndex: invalid arrays (offsets out of order or past the tokens, or codes "
+                                   "or IVF entries out of range)")
 
     @property
     def n_docs(self) -> int:
@@ -327,9 +351,9 @@ class PLAIDIndex:
     def to(self, device) -> "PLAIDIndex":
         """The index with its arrays on `device` (self when they are there already). On a
         CUDA device `search` runs there end to end: centroid scores by torch's matmul, the
-        PLAID stages by the ops' CUDA kernels (Triton; run on an H100 on 2026-11-26: the
-        same top-10 as the CPU search, bench/RESULTS.md). `add`, `delete`, `compact` and `build` work on CPU indexes; `save` takes
-        either."""
+        PLAID stages by the ops' CUDA kernels (Triton; the CPU search's top-10 on an H100,
+        bench/RESULTS.md). The arrays are checked on the new device (one host sync); `add`,
+        `delete`, `compact` and `build` work on CPU indexes; `save` takes either."""
         device = torch.device(device)
         if all(getattr(self, key).device == device for key in _TENSORS):
             return self
@@ -430,6 +454,7 @@ class PLAIDIndex:
         self.ids = torch.cat([self.ids, ids_t])
         self.deleted = torch.cat([self.deleted, torch.zeros(m, dtype=torch.bool)])
         self.ivf_offsets, self.ivf_docs = _ivf(self.codes, self.doc_offsets, self.centroids.shape[0])
+        self._check_arrays()
 
     def delete(self, ids: Sequence[int]) -> None:
         """Tombstones documents by id (search skips them; `compact` removes them)."""
@@ -440,6 +465,7 @@ class PLAIDIndex:
         if unknown.numel():
             raise KeyError(f"PLAIDIndex.delete: ids not in the index: {unknown[:5].tolist()}")
         self.deleted = self.deleted | torch.isin(self.ids, ids_t)
+        self._any_deleted = bool(self.deleted.any())
 
     def compact(self) -> None:
         """Drops tombstoned documents from the arrays (ids of the others stay)."""
@@ -453,6 +479,7 @@ class PLAIDIndex:
         self.ids = self.ids[keep]
         self.deleted = torch.zeros(self.ids.shape[0], dtype=torch.bool)
         self.ivf_offsets, self.ivf_docs = _ivf(self.codes, self.doc_offsets, self.centroids.shape[0])
+        self._check_arrays()
 
     # -----------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int = 10, *, query_mask: Optional[torch.Tensor] = None,
@@ -471,6 +498,9 @@ class PLAIDIndex:
         see bench/RESULTS.md for when it is faster)."""
         if scorer not in ("exact", "lut"):
             raise ValueError(f"PLAIDIndex.search: `scorer` must be 'exact' or 'lut', got {scorer!r}")
+        if scorer == "lut" and self.device.type != "cpu":
+            raise ValueError(f"PLAIDIndex.search: scorer 'lut' has a CPU kernel only; on {self.device} it would run "
+                             f"the float64 reference. Use scorer='exact' (fused on the GPU) or a CPU index")
         if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
             raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
                              f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
@@ -488,7 +518,13 @@ class PLAIDIndex:
         if queries.device != self.device:
             raise ValueError(f"PLAIDIndex.search: `queries` must be on the index's device ({self.device}), got "
                              f"{queries.device} (PLAIDIndex.to moves the index)")
-        if not bool(torch.isfinite(queries if query_mask is None else queries[query_mask]).all()):
+        if query_mask is not None and (not isinstance(query_mask, torch.Tensor) or query_mask.dtype != torch.bool
+                                       or query_mask.shape != queries.shape[:2]
+                                       or query_mask.device != queries.device):
+            raise ValueError(f"PLAIDIndex.search: `query_mask` must be a bool tensor [n_queries, query_len] = "
+                             f"{list(queries.shape[:2])} on {queries.device}")
+        bad = ~torch.isfinite(queries).all(-1)
+        if bool((bad if query_mask is None else bad & query_mask).any()):  # one host sync
             raise ValueError("PLAIDIndex.search: `queries` contains NaN or Inf (in an unmasked token)")
         d_cells, d_thr, d_ndocs = _defaults_for_k(k)
         ncells = d_cells if ncells is None else ncells
@@ -497,24 +533,25 @@ class PLAIDIndex:
         ndocs_exact = max(k, ndocs // 4) if ndocs_exact is None else max(k, min(ndocs_exact, ndocs))
         q = queries.float()
         nq = q.shape[0]
+        # the index's arrays were validated when it came to be (_check_arrays) and the
+        # queries just above: the stages run with validation off
         s = lk.centroid_scores(q, self.centroids)
-        cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask)
-        if subset is not None or bool(self.deleted.any()):
+        cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask,
+                                 validate=False)
+        if subset is not None or self._any_deleted:
             allowed = self._allowed_rows(subset, nq)  # [1 or nq, n_docs + 1]; last slot: the -1 padding
             idx = cand.clamp(min=-1) % (self.n_docs + 1)
             ok = torch.gather(allowed.expand(nq, -1), 1, idx) & (cand >= 0)
             cand = torch.where(ok, cand, torch.full_like(cand, -1))
         if cand.shape[1] == 0:
             return _no_results(nq, k, q.device)
-        approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask)
+        approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask,
+                                  validate=False)
         keep = min(ndocs, cand.shape[1])
         top = approx.topk(keep, dim=1)
         best = torch.gather(cand, 1, top.indices)
         best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
-        if not bool((best >= 0).any()):
-            return _no_results(nq, k, q.device)
         if ndocs_exact < best.shape[1]:  # PLAID's stage 3: centroid-only scores, no pruning
-            # the same centroid scores as above, checked there
             full = lk.approx_scores(s, self.codes, self.doc_offsets, best, query_mask=query_mask, validate=False)
             top = full.topk(ndocs_exact, dim=1)
             best = torch.gather(best, 1, top.indices)
@@ -523,10 +560,11 @@ class PLAIDIndex:
             # exact MaxSim on the decompressed candidates, each decompressed once for the batch
             # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
             exact = lk.decompress_maxsim(q, self.codes, self.packed, self.doc_offsets, self.centroids,
-                                         self.bucket_weights, self.nbits, best, query_mask=query_mask)
+                                         self.bucket_weights, self.nbits, best, query_mask=query_mask,
+                                         validate=False)
         else:  # compressed domain, unnormalized reconstructions (WARP's implicit decompression)
             exact = lk.lut_maxsim(q, s, self.codes, self.packed, self.doc_offsets, self.bucket_weights, self.nbits,
-                                  best, query_mask=query_mask)
+                                  best, query_mask=query_mask, validate=False)
         kk = min(k, exact.shape[1])
         fin = exact.topk(kk, dim=1)
         doc_idx = torch.gather(best, 1, fin.indices)
@@ -587,39 +625,26 @@ class PLAIDIndex:
         n = int(old[1:]) + 1 if old else 1
         name = f"v{n}"
         tmp = os.path.join(path, f".{name}.tmp-{os.getpid()}")
+        final = os.path.join(path, name)
         _remove_own_dir(tmp)
-        os.makedirs(tmp)
+        _remove_own_dir(final)  # leftover of a crash after its rename: never named by CURRENT
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "nbits": self.nbits, "arrays": {},
                 "user": self.metadata}
-        for i, key in enumerate(_ARRAYS):
-            _save_step(i)
-            arr = self._disk_array(key)
-            fpath = os.path.join(tmp, f"{key}.npy")
-            with open(fpath, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            meta["arrays"][key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": _sha256(fpath)}
-        meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
-        with open(os.path.join(tmp, "meta.json"), "wb") as f:
-            f.write(meta_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        _save_step(len(_ARRAYS))
-        final = os.path.join(path, name)
-        _remove_own_dir(final)  # leftover of a crash after this point: never named by CURRENT
-        os.rename(tmp, final)
-        _fsync_dir(path)
+        with atomic_directory(final, tmp=tmp):
+            for i, key in enumerate(_ARRAYS):
+                _save_step(i)
+                arr = self._disk_array(key)
+                fpath = os.path.join(tmp, f"{key}.npy")
+                with open(fpath, "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+                meta["arrays"][key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": _sha256(fpath)}
+            meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
+            with open(os.path.join(tmp, "meta.json"), "wb") as f:
+                f.write(meta_bytes)
+            _save_step(len(_ARRAYS))
         _save_step(len(_ARRAYS) + 1)
-        cur = os.path.join(path, "CURRENT")
-        cur_tmp = os.path.join(path, f".CURRENT.tmp-{os.getpid()}")
-        with open(cur_tmp, "w") as f:
-            f.write(f"{name} {hashlib.sha256(meta_bytes).hexdigest()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(cur_tmp, cur)
-        _fsync_dir(path)
+        write_file_atomic(os.path.join(path, "CURRENT"), f"{name} {hashlib.sha256(meta_bytes).hexdigest()}\n",
+                          tmp=os.path.join(path, f".CURRENT.tmp-{os.getpid()}"))
         for entry in os.listdir(path):  # older versions and what crashed saves left
             if entry != name:
                 _remove_leftover(path, entry)

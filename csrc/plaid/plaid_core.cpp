@@ -1,0 +1,246 @@
+// PLAID centroid interaction cores; see plaid_core.h.
+#include "plaid_core.h"
+
+#include "common/isa.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include <immintrin.h>
+#endif
+
+namespace lateint {
+
+namespace {
+
+LATEINT_ALWAYS_INLINE void max_into_body(float* __restrict best, const float* __restrict row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) best[i] = row[i] > best[i] ? row[i] : best[i];
+}
+LATEINT_MULTIVERSION(::lateint::Family::Plaid, void, max_into,
+                     (float* __restrict best, const float* __restrict row, int64_t n),
+                     (best, row, n))
+
+// The m <= 16 best centroids of one query token: one scan keeping them (score descending,
+// lower index first on ties: a later centroid must score strictly higher to displace one),
+// as partial_sort would pick. Returns how many (min(m, k)); top[0] is the best.
+inline void top_insert(const float* s, int64_t c, int64_t m, int64_t* have, int32_t* top) {
+  if (*have == m && !(s[c] > s[top[m - 1]])) return;
+  int64_t j = *have < m ? (*have)++ : m - 1;
+  while (j > 0 && s[c] > s[top[j - 1]]) {
+    top[j] = top[j - 1];
+    --j;
+  }
+  top[j] = (int32_t)c;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// The same scan, 16 scores at a time: a block none of whose scores beats the current m-th
+// best (the common case once the list is full) is skipped with one compare.
+__attribute__((target("avx512f"))) int64_t top_cells_avx512(const float* s, int64_t k, int64_t m, int32_t* top) {
+  int64_t have = 0, c = 0;
+  for (; c + 16 <= k; c += 16) {
+    if (have == m) {
+      const __mmask16 up = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + c), _mm512_set1_ps(s[top[m - 1]]), _CMP_GT_OQ);
+      if (!up) continue;
+    }
+    for (int64_t l = 0; l < 16; ++l) top_insert(s, c + l, m, &have, top);
+  }
+  for (; c < k; ++c) top_insert(s, c, m, &have, top);
+  return have;
+}
+#endif
+
+int64_t top_cells(const float* s, int64_t k, int64_t m, int32_t* top) {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  if ((int)isa_for(Family::Plaid) >= (int)Isa::Avx512) return top_cells_avx512(s, k, m, top);  // capped at the CPU's
+#endif
+  int64_t have = 0;
+  for (int64_t c = 0; c < k; ++c) top_insert(s, c, m, &have, top);
+  return have;
+}
+
+}  // namespace
+
+bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
+                          const int64_t* ivf_offsets, const int64_t* ivf_docs, int64_t nd,
+                          int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
+                          std::vector<int32_t>* order) {
+  out->clear();
+  seen->assign(std::max(nd, k), 0);
+  order->resize(k);
+  std::vector<uint8_t> cell(k, 0);
+  const int64_t m = std::min(ncells, k);
+  for (int64_t i = 0; i < lq; ++i) {
+    if (qmask && !qmask[i]) continue;
+    const float* s = scores + i * k;
+    if (m <= 16) {
+      int32_t top[16];
+      const int64_t have = top_cells(s, k, m, top);
+      for (int64_t j = 0; j < have; ++j) cell[top[j]] = 1;
+      continue;
+    }
+    std::iota(order->begin(), order->end(), 0);
+    std::partial_sort(order->begin(), order->begin() + m, order->end(), [&](int32_t a, int32_t b) {
+      return s[a] > s[b] || (s[a] == s[b] && a < b);
+    });
+    for (int64_t j = 0; j < m; ++j) cell[(*order)[j]] = 1;
+  }
+  for (int64_t c = 0; c < k; ++c) {
+    if (!cell[c]) continue;
+    for (int64_t p = ivf_offsets[c]; p < ivf_offsets[c + 1]; ++p) {
+      const int64_t d = ivf_docs[p];
+      if (d < 0 || d >= nd) return false;
+      if (!(*seen)[d]) {
+        (*seen)[d] = 1;
+        out->push_back(d);
+      }
+    }
+  }
+  std::sort(out->begin(), out->end());
+  return true;
+}
+
+namespace {
+
+// Centroids [cb, cb + n) of the table, any n <= 64 (scalar; the tail of k, or no AVX-512).
+bool table_block_generic(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k,
+                         int64_t cb, int64_t n, double threshold, float* dst0) {
+  constexpr int64_t B = 64;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float mx[B];
+  uint32_t nan = 0;
+  for (int64_t j = 0; j < n; ++j) mx[j] = ninf;
+  for (int64_t r = 0; r < l2; ++r) {
+    const float* src = scores + rows[r] * k + cb;
+    for (int64_t j = 0; j < n; ++j) {
+      nan |= (uint32_t)(src[j] != src[j]);
+      mx[j] = src[j] > mx[j] ? src[j] : mx[j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float* dst = dst0 + j * stride;
+    if (l2 > 0 && mx[j] >= threshold) {
+      for (int64_t r = 0; r < l2; ++r) dst[r] = scores[rows[r] * k + cb + j];
+      std::fill(dst + l2, dst + stride, ninf);
+    } else {
+      std::fill(dst, dst + stride, ninf);
+    }
+  }
+  return nan == 0;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// 16 x 16 floats: in[i] lane j -> out[j] lane i.
+__attribute__((target("avx512f"))) inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  __m512 u[16];  // u[4a + b], 128-bit lane L: column 4L + b of rows 4a..4a+3
+  for (int a = 0; a < 4; ++a) {
+    const __m512d x0 = _mm512_castps_pd(t[4 * a]), x1 = _mm512_castps_pd(t[4 * a + 1]);
+    const __m512d x2 = _mm512_castps_pd(t[4 * a + 2]), x3 = _mm512_castps_pd(t[4 * a + 3]);
+    u[4 * a + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+    u[4 * a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+    u[4 * a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+    u[4 * a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+  }
+  for (int b = 0; b < 4; ++b) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[b], u[4 + b], 0x44), x1 = _mm512_shuffle_f32x4(u[b], u[4 + b], 0xEE);
+    const __m512 y0 = _mm512_shuffle_f32x4(u[8 + b], u[12 + b], 0x44),
+                 y1 = _mm512_shuffle_f32x4(u[8 + b], u[12 + b], 0xEE);
+    r[b] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+    r[4 + b] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+    r[8 + b] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+    r[12 + b] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+  }
+}
+
+// Blocks of 16 centroids: their maxima over the rows (one vector per row), then the rows
+// transposed 16 at a time in registers (rows past l2 read as -inf), pruned centroids -inf.
+__attribute__((target("avx512f"))) bool table_rows_avx512(const float* scores, const int64_t* rows, int64_t l2,
+                                                          int64_t stride, int64_t k, int64_t c0, int64_t c1,
+                                                          double threshold, float* table) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const __m512 NINF = _mm512_set1_ps(ninf);
+  const __m512d thr = _mm512_set1_pd(threshold);
+  int64_t cb = c0;
+  __mmask16 nan = 0;
+  for (; cb + 16 <= c1; cb += 16) {
+    __m512 mx = NINF;
+    for (int64_t r = 0; r < l2; ++r) {
+      const __m512 s = _mm512_loadu_ps(scores + rows[r] * k + cb);
+      nan |= _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, s);
+    }
+    const __mmask8 klo = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm512_castps512_ps256(mx)), thr, _CMP_GE_OQ);
+    const __mmask8 khi = _mm512_cmp_pd_mask(
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mx), 1))), thr, _CMP_GE_OQ);
+    const unsigned keep = l2 > 0 ? ((unsigned)klo | ((unsigned)khi << 8)) : 0u;
+    float* dst = table + (cb - c0) * stride;
+    for (int64_t rg = 0; rg < stride; rg += 16) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = rg + i < l2 ? _mm512_loadu_ps(scores + rows[rg + i] * k + cb) : NINF;
+      transpose16(v);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + j * stride + rg, (keep >> j) & 1u ? v[j] : NINF);
+    }
+  }
+  const bool tail_ok =
+      cb >= c1 || table_block_generic(scores, rows, l2, stride, k, cb, c1 - cb, threshold, table + (cb - c0) * stride);
+  return nan == 0 && tail_ok;
+}
+
+#endif
+
+}  // namespace
+
+bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+                       int64_t c1, double threshold, float* table) {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  if (stride % 16 == 0 && (int)isa_for(Family::Plaid) >= (int)Isa::Avx512)
+    return table_rows_avx512(scores, rows, l2, stride, k, c0, c1, threshold, table);
+#endif
+  bool ok = true;
+  for (int64_t cb = c0; cb < c1; cb += 64)
+    ok &= table_block_generic(scores, rows, l2, stride, k, cb, std::min<int64_t>(64, c1 - cb), threshold,
+                              table + (cb - c0) * stride);
+  return ok;
+}
+
+bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
+                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> best(std::max<int64_t>(lq, 1));
+  for (int64_t c = 0; c < ncand; ++c) {
+    const int64_t d = cand[c];
+    if (d < 0) {
+      out[c] = ninf;
+      continue;
+    }
+    std::fill(best.begin(), best.end(), ninf);
+    // Pruned centroids have -inf rows: no branch on the pruning (it mispredicted), and
+    // max with -inf leaves `best` as it was, which is what skipping them did.
+    const int64_t t1 = doc_offsets[d + 1];
+    for (int64_t t = doc_offsets[d]; t < t1; ++t) {
+      // the rows are scattered over a table of k * lq floats (MBs at large k): fetch ahead
+      if (t + 8 < t1) {
+        const int32_t ahead = codes[t + 8];
+        if ((uint64_t)(int64_t)ahead < (uint64_t)k)
+          for (int64_t o = 0; o < lq; o += 16) __builtin_prefetch(scores_t + (int64_t)ahead * lq + o);
+      }
+      const int32_t code = codes[t];
+      if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
+      max_into(best.data(), scores_t + (int64_t)code * lq, lq);
+    }
+    float s = 0.f;
+    for (int64_t i = 0; i < lq; ++i) s += best[i] == ninf ? 0.f : best[i];
+    out[c] = s;
+  }
+  return true;
+}
+
+}  // namespace lateint

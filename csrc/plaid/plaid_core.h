@@ -1,0 +1,61 @@
+// Torch-free cores of PLAID's centroid interaction (csrc/plaid/plaid_cpu.cpp binds them).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace lateint {
+
+// IVF candidates of one query: the union of the documents listed under the `ncells`
+// highest-scoring centroids of each (unmasked) query token. scores: [lq, k] of this query;
+// ivf: CSR centroid -> document ids. Writes the sorted unique document ids to out.
+// Ties between centroid scores go to the lower centroid id.
+bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
+                          const int64_t* ivf_offsets, const int64_t* ivf_docs, int64_t nd,
+                          int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
+                          std::vector<int32_t>* order);
+
+// Approximate (centroid-only) MaxSim of one query against its candidates, with centroid
+// pruning: centroids whose best score over the query tokens is below the threshold take
+// no part. scores_t: [k, lq] transposed scores of the query (masked tokens already removed:
+// lq = unmasked rows), the rows of pruned centroids set to -inf by the caller; codes: int32
+// per token of the packed documents; out[c] = sum over query tokens of the max over the
+// candidate's kept tokens (0 for a token with none); -inf for candidate -1. Returns false
+// if a candidate holds a code outside [0, k) (out is then incomplete).
+// Rows [c0, c1) of one query's table for approx_scores_query: table[(c - c0) * stride + r]
+// = scores[rows[r] * k + c] for the l2 unmasked query tokens `rows` of scores [lq, k],
+// -inf for l2 <= r < stride (padding: a -inf column adds 0 to the approximate score), and
+// the whole row of centroid c -inf when its best score over those tokens is below
+// `threshold` (or l2 == 0). With AVX-512 and stride a multiple of 16, blocks of 16
+// centroids x 16 tokens are transposed in registers. Returns false when one of the scores
+// read is NaN (the caller refuses the call).
+bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
+                       int64_t c1, double threshold, float* table);
+
+bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
+                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
+
+}  // namespace lateint
+
+namespace lateint {
+
+// Compressed-domain scoring (WARP's "implicit decompression"): a document token stored as
+// centroid code c and residual buckets (nbits per value, packed as in codec/codec_core.h) is
+// scored against query token i as  scores[i][c] + sum_b lut[b][byte_b][i],  i.e. the inner
+// product with the unnormalized reconstruction C[c] + weights[bucket], without rebuilding
+// the token. lut: [row_bytes][256][LQ] floats (LQ = query tokens rounded up to 16), where
+// lut[b][v][i] = sum over the 8/nbits values s that byte b holds: q[i][b*PB + s] * the
+// weight of value s in byte value v. Rows of masked (qmask[i] == 0) or padding tokens are 0.
+void lut_build(const float* q, const uint8_t* qmask, int64_t lq, int64_t LQ, int64_t dim,
+               const float* byte_table, int nbits, float* lut);
+
+// The query's centroid scores [lq, k] transposed to scores_t [k][LQ] (padding rows 0), so
+// a token's centroid term for all query tokens is one contiguous row.
+void lut_scores_transpose(const float* scores, int64_t lq, int64_t LQ, int64_t k, float* scores_t);
+
+// One document of n tokens: sum over the unmasked query tokens i < lq of the max over its
+// tokens of scores_t[codes[t] * LQ + i] + sum_b lut[(b * 256 + packed[t][b]) * LQ + i]
+// (0 for n == 0). work: 2 * LQ floats.
+float lut_score_doc(const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq, int64_t LQ,
+                    const int32_t* codes, const uint8_t* packed, int64_t row_bytes, int64_t n, float* work);
+
+}  // namespace lateint

@@ -1,0 +1,129 @@
+// Torch-free core of token pooling (csrc/pool/pool_cpu.cpp binds it): per document,
+// Ward hierarchical clustering of the token embeddings, cut into a fixed number of
+// clusters, each cluster replaced by its mean.
+//
+// The clustering reproduces scipy.cluster.hierarchy exactly (the library PyLate's
+// `pool_embeddings_hierarchical` calls): `linkage(condensed, method="ward")` (nearest-
+// neighbour chain with the Lance-Williams update, same operations in the same order, no
+// fused multiply-adds), then `fcluster(Z, k, criterion="maxclust")` with scipy's cluster
+// numbering. Given the same float64 distances, the linkage matrix is bit-identical (tested
+// against scipy). One departure: where the Ward update takes the square root of a negative
+// rounding residue (scipy then gets NaN and its later steps read undefined state), the
+// residue is taken as 0.
+#pragma once
+#include <cstdint>
+#include <new>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/isa.h"
+
+namespace lateint {
+
+// Distance between two tokens a, b of a document.
+//   Cosine: 1 - <a, b> on the vectors as given (PyLate's choice; for L2-normalized
+//           embeddings this is the cosine distance), computed in float32 for float32/16
+//           inputs like PyLate, in float64 for float64 inputs.
+//   Euclidean: ||a/|a| - b/|b|||, Ward's own setting, on L2-normalized copies.
+enum class PoolDistance : int { Cosine = 0, Euclidean = 1 };
+
+// Cache-line aligned storage for the arrays the kernels read with 64-byte vector loads (a
+// std::vector's buffer is only 16-byte aligned: every such load would straddle two lines).
+template <typename T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <typename U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+template <typename T>
+using aligned_vector = std::vector<T, LineAligned<T>>;
+
+// Per-thread scratch reused across documents (grown on demand, never shrunk).
+struct PoolScratch {
+  std::vector<float> xf;
+  aligned_vector<float> xtf;
+  std::vector<double> xd, xtd, gd;
+  aligned_vector<double> D, size, inv;
+  std::vector<double> mdist, Z, MD, merge_d;
+  std::vector<int32_t> chain, mx, my, T, uf, stack, orig, remap, cid, cx, cy, pos;
+  std::vector<double> csz;
+  std::vector<int64_t> keep;
+  std::vector<uint64_t> skeys;  // sort keys and their merges, 8 slots before the first
+  std::vector<int32_t> sidx;
+  // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
+  // lines per merge, so that its first read does not wait on DRAM. Optional.
+  const void* prefetch = nullptr;
+  int64_t prefetch_bytes = 0;
+};
+
+// Ward NN-chain over the full symmetric n x n distance matrix D (row stride ld >= n),
+// which is overwritten. Writes the merges in the order the chain finds them, as scipy's
+// nn_chain does before sorting: slots mx[k] < my[k] and the distance mdist[k], k < n - 1.
+// Also records, for linkage_from_chain, the two clusters each merge joins by their
+// chain-order ids (observation i: i; the cluster formed by merge j: n + j) in s.cx / s.cy
+// and the merged size in s.csz.
+void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, double* mdist,
+                   PoolScratch& s, Isa isa);
+
+// scipy's linkage matrix from the merges: stable sort by distance (NaN last), union-find
+// relabelling, cluster sizes. Z is [n - 1, 4] row-major float64.
+void linkage_from_merges(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                         double* Z, PoolScratch& s);
+
+// linkage_from_merges for the merges ward_nn_chain just made (it reads s.cx, s.cy, s.csz):
+// the same matrix, with the clusters' ids mapped through the sorted order instead of a
+// union-find, when that order puts every merge after the merges that formed its two
+// clusters (Ward's merge distances grow up the tree, so it does unless rounding makes a
+// merge distance smaller than a child's); otherwise by linkage_from_merges' union-find.
+void linkage_from_chain(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                        double* Z, PoolScratch& s);
+
+// scipy's fcluster(Z, max_nc, criterion="maxclust"): T[i] in 1..nc for observation i, with
+// scipy's cluster numbering. Returns nc (<= max_nc; fewer when merge distances tie).
+int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T,
+                          PoolScratch& s);
+
+// Pairwise distances of the n rows of x ([n, dim] of `dt`) into D (n x n, stride ld, the
+// diagonal +inf).
+void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistance dist,
+                    double* D, int64_t ld, PoolScratch& s, Isa isa);
+
+// Clusters one document's poolable tokens: labels[i] in 0..nc-1 (the order of the pooled
+// rows, PyLate's), returns nc. n_clusters = max(1, n / pool_factor); n < 2 or
+// n_clusters >= n returns n with labels[i] = i (the document is kept as is).
+int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, int64_t pool_factor,
+                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa);
+
+// Whether all `count` values of x are finite (no NaN, no Inf).
+bool pool_all_finite(const void* x, DType dt, int64_t count);
+
+// The largest squared L2 norm among the n rows of x [n, dim] (NaN if any is NaN, +inf on
+// overflow; float32 sums for float32 rows). The cosine distance 1 - <a, b> is a
+// dissimilarity (>= 0, up to rounding) only for rows of norm <= 1: larger norms give
+// negative distances, on which scipy's Ward update takes square roots of negative numbers.
+double pool_max_sqnorm(const void* x, DType dt, int64_t n, int64_t dim);
+
+// Squared norm up to which a token counts as L2-normalized for the cosine distance: room
+// for float16 / bfloat16 rounding of unit vectors (relative error 2^-8 per value).
+constexpr double kPoolMaxSqNorm = 1.02;
+
+// The cut of pool_labels from an NN-chain's merge list (n - 1 merges, any device made
+// them): labels[i] in 0..nc-1, returns nc. Used by the GPU path's host step.
+int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
+                                int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s);
+
+// Number of clusters PyLate asks for: max(1, n / pool_factor), or n when that does not
+// reduce the document.
+inline int64_t pool_target(int64_t n, int64_t pool_factor) {
+  const int64_t k = n / pool_factor > 1 ? n / pool_factor : 1;
+  return k >= n ? n : k;
+}
+
+}  // namespace lateint

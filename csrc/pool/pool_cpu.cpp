@@ -1,0 +1,644 @@
+// CPU binding of the token pooling ops: checks, then the torch-free core (csrc/pool/
+// pool_core) per document over at::parallel_for, then cluster means.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <atomic>
+#include <cstring>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "pool/pool_core.h"
+
+namespace {
+
+using lateint::PoolDistance;
+using lateint::DType;
+
+// The documents to pool, from a packed tensor + offsets or from a list of tensors: where
+// each document's rows start (`doc`), and global token offsets `o` (the list's prefix sums)
+// that index the per-token label arrays.
+struct PoolInputs {
+  std::vector<at::Tensor> hold;  // contiguous inputs, kept alive while `doc` points into them
+  std::vector<const char*> doc;  // [nd] first row of document d
+  std::vector<int64_t> o_list;   // list input: [nd + 1] prefix sums of the lengths
+  const int64_t* o = nullptr;    // [nd + 1] global token offsets
+  at::TensorOptions opts;        // dtype/device of the tokens (and of the pooled output)
+  DType dt = DType::F32;
+  PoolDistance dist = PoolDistance::Cosine;
+  int64_t nd = 0, dim = 0, esz = 4, pool_factor = 1, protect = 0;
+  const char* name = "doc_tokens";  // the argument holding the tokens, for error messages
+};
+
+PoolDistance distance_of(c10::string_view d, const char* op) {
+  if (d == "cosine") return PoolDistance::Cosine;
+  if (d == "euclidean") return PoolDistance::Euclidean;
+  TORCH_CHECK(false, op, ": `distance` must be \"cosine\" or \"euclidean\", got \"",
+              std::string(d), "\"");
+}
+
+void prepare_scalars(const char* op, int64_t pool_factor, int64_t protected_tokens,
+                     c10::string_view distance, PoolInputs& in) {
+  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be an integer >= 1, got ", pool_factor);
+  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
+  in.dist = distance_of(distance, op);
+  in.pool_factor = pool_factor;
+  in.protect = protected_tokens;
+  in.esz = in.dt == DType::F64 ? 8 : in.dt == DType::F32 ? 4 : 2;
+}
+
+PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& offsets,
+                   int64_t pool_factor, int64_t protected_tokens, c10::string_view distance) {
+  PoolInputs in;
+  LK_CHECK_DIM(tokens, 2, op, "doc_tokens", "[total_tokens, dim]");
+  LK_CHECK_DIM(offsets, 1, op, "doc_offsets", "[n_docs + 1]");
+  LK_CHECK(tokens.device().is_cpu(), op, "`doc_tokens` must be a CPU tensor here, got ",
+           tokens.device());
+  LK_CHECK(offsets.device() == tokens.device(), op, "`doc_offsets` must be on ",
+           tokens.device(), " like `doc_tokens`, got ", offsets.device());
+  in.dt = dtype_of(tokens, op, "doc_tokens", true);
+  LK_CHECK_DTYPE(offsets, at::kLong, op, "doc_offsets");
+  LK_CHECK(offsets.size(0) >= 1, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
+  LK_CHECK(tokens.size(1) >= 1, op, "`doc_tokens` must have dim >= 1");
+  LK_CHECK(tokens.size(0) < (int64_t(1) << 31), op, "`doc_tokens` has ", tokens.size(0),
+           " rows; at most 2^31 - 1 are supported");
+  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  at::Tensor t = tokens.contiguous();
+  in.hold = {t, offsets.contiguous()};
+  in.o = in.hold[1].data_ptr<int64_t>();
+  in.opts = t.options();
+  in.nd = offsets.size(0) - 1;
+  in.dim = tokens.size(1);
+  const int64_t T = tokens.size(0);
+  const int64_t* o = in.o;
+  check_doc_offsets_start_and_order(o, in.nd, op);
+  LK_CHECK(o[in.nd] == T, op,
+           "`doc_offsets[-1]` must equal the number of rows of `doc_tokens` (", T, "), got ",
+           o[in.nd]);
+  const char* base = static_cast<const char*>(t.data_ptr());
+  in.doc.resize(in.nd);
+  for (int64_t d = 0; d < in.nd; ++d) in.doc[d] = base + o[d] * in.dim * in.esz;
+  return in;
+}
+
+// A list of [L_i, dim] documents, read where they lie (no packed copy of the input).
+PoolInputs prepare_list(const char* op, at::TensorList docs, int64_t pool_factor,
+                        int64_t protected_tokens, c10::string_view distance) {
+  PoolInputs in;
+  in.name = "docs";
+  LK_CHECK(!docs.empty(), op, "`docs` must hold at least one document");
+  const at::Tensor& d0 = docs[0];
+  LK_CHECK(d0.dim() == 2, op, "`docs[0]` must be a 2-D tensor [L, dim], got shape ", d0.sizes());
+  in.dt = dtype_of(d0, op, "docs[0]", true);
+  in.dim = d0.size(1);
+  LK_CHECK(in.dim >= 1, op, "`docs` must have dim >= 1");
+  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  in.nd = (int64_t)docs.size();
+  in.opts = d0.options();
+  in.hold.reserve(in.nd);
+  in.doc.resize(in.nd);
+  in.o_list.resize(in.nd + 1);
+  in.o_list[0] = 0;
+  for (int64_t d = 0; d < in.nd; ++d) {
+    const at::Tensor& t = docs[d];
+    LK_CHECK(t.dim() == 2 && t.size(1) == in.dim, op, "`docs[", d, "]` must be [L, ", in.dim,
+             "] like docs[0], got shape ", t.sizes());
+    LK_CHECK(t.scalar_type() == d0.scalar_type(), op, "`docs[", d, "]` must be ",
+             d0.scalar_type(), " like docs[0], got ", t.scalar_type());
+    LK_CHECK(t.device().is_cpu(), op, "`docs[", d, "]` must be a CPU tensor here, got ",
+             t.device());
+    in.hold.push_back(t.contiguous());
+    in.doc[d] = static_cast<const char*>(in.hold.back().data_ptr());
+    in.o_list[d + 1] = in.o_list[d] + t.size(0);
+  }
+  LK_CHECK(in.o_list[in.nd] < (int64_t(1) << 31), op, "`docs` hold ", in.o_list[in.nd],
+           " rows; at most 2^31 - 1 are supported");
+  in.o = in.o_list.data();
+  return in;
+}
+
+const void* doc_row(const PoolInputs& in, int64_t d, int64_t i) {
+  return in.doc[d] + i * in.dim * in.esz;
+}
+
+// fn(b, e) over blocks of documents handed out dynamically: each thread takes the next
+// block when it is done with its last, so a thread slowed down (another process on its
+// core, a run of long documents) does not leave the others waiting at the end as a static
+// split of the range would.
+template <typename F>
+void for_each_doc(int64_t nd, const F& fn) {
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nd));
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(8, nd / (16 * nt)));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t b = next.fetch_add(block);
+      if (b >= nd) break;
+      fn(b, std::min(nd, b + block));
+    }
+  });
+}
+
+// Per-document output counts -> output offsets, and each token's row within its document
+// -> its global output row.
+void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t* rows,
+                    int64_t* new_offsets) {
+  new_offsets[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) new_offsets[d + 1] = new_offsets[d] + count[d];
+  const int64_t grain = std::max<int64_t>(1, nd / (8 * at::get_num_threads()));
+  at::parallel_for(0, nd, grain, [&](int64_t b, int64_t e) {
+    for (int64_t d = b; d < e; ++d)
+      for (int64_t t = o[d]; t < o[d + 1]; ++t) rows[t] += new_offsets[d];
+  });
+}
+
+constexpr int64_t kNonFinite = -1, kNotNormalized = -2;
+
+// Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
+// token p + i; returns the number of clusters (n when the document is kept as it is), or
+// kNonFinite when the document holds NaN or Inf, kNotNormalized when the cosine distance
+// would cluster tokens that are not L2-normalized. p = min(protected_tokens, length).
+// Document `next` (the caller's next one, or -1) is brought into cache while d clusters.
+int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int32_t>& lab,
+                  lateint::PoolScratch& scratch, lateint::Isa isa) {
+  scratch.prefetch = next >= 0 ? doc_row(in, next, 0) : nullptr;
+  scratch.prefetch_bytes = next >= 0 ? (in.o[next + 1] - in.o[next]) * in.dim * in.esz : 0;
+  const int64_t len = in.o[d + 1] - in.o[d];
+  if (!lateint::pool_all_finite(doc_row(in, d, 0), in.dt, len * in.dim)) return kNonFinite;
+  const int64_t p = std::min(in.protect, len), n = len - p;
+  if (in.dist == PoolDistance::Cosine && lateint::pool_target(n, in.pool_factor) < n &&
+      !(lateint::pool_max_sqnorm(doc_row(in, d, p), in.dt, n, in.dim) <= lateint::kPoolMaxSqNorm))
+    return kNotNormalized;
+  lab.resize(n);
+  return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
+                              lab.data(), scratch, isa);
+}
+
+// The first document (lowest index) a pass refused, and why, as one value (2 * doc + 1 when
+// it is not normalized), so that the two never come from different threads' refusals.
+struct DocRefusal {
+  std::atomic<int64_t> first{-1};
+  void note(int64_t d, int64_t code) {
+    const int64_t v = 2 * d + (code == kNonFinite ? 0 : 1);
+    int64_t cur = first.load();
+    while ((cur < 0 || v < cur) && !first.compare_exchange_weak(cur, v)) {
+    }
+  }
+  void raise_if_any(const char* op, const PoolInputs& in) const {
+    const int64_t v = first.load();
+    if (v < 0) return;
+    const int64_t d = v / 2;
+    LK_CHECK(v % 2 == 1, op, "`", in.name, "` contains NaN or Inf (in document ", d, ")");
+    LK_CHECK(false, op, "`", in.name, "`: document ", d, " has tokens that are not L2-normalized ",
+             "(squared norm above ", lateint::kPoolMaxSqNorm, ", or too large for float32 products); ",
+             "distance \"cosine\" clusters on 1 - <a, b>, which is a distance only between unit ",
+             "vectors. Normalize the tokens first, or pass distance=\"euclidean\"");
+  }
+};
+
+// Per-token output row (global) and the new offsets: protected tokens keep a row each, the
+// rest map to their cluster's row.
+void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
+  const int64_t* o = in.o;
+  std::vector<int64_t> count(in.nd);
+  const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
+  DocRefusal refused;
+  for_each_doc(in.nd, [&](int64_t b, int64_t e) {
+    thread_local lateint::PoolScratch scratch;
+    std::vector<int32_t> lab;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
+      if (nc < 0) {
+        refused.note(d, nc);
+        count[d] = 0;
+        continue;
+      }
+      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
+      for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
+      for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
+      count[d] = p + nc;
+    }
+  });
+  refused.raise_if_any(op, in);
+  rows_to_global(o, in.nd, count.data(), rows, new_offsets);
+}
+
+LATEINT_ALWAYS_INLINE void add_row_f32_body(float* __restrict a, const float* __restrict r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
+}
+LATEINT_MULTIVERSION(::lateint::Family::Pool, void, add_row_f32,
+                     (float* __restrict a, const float* __restrict r, int64_t dim),
+                     (a, r, dim))
+
+LATEINT_ALWAYS_INLINE void add_row_f64_body(double* __restrict a, const double* __restrict r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
+}
+LATEINT_MULTIVERSION(::lateint::Family::Pool, void, add_row_f64,
+                     (double* __restrict a, const double* __restrict r, int64_t dim),
+                     (a, r, dim))
+
+template <typename T>
+void add_row(float* a, const T* r, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) a[k] += static_cast<float>(r[k]);
+}
+void add_row(float* a, const float* r, int64_t dim) { add_row_f32(a, r, dim); }
+void add_row(double* a, const double* r, int64_t dim) { add_row_f64(a, r, dim); }
+
+// dst[k] = sum[k] / count: the mean's division, vectorized for the processor at hand.
+LATEINT_ALWAYS_INLINE void div_row_f32_body(const float* __restrict sum, float count, float* __restrict dst,
+                                            int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
+}
+LATEINT_MULTIVERSION(::lateint::Family::Pool, void, div_row_f32,
+                     (const float* __restrict sum, float count, float* __restrict dst, int64_t dim),
+                     (sum, count, dst, dim))
+
+LATEINT_ALWAYS_INLINE void div_row_f64_body(const double* __restrict sum, double count,
+                                            double* __restrict dst, int64_t dim) {
+  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
+}
+LATEINT_MULTIVERSION(::lateint::Family::Pool, void, div_row_f64,
+                     (const double* __restrict sum, double count, double* __restrict dst, int64_t dim),
+                     (sum, count, dst, dim))
+
+void div_row(const float* sum, float count, float* dst, int64_t dim) {
+  div_row_f32(sum, count, dst, dim);
+}
+void div_row(const double* sum, double count, double* dst, int64_t dim) {
+  div_row_f64(sum, count, dst, dim);
+}
+
+// One document's cluster means written in the input dtype: sums in token order, then sum /
+// count, both in float32 (float64 for float64 inputs) -- PyLate's scatter_add and division,
+// so float32 results are PyLate's bits. x: the document's len rows; the first p are copied
+// as they are, token p + i goes to cluster lab[i] < nc. `normalize` L2-normalizes the means.
+template <typename T>
+using MeanAcc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+template <typename T>
+void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t nc, int64_t dim,
+               bool normalize, T* dst, std::vector<MeanAcc<T>>& accv, std::vector<int64_t>& cnt) {
+  using Acc = MeanAcc<T>;
+  std::copy(x, x + p * dim, dst);
+  accv.assign(nc * dim, Acc(0));
+  cnt.assign(nc, 0);
+  Acc* acc = accv.data();
+  for (int64_t t = p; t < len; ++t) {
+    const int64_t c = lab[t - p];
+    add_row(acc + c * dim, x + t * dim, dim);
+    ++cnt[c];
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    Acc* a = acc + c * dim;
+    const Acc count = static_cast<Acc>(cnt[c]);
+    T* r = dst + (p + c) * dim;
+    if constexpr (std::is_same<T, Acc>::value) {
+      if (!normalize) {  // float32 / float64: the quotient is the output
+        div_row(a, count, r, dim);
+        continue;
+      }
+    }
+    for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
+    if (normalize) {
+      double ss = 0;
+      for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
+      const double scale = 1.0 / std::max(std::sqrt(ss), 1e-12);
+      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>((double)a[k] * scale);
+    } else {
+      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k]);
+    }
+  }
+}
+
+// Labels and means per document in one pass (the document is still in cache for its
+// means). Document d's rows go to dst(d), room for p + pool_target rows (its upper bound:
+// scipy's maxclust gives fewer clusters only when merge distances tie); count[d] receives
+// the rows written.
+template <typename T, typename Dst>
+void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& dst_of,
+               int64_t* count) {
+  const int64_t* o = in.o;
+  const int64_t dim = in.dim;
+  const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
+  DocRefusal refused;
+  for_each_doc(in.nd, [&](int64_t b, int64_t e) {
+    thread_local lateint::PoolScratch scratch;
+    std::vector<int32_t> lab;
+    std::vector<MeanAcc<T>> acc;
+    std::vector<int64_t> cnt;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
+      if (nc < 0) {
+        refused.note(d, nc);
+        count[d] = 0;
+        continue;
+      }
+      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
+      const T* x = static_cast<const T*>(doc_row(in, d, 0));
+      T* dst = dst_of(d);
+      count[d] = p + nc;
+      if (nc == n)
+        std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
+      else
+        doc_means(x, len, p, lab.data(), nc, dim, normalize, dst, acc, cnt);
+    }
+  });
+  refused.raise_if_any(op, in);
+}
+
+// Rows of document d's output at most (its upper bound).
+int64_t rows_bound(const PoolInputs& in, int64_t d) {
+  const int64_t len = in.o[d + 1] - in.o[d], p = std::min(in.protect, len);
+  return p + lateint::pool_target(len - p, in.pool_factor);
+}
+
+// One packed output [T', dim]: documents written at upper-bound offsets, then moved down if
+// any came short.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_packed_t(const char* op, const PoolInputs& in,
+                                                 bool normalize) {
+  const int64_t nd = in.nd, dim = in.dim;
+  std::vector<int64_t> ub(nd + 1), count(nd);
+  ub[0] = 0;
+  for (int64_t d = 0; d < nd; ++d) ub[d + 1] = ub[d] + rows_bound(in, d);
+  at::Tensor out = at::empty({ub[nd], dim}, in.opts);
+  T* base = static_cast<T*>(out.data_ptr());
+  pool_docs<T>(op, in, normalize, [&](int64_t d) { return base + ub[d] * dim; }, count.data());
+  at::Tensor new_off = at::empty({nd + 1}, at::TensorOptions().dtype(at::kLong));
+  int64_t* no = new_off.data_ptr<int64_t>();
+  no[0] = 0;
+  bool short_doc = false;
+  for (int64_t d = 0; d < nd; ++d) {
+    no[d + 1] = no[d] + count[d];
+    short_doc |= count[d] != ub[d + 1] - ub[d];
+  }
+  if (short_doc) {  // rows move to lower addresses, documents in order: memmove is safe
+    for (int64_t d = 0; d < nd; ++d)
+      if (no[d] != ub[d])
+        std::memmove(base + no[d] * dim, base + ub[d] * dim, count[d] * dim * sizeof(T));
+    out = out.narrow(0, 0, no[nd]);
+  }
+  return {out, new_off};
+}
+
+// One output tensor per document (PyLate's list), each its own allocation: a few tens of
+// KB apiece, so they come from (and go back to) the allocator's heap the way PyLate's
+// per-document tensors do, rather than from one fresh mapping of the whole result that is
+// page-faulted in on every call. A document that comes short is a narrowed view.
+template <typename T>
+std::vector<at::Tensor> pool_list_t(const char* op, const PoolInputs& in, bool normalize) {
+  const int64_t nd = in.nd, dim = in.dim;
+  std::vector<at::Tensor> outs(nd);
+  std::vector<T*> dst(nd);
+  std::vector<int64_t> count(nd);
+  for (int64_t d = 0; d < nd; ++d) {
+    outs[d] = at::empty({rows_bound(in, d), dim}, in.opts);
+    dst[d] = static_cast<T*>(outs[d].data_ptr());
+  }
+  pool_docs<T>(op, in, normalize, [&](int64_t d) { return dst[d]; }, count.data());
+  for (int64_t d = 0; d < nd; ++d)
+    if (count[d] != outs[d].size(0)) outs[d] = outs[d].narrow(0, 0, count[d]);
+  return outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_tokens,
+                                                         const at::Tensor& doc_offsets,
+                                                         int64_t pool_factor,
+                                                         int64_t protected_tokens,
+                                                         c10::string_view distance) {
+  const char* op = "token_pool_labels";
+  PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor,
+                          protected_tokens, distance);
+  at::Tensor rows = at::empty({doc_tokens.size(0)}, doc_offsets.options());
+  at::Tensor new_off = at::empty({in.nd + 1}, doc_offsets.options());
+  compute_labels(op, in, rows.data_ptr<int64_t>(), new_off.data_ptr<int64_t>());
+  return {rows, new_off};
+}
+
+// fn(T()) for the element type T of the tokens.
+template <typename Fn>
+auto with_dtype(DType dt, const char* op, const Fn& fn) {
+  switch (dt) {
+    case DType::F32: return fn(float());
+    case DType::F64: return fn(double());
+    case DType::F16: return fn(at::Half());
+    case DType::BF16: return fn(at::BFloat16());
+  }
+  TORCH_CHECK(false, op, ": unsupported dtype");
+}
+
+std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
+                                                  const at::Tensor& doc_offsets,
+                                                  int64_t pool_factor, int64_t protected_tokens,
+                                                  bool normalize, c10::string_view distance) {
+  const char* op = "token_pool";
+  const PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
+                                distance);
+  return with_dtype(in.dt, op, [&](auto t) {
+    return pool_packed_t<decltype(t)>(op, in, normalize);
+  });
+}
+
+// PyLate's list of documents in, a list out: the documents token_pool gives for the packed
+// list, without copying the input into one tensor first.
+std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_factor,
+                                            int64_t protected_tokens, bool normalize,
+                                            c10::string_view distance) {
+  const char* op = "token_pool_list";
+  const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
+  return with_dtype(in.dt, op, [&](auto t) {
+    return pool_list_t<decltype(t)>(op, in, normalize);
+  });
+}
+
+// Testing hook: the distance matrix pool_labels clusters, for one document x [n, dim].
+at::Tensor pool_distances_cpu(const at::Tensor& x, c10::string_view distance) {
+  const char* op = "_pool_distances";
+  LK_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1, op,
+           "`x` must be [n, dim] with n, dim >= 1, got ", x.sizes());
+  const PoolDistance dist = distance_of(distance, op);
+  const DType dt = dtype_of(x, op, "x", true);
+  const at::Tensor xc = x.contiguous();
+  const int64_t n = x.size(0), ld = (n + 7) / 8 * 8;
+  lateint::PoolScratch s;
+  s.D.assign(n * ld, std::numeric_limits<double>::quiet_NaN());  // poison: every entry must be written
+  lateint::pool_distances(xc.data_ptr(), dt, n, x.size(1), dist, s.D.data(), ld, s,
+                          lateint::isa_for(lateint::Family::Pool));
+  at::Tensor out = at::empty({n, n}, x.options().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) std::copy(s.D.data() + i * ld, s.D.data() + i * ld + n, o + i * n);
+  return out;
+}
+
+// Testing hook: scipy-compatible Ward linkage matrix of a full float64 distance matrix.
+at::Tensor ward_linkage_cpu(const at::Tensor& dist) {
+  const char* op = "_ward_linkage";
+  LK_CHECK(dist.dim() == 2 && dist.size(0) == dist.size(1) && dist.size(0) >= 2, op,
+           "`dist` must be a square [n, n] matrix with n >= 2, got ", dist.sizes());
+  LK_CHECK_DTYPE(dist, at::kDouble, op, "dist");
+  LK_CHECK(dist.size(0) < (int64_t(1) << 31), op, "`dist` has ", dist.size(0),
+           " rows; at most 2^31 - 1 are supported");
+  const int64_t n = dist.size(0), ld = (n + 7) / 8 * 8;
+  std::vector<double> D(n * ld, std::numeric_limits<double>::infinity());
+  at::Tensor dc = dist.contiguous();
+  const double* src = dc.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (i == j) continue;
+      const double v = src[i * n + j];
+      LK_CHECK(std::isfinite(v), op, "`dist` must hold finite distances off the diagonal; dist[", i,
+               ", ", j, "] = ", v);
+      LK_CHECK(v == src[j * n + i], op, "`dist` must be symmetric; dist[", i, ", ", j, "] = ", v,
+               " but dist[", j, ", ", i, "] = ", src[j * n + i]);
+      D[i * ld + j] = v;
+    }
+  lateint::PoolScratch s;
+  std::vector<int32_t> mx(n), my(n);
+  std::vector<double> md(n);
+  lateint::ward_nn_chain(D.data(), n, ld, mx.data(), my.data(), md.data(), s,
+                         lateint::isa_for(lateint::Family::Pool));
+  at::Tensor Z = at::empty({n - 1, 4}, dist.options());
+  lateint::linkage_from_chain(mx.data(), my.data(), md.data(), n, Z.data_ptr<double>(), s);
+  return Z;
+}
+
+// Testing hook / GPU finishing step: scipy fcluster(Z, max_nc, "maxclust") labels (1-based).
+at::Tensor fcluster_maxclust_cpu(const at::Tensor& Z, int64_t max_nc) {
+  const char* op = "_fcluster_maxclust";
+  LK_CHECK(Z.dim() == 2 && Z.size(1) == 4 && Z.size(0) >= 1, op,
+           "`Z` must be a linkage matrix [n - 1, 4] with n >= 2, got ", Z.sizes());
+  LK_CHECK_DTYPE(Z, at::kDouble, op, "Z");
+  LK_CHECK(max_nc >= 1, op, "`max_nc` must be >= 1, got ", max_nc);
+  const int64_t n = Z.size(0) + 1;
+  at::Tensor zc = Z.contiguous();
+  {  // a valid tree: each row joins two earlier, unused nodes
+    const double* z = zc.data_ptr<double>();
+    std::vector<uint8_t> used(2 * n - 1, 0);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      for (int c = 0; c < 2; ++c) {
+        const double v = z[4 * r + c];
+        LK_CHECK(v >= 0 && v < (double)(n + r) && v == std::floor(v) && !used[(int64_t)v], op,
+                 "`Z` is not a valid linkage matrix: row ", r, " joins node ", v);
+        used[(int64_t)v] = 1;
+      }
+    }
+  }
+  at::Tensor T = at::empty({n}, Z.options().dtype(at::kInt));
+  lateint::PoolScratch s;
+  lateint::fcluster_maxclust(zc.data_ptr<double>(), n, max_nc, T.data_ptr<int32_t>(), s);
+  return T;
+}
+
+// Whether the n - 1 merges (x, y) of a merge list join n observations into one tree (every
+// merge has 0 <= x < y < n and joins two different clusters, in whatever order the
+// linkage later sorts them) with finite distances: what linkage_from_merges relies on.
+bool is_spanning_tree(const int32_t* mx, const int32_t* my, const double* mdist, int64_t n,
+                      std::vector<int32_t>& uf) {
+  uf.resize(n);
+  for (int64_t i = 0; i < n; ++i) uf[i] = (int32_t)i;
+  auto find = [&](int32_t i) {
+    while (uf[i] != i) i = uf[i] = uf[uf[i]];
+    return i;
+  };
+  for (int64_t j = 0; j + 1 < n; ++j) {
+    if (mx[j] < 0 || my[j] >= n || mx[j] >= my[j] || !std::isfinite(mdist[j])) return false;
+    const int32_t a = find(mx[j]), b = find(my[j]);
+    if (a == b) return false;
+    uf[a] = b;
+  }
+  return true;
+}
+
+// Host step of the GPU path: per document, the cut of an NN-chain merge list computed on
+// the device. merges_x/merges_y int32 [nd, W], merges_d float64 [nd, W] (W >= longest
+// poolable document - 1; row d holds n_d - 1 merges of document d's poolable tokens).
+std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merges_x,
+                                                         const at::Tensor& merges_y,
+                                                         const at::Tensor& merges_d,
+                                                         const at::Tensor& doc_offsets,
+                                                         int64_t pool_factor,
+                                                         int64_t protected_tokens) {
+  const char* op = "_token_pool_finish";
+  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be >= 1, got ", pool_factor);
+  LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
+  LK_CHECK_DTYPE(merges_x, at::kInt, op, "merges_x");
+  LK_CHECK_DTYPE(merges_y, at::kInt, op, "merges_y");
+  LK_CHECK_DTYPE(merges_d, at::kDouble, op, "merges_d");
+  LK_CHECK_DIM(doc_offsets, 1, op, "doc_offsets", "[n_docs + 1]");
+  LK_CHECK_DTYPE(doc_offsets, at::kLong, op, "doc_offsets");
+  LK_CHECK(doc_offsets.size(0) >= 1, op, "`doc_offsets` must hold n_docs + 1 >= 1 entries");
+  for (const at::Tensor* t : {&merges_x, &merges_y, &merges_d, &doc_offsets})
+    LK_CHECK(t->device().is_cpu(), op, "all inputs must be CPU tensors here, got ", t->device());
+  const int64_t nd = doc_offsets.size(0) - 1;
+  LK_CHECK(merges_x.dim() == 2 && merges_x.size(0) == nd && merges_y.sizes() == merges_x.sizes() &&
+               merges_d.sizes() == merges_x.sizes(),
+           op, "`merges_x`, `merges_y` and `merges_d` must all be [n_docs, W] = [", nd, ", W], got ",
+           merges_x.sizes(), ", ", merges_y.sizes(), ", ", merges_d.sizes());
+  at::Tensor ox = merges_x.contiguous(), oy = merges_y.contiguous(), od = merges_d.contiguous();
+  at::Tensor off = doc_offsets.contiguous();
+  const int64_t W = merges_x.size(1);
+  const int64_t* o = off.data_ptr<int64_t>();
+  check_doc_offsets_start_and_order(o, nd, op);
+  const int64_t T = o[nd];
+  LK_CHECK(T < (int64_t(1) << 31), op, "`doc_offsets[-1]` = ", T, "; at most 2^31 - 1 tokens are supported");
+  at::Tensor rows = at::empty({T}, doc_offsets.options());
+  at::Tensor new_off = at::empty({nd + 1}, doc_offsets.options());
+  int64_t* r = rows.data_ptr<int64_t>();
+  int64_t* no = new_off.data_ptr<int64_t>();
+  std::vector<int64_t> count(nd);
+  std::atomic<int64_t> bad{-1};
+  at::parallel_for(0, nd, 16, [&](int64_t b, int64_t e) {
+    lateint::PoolScratch scratch;
+    std::vector<int32_t> lab, uf;
+    for (int64_t d = b; d < e; ++d) {
+      const int64_t len = o[d + 1] - o[d];
+      const int64_t p = std::min(protected_tokens, len), n = len - p;
+      for (int64_t i = 0; i < p; ++i) r[o[d] + i] = i;
+      const int64_t k = lateint::pool_target(n, pool_factor);
+      lab.resize(n);
+      int64_t nc = n;
+      if (k < n) {
+        if (n - 1 > W) {
+          bad = d;
+          continue;
+        }
+        const int32_t* mx = ox.data_ptr<int32_t>() + d * W;
+        const int32_t* my = oy.data_ptr<int32_t>() + d * W;
+        const double* mdist = od.data_ptr<double>() + d * W;
+        if (!is_spanning_tree(mx, my, mdist, n, uf)) {
+          bad = d;
+          continue;
+        }
+        nc = lateint::pool_labels_from_merges(mx, my, mdist, n, k, lab.data(), scratch);
+      } else {
+        for (int64_t i = 0; i < n; ++i) lab[i] = (int32_t)i;
+      }
+      for (int64_t i = 0; i < n; ++i) r[o[d] + p + i] = p + lab[i];
+      count[d] = p + nc;
+    }
+  });
+  LK_CHECK(bad.load() < 0, op, "`merges_x` / `merges_y` / `merges_d`: document ", bad.load(),
+           " does not hold n - 1 merges (0 <= x < y < n, finite distances) joining its n tokens into one tree");
+  rows_to_global(o, nd, count.data(), r, no);
+  return {rows, new_off};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
+  m.impl("token_pool", &token_pool_cpu);
+  m.impl("token_pool_labels", &token_pool_labels_cpu);
+  m.impl("token_pool_list", &token_pool_list_cpu);
+  m.impl("_token_pool_finish", &token_pool_finish_cpu);
+}
+
+// Testing hooks (schemas: lateint_kernels/testing.py): the clustering's steps one by one.
+TORCH_LIBRARY_IMPL(lateint_testing, CPU, m) {
+  m.impl("ward_linkage", &ward_linkage_cpu);
+  m.impl("pool_distances", &pool_distances_cpu);
+  m.impl("fcluster_maxclust", &fcluster_maxclust_cpu);
+}

@@ -1,0 +1,35 @@
+"""The CPU instruction-set layer (csrc/common/isa.h) seen from Python: which level the CPU
+kernels of every family run at, and the cap (`LATEINT_CPU_ISA` or `cpu_isa(set=...)`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ._loader import NATIVE_LOADED
+
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512bf16")
+
+
+def _native():
+    from . import _C
+
+    return _C
+
+
+def cpu_isa(set: Optional[str] = None) -> str:
+    """The instruction set the CPU kernels use; `set` forces a lower one ("scalar", "avx2",
+    "avx512", "avx512bf16") or restores the best ("best"). Also: env LATEINT_CPU_ISA. The
+    level caps every kernel of every family."""
+    if not NATIVE_LOADED:
+        return "reference"
+    if set is None:
+        return ISA_NAMES[_native().cpu_isa(-1)]
+    if set == "best":
+        return ISA_NAMES[_native().cpu_isa(-2)]
+    if set not in ISA_NAMES:
+        raise ValueError(f"cpu_isa: `set` must be one of {ISA_NAMES + ('best',)}, got {set!r}")
+    return ISA_NAMES[_native().cpu_isa(ISA_NAMES.index(set))]
+
+
+def cpu_best_isa() -> str:
+    """The best level this processor has ("reference" without the native extension)."""
+    return ISA_NAMES[_native().cpu_best_isa()] if NATIVE_LOADED else "reference"
