@@ -72,7 +72,7 @@ _VALID = {
     "index delete": ["index", "delete", "--index", "{d}/idx_copy", "--ids", "d1"],
     "encode": ["encode", "--input", "{d}/texts.jsonl", "--output", "{d}/out/emb"],
     "train": ["train", "--train", "{d}/texts.jsonl", "--output", "{d}/out/model"],
-    "demo": ["demo", "--corpus", "synthetic", "--docs", "20"],
+    "demo": ["demo", "--docs", "20", "--queries", "5"],
 }
 _VALUE_ARGS = {
     "search": ["--index", "--queries", "--output", "--k", "--ncells", "--ndocs", "--threshold", "--model", "--tag"],
@@ -84,7 +84,7 @@ _VALUE_ARGS = {
     "train": ["--train", "--output", "--model", "--dim", "--epochs", "--batch-size", "--mini-batch-size", "--lr",
               "--encoder-lr", "--temperature", "--seed", "--max-steps", "--checkpoint-dir", "--checkpoint-every",
               "--query-length", "--document-length", "--train-layers"],
-    "demo": ["--corpus", "--docs", "--k", "--nbits", "--pool-factor", "--doc-len", "--model", "--threads",
+    "demo": ["--docs", "--k", "--nbits", "--pool-factor", "--doc-len", "--model", "--threads",
              "--queries", "--json"],
 }
 _BAD_VALUES = ["0", "-1", "-5", "nan", "inf", "abc", "", "1e400", "99999999999999999999", "2.5",

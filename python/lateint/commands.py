@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ._atomic import NotOurs, atomic_directory, write_file_atomic
 
 
 class UsageError(Exception):
@@ -121,36 +121,23 @@ def read_pairs(path: str) -> list:
 
 
 def write_embeddings(path: str, tokens: torch.Tensor, offsets: torch.Tensor, ids: List[str], info: dict) -> None:
-    """Writes the embeddings directory to a temporary sibling, then renames it into place."""
+    """Writes the embeddings directory atomically (lateint._atomic); an existing `path` is
+    replaced only when it is an embeddings directory this command wrote."""
     path = os.path.abspath(path)
-    parent = os.path.dirname(path)
     if os.path.lexists(path) and not _is_embeddings_dir(path):
         raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it")
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+        with atomic_directory(path, replace_if=_is_embeddings_dir) as tmp:
+            np.save(os.path.join(tmp, "tokens.npy"), tokens.float().cpu().numpy())
+            np.save(os.path.join(tmp, "offsets.npy"), offsets.cpu().numpy().astype(np.int64))
+            with open(os.path.join(tmp, "ids.json"), "w") as f:
+                json.dump(ids, f)
+            with open(os.path.join(tmp, "info.json"), "w") as f:
+                json.dump(info, f, indent=1)
+    except NotOurs:
+        raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it") from None
     except OSError as e:
         raise UsageError(f"--output {path}: cannot write there ({e.strerror or e})") from None
-    try:
-        np.save(os.path.join(tmp, "tokens.npy"), tokens.float().cpu().numpy())
-        np.save(os.path.join(tmp, "offsets.npy"), offsets.cpu().numpy().astype(np.int64))
-        with open(os.path.join(tmp, "ids.json"), "w") as f:
-            json.dump(ids, f)
-        with open(os.path.join(tmp, "info.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        if os.path.lexists(path):
-            if not _is_embeddings_dir(path):
-                raise UsageError(f"--output {path}: exists and is not an embeddings directory; not replacing it")
-            for name in os.listdir(path):
-                os.remove(os.path.join(path, name))
-            os.rmdir(path)
-        os.rename(tmp, path)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"--output {path}: cannot write there ({e.strerror or e})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 _EMBEDDING_FILES = ("tokens.npy", "offsets.npy", "ids.json", "info.json")
@@ -178,26 +165,14 @@ def check_output_path(path: str, arg: str) -> None:
 
 
 def write_text_atomic(path: str, text: str, arg: str) -> None:
-    """Writes a file through a temporary sibling and a rename; UsageError naming `arg` when
-    the path is a directory or cannot be written (nothing is left behind)."""
+    """Writes a file atomically (lateint._atomic); UsageError naming `arg` when the path is a
+    directory or cannot be written (nothing is left behind)."""
     check_output_path(path, arg)
-    tmp = None
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is 0600; a plain open() gives this
-        os.replace(tmp, path)
-        tmp = None
+        write_file_atomic(path, text)
     except OSError as e:
         raise UsageError(f"{arg} {path}: cannot write there ({e.strerror or e})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_embeddings(path: str):
@@ -484,9 +459,9 @@ def evaluate(args) -> int:
 
 
 def bench(args) -> int:
-    """Kernel microbenchmarks on clustered synthetic data, each beside its baseline."""
+    """Kernel microbenchmarks on clustered synthetic data, each beside PyLate's own call
+    when PyLate is installed (scripts/install.sh installs it)."""
     import lateint_kernels as lk
-    from lateint_kernels.reference import pylate_colbert_scores_ref
 
     from .plaid import PLAIDIndex
     from .synthetic import clustered_corpus
@@ -509,16 +484,27 @@ def bench(args) -> int:
           f"32 tokens; {torch.get_num_threads()} threads, cpu isa {lk.cpu_isa()}; best of {reps}")
     flops = 2 * 32 * 32 * tokens.shape[0] * 128
     t_ours = best_of(lambda: lk.maxsim(q, tokens, offsets), reps)
-    t_base = best_of(lambda: pylate_colbert_scores_ref(q, padded, None, mask.float()), reps)
-    print(f"{'maxsim (32 q x all docs)':<34} {t_ours * 1e3:>9.1f} ms  {flops / t_ours / 1e9:>6.0f} GFLOP/s   "
-          f"PyLate's einsum formula {t_base * 1e3:.1f} ms (x{t_base / t_ours:.1f})")
+    try:
+        from pylate import scores as pylate_scores
+        from pylate.models import ColBERT as PyLateColBERT
+    except ImportError:
+        pylate_scores = PyLateColBERT = None
+    if pylate_scores is not None:
+        t_base = best_of(lambda: pylate_scores.colbert_scores(q, padded, None, mask.float()), reps)
+        base = f"PyLate colbert_scores {t_base * 1e3:.1f} ms (x{t_base / t_ours:.1f})"
+    else:
+        base = "no baseline: PyLate not installed"
+    print(f"{'maxsim (32 q x all docs)':<34} {t_ours * 1e3:>9.1f} ms  {flops / t_ours / 1e9:>6.0f} GFLOP/s   {base}")
     docs_list = [tokens[offsets[i]:offsets[i + 1]] for i in range(min(n_docs, 500))]
-    sub = lk.pack_list(docs_list)
-    t_pool = best_of(lambda: lk.token_pool(sub.tokens, sub.offsets, 2), reps)
-    t_pool_ref = best_of(lambda: lk.reference.token_pool_ref(sub.tokens[:sub.offsets[50]], sub.offsets[:51], 2), 1)
-    t_pool_ref *= len(docs_list) / 50
-    print(f"{'token_pool (pool_factor 2)':<34} {t_pool * 1e3:>9.1f} ms  {len(docs_list)} docs            "
-          f"scipy reference, per-doc loop ~{t_pool_ref * 1e3:.0f} ms (x{t_pool_ref / t_pool:.1f}, timed on 50 docs)")
+    t_pool = best_of(lambda: lk.token_pool_list(docs_list, 2), reps)
+    if PyLateColBERT is not None:
+        t_pool_base = best_of(lambda: PyLateColBERT.pool_embeddings_hierarchical(None, docs_list[:50], 2), 1)
+        t_pool_base *= len(docs_list) / 50
+        base = (f"PyLate pool_embeddings_hierarchical ~{t_pool_base * 1e3:.0f} ms (x{t_pool_base / t_pool:.1f}, "
+                f"timed on 50 docs)")
+    else:
+        base = "no baseline: PyLate not installed"
+    print(f"{'token_pool_list (pool_factor 2)':<34} {t_pool * 1e3:>9.1f} ms  {len(docs_list)} docs            {base}")
     t = time.perf_counter()
     index = PLAIDIndex.build(tokens, offsets, nbits=2, seed=0, kmeans_niter=4 if args.smoke else 20)
     t_build = time.perf_counter() - t

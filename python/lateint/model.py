@@ -20,9 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import string
-import tempfile
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -257,13 +255,13 @@ class ColBERT(nn.Module):
     def save(self, path: str) -> None:
         """Encoder + tokenizer (transformers format), projection (safetensors) and settings
         (`lateint_colbert.json`) in one directory, written to a temporary sibling and renamed
-        into place: an interrupted save leaves the previous model whole."""
+        into place: an interrupted save leaves the previous model whole. An existing `path` is
+        replaced only when it holds a saved lateint model (lateint._atomic.NotOurs otherwise)."""
         from safetensors.torch import save_file
-        path = os.path.abspath(path)
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
-        try:
+
+        from ._atomic import atomic_directory
+
+        with atomic_directory(path, replace_if=lambda p: os.path.isfile(os.path.join(p, CONFIG_NAME))) as tmp:
             with _quiet_transformers():
                 self.encoder.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
@@ -272,21 +270,6 @@ class ColBERT(nn.Module):
                           os.path.join(tmp, PROJECTION_NAME))
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
                 json.dump(self.config(), f, indent=1)
-            for name in os.listdir(tmp):
-                p = os.path.join(tmp, name)
-                if os.path.isfile(p):
-                    with open(p, "rb") as f:
-                        os.fsync(f.fileno())
-            old = None
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(path) + "-", dir=parent)
-                os.rename(path, os.path.join(old, "model"))
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, path: str, **overrides) -> "ColBERT":
