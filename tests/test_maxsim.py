@@ -436,6 +436,30 @@ def test_fallback_without_native_extension_warns_once():
     assert stderr.count("native extension not available") == 1
 
 
+@pytest.mark.parametrize("mask_mode", ["ignore", "zero"])
+def test_fallback_backward_matches_autograd_of_the_reference(mask_mode):
+    """Without the extension the backward op runs on the reference, below the autograd key
+    (where autograd records nothing): its closed form must equal autograd through the
+    float64 reference, with masks, an empty document and candidates."""
+    code = ("import torch, lateint_kernels as lk; from _data import corpus;"
+            "q,d,off=corpus([3,0,9,17],16,nq=3,lq=5,seed=4); qm=torch.rand(3,5)>0.3;"
+            "pad=torch.tensor([True,False,True,False]); c=torch.tensor([[2,0,-1],[1,1,3],[-1,-1,0]]);"
+            "out=[]\n"
+            "for cand in (None, c):\n"
+            " q1=q.clone().requires_grad_(); d1=d.clone().requires_grad_(); q2=q.double().requires_grad_();"
+            " d2=d.double().requires_grad_(); kw=dict(query_mask=qm, mask_mode=%r, doc_padded=pad)\n"
+            " s=lk.maxsim(q1,d1,off,**kw) if cand is None else lk.maxsim_candidates(q1,d1,off,cand,**kw)\n"
+            " r=lk.reference.maxsim_ref(q2,d2,off,**kw) if cand is None else "
+            "lk.reference.maxsim_candidates_ref(q2,d2,off,cand,**kw)\n"
+            " g=torch.randn(s.shape).masked_fill(~torch.isfinite(s),0); s.backward(g); r.backward(g.double())\n"
+            " out += [float((q1.grad-q2.grad).abs().max()), float((d1.grad-d2.grad).abs().max())]\n"
+            "print(max(out), lk.backend_for('maxsim_backward','cpu'))" % mask_mode)
+    r = _run_py(code, LATEINT_SKIP_EXT="1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    err, backend = r.stdout.split()
+    assert backend == "reference" and float(err) < 1e-5
+
+
 # -------------------------------------------------------------------------------------
 # the op on CUDA (Triton when importable, else the CUDA C++ kernel) — runs only with a GPU
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -67,15 +67,18 @@ def _cand_ref_op(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_p
 
 def _backward_ref_op(grad, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded,
                      mask_mode):
-    with torch.enable_grad():
-        q = queries.detach().float().requires_grad_(True)
-        d = doc_tokens.detach().float().requires_grad_(True)
-        s, _ = _ref.maxsim_argmax_ref(q, d, doc_offsets, candidates, query_mask=query_mask,
-                                      mask_mode=mask_mode, doc_padded=doc_padded)
-        s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
-        dq, dd = torch.autograd.grad(s, (q, d), grad.float(), allow_unused=True)
-    dq = torch.zeros_like(q) if dq is None else dq
-    dd = torch.zeros_like(d) if dd is None else dd
+    """The gradients from the reference's argmax, in closed form: each query token's score
+    term is <Q[q, i], D[t*]> for its winning token t* (none where it is masked, the document
+    is empty, or zero mode's floor wins). Closed form, not autograd: under the dispatcher
+    this runs below the autograd key, where no graph is recorded."""
+    q, d = queries.float(), doc_tokens.float()
+    s, a = _ref.maxsim_argmax_ref(q, d, doc_offsets, candidates, query_mask=query_mask, mask_mode=mask_mode,
+                                  doc_padded=doc_padded)
+    g = torch.where(torch.isfinite(s), grad.float(), torch.zeros_like(s))  # [nq, n_slots]
+    w = g[:, None, :] * (a >= 0)  # [nq, lq, n_slots]
+    idx = a.clamp(min=0).long()
+    dq = torch.einsum("qis,qisd->qid", w, d[idx])
+    dd = torch.zeros_like(d).index_add_(0, idx.reshape(-1), (w[..., None] * q[:, :, None, :]).reshape(-1, d.shape[1]))
     return dq.to(queries.dtype), dd.to(doc_tokens.dtype)
 
 
