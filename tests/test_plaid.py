@@ -374,3 +374,22 @@ def test_search_with_the_lut_scorer():
     torch.testing.assert_close(sc_l[:, 0], sc_e[:, 0], rtol=0.05, atol=0)
     with pytest.raises(ValueError, match="scorer"):
         index.search(q, 5, scorer="fast")
+
+
+def test_lut_maxsim_off_the_cpu_says_the_reference_runs():
+    """lut_maxsim has a CPU kernel only: on another device it says, once, that the
+    reference runs instead of running it silently (meta stands in for a GPU here)."""
+    from lateint_kernels.ops import plaid as lkp
+
+    q, mask, codes, packed, off, c, w, cand = compressed(4, 1, nd=10)
+    cand = cand.clamp(max=9)
+    s = lk.centroid_scores(q, c)
+    args = [t.to("meta") for t in (q, s, codes, packed, off, w)]
+    lkp._WARNED.discard("lut_maxsim")
+    with pytest.warns(RuntimeWarning, match="no kernel for meta"):
+        out = lk.lut_maxsim(*args, 4, cand.to("meta"))
+    assert out.shape == cand.shape and out.device.type == "meta"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.lut_maxsim(*args, 4, cand.to("meta"))  # once

@@ -20,6 +20,7 @@ checked once, as `PLAIDIndex` does at build, load and `to()`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -198,6 +199,15 @@ def _(queries, query_mask, scores, codes, packed, doc_offsets, bucket_weights, n
     return _fake_candidate_scores(queries, candidates)
 
 
+_WARNED = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def _check_scores(op, scores, query_mask):
     if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.dtype != torch.float32:
         raise ValueError(f"{op}: `scores` must be a float32 tensor [n_queries, query_len, n_centroids]")
@@ -298,6 +308,9 @@ def lut_maxsim(queries: torch.Tensor, scores: torch.Tensor, codes: torch.Tensor,
         raise ValueError(f"{op}: `candidates` must be an int64 tensor [n_queries, n_candidates] with "
                          f"n_queries = {queries.shape[0]}")
     q = queries if queries.dtype == torch.float32 else queries.float()
+    if q.device.type != "cpu" and not _forced_reference() and not torch.compiler.is_compiling():
+        _warn_once("lut_maxsim", f"lut_maxsim has no kernel for {q.device.type}: the reference runs (slow); "
+                                 "decompress_maxsim is the final-stage scorer with a GPU kernel")
     if _forced_reference():
         return _ref.lut_maxsim_ref(q, query_mask, scores, codes, packed, doc_offsets, bucket_weights, nbits,
                                    candidates).float()
