@@ -423,6 +423,24 @@ def test_half_inputs_cluster_in_float32(dtype):
                                        r_out[r_off[d]:r_off[d + 1]].to(dtype).float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_means_round_like_torch(dtype):
+    """The cluster means of float16/bfloat16 rows: float32 sums in token order, / count,
+    rounded to nearest even into the input type -- torch's own index_add_ and .to(dtype),
+    bit for bit (many tiny components: float16 subnormals included)."""
+    tokens, off = docs_packed(list(range(2, 300, 3)), 64, seed=int(torch.randint(0, 2**31 - 1, ())), dtype=dtype)
+    rows, new_off = lk.token_pool_labels(tokens, off, 3)
+    out, out_off = lk.token_pool(tokens, off, 3)
+    assert torch.equal(out_off, new_off)
+    n_out = int(new_off[-1])
+    sums = torch.zeros(n_out, tokens.shape[1]).index_add_(0, rows, tokens.float())
+    counts = torch.zeros(n_out).index_add_(0, rows, torch.ones(rows.shape[0]))
+    want = (sums / counts[:, None]).to(dtype)
+    assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+    if dtype == torch.float16:
+        assert ((want.abs() < 6.1e-5) & (want != 0)).any()  # subnormal results were exercised
+
+
 def test_forced_reference_backend(monkeypatch):
     tokens, off = docs_packed([9, 30], 16, seed=6, dtype=torch.float64)
     a = lk.token_pool(tokens, off, 2)

@@ -23,6 +23,30 @@ inline uint16_t f32_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 
+// Round to nearest even, as IEEE 754 binary16; overflow to +-inf, NaN stays NaN.
+inline uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (a >= 0x47800000u) return sign | 0x7c00u;  // >= 65536 (and inf): inf
+  if (a < 0x38800000u) {  // below 2^-14: a multiple of 2^-24 (subnormal) or zero
+    float v;
+    std::memcpy(&v, &a, 4);
+    const float q = v * 16777216.0f;  // exact: a power-of-two scaling
+    float r = (float)(int32_t)q;      // q < 1024: truncation, then the tie rule by hand
+    const float frac = q - r;
+    if (frac > 0.5f || (frac == 0.5f && ((int32_t)r & 1))) r += 1.0f;
+    return sign | (uint16_t)(int32_t)r;  // 1024 is the smallest normal, 0x0400: still right
+  }
+  const uint32_t e = (a >> 23) - 127 + 15, m = a & 0x7fffffu;
+  uint32_t h = (e << 10) | (m >> 13);
+  const uint32_t rest = m & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right too
+  return sign | (uint16_t)h;
+}
+
 inline float f16_to_f32(uint16_t h) {
   const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;

@@ -57,6 +57,9 @@ struct PoolScratch {
   std::vector<int64_t> keep;
   std::vector<uint64_t> skeys;  // sort keys and their merges, 8 slots before the first
   std::vector<int32_t> sidx;
+  std::vector<float> mean_f;   // cluster sums (float32 accumulation)
+  std::vector<double> mean_d;  // cluster sums (float64 rows)
+  std::vector<int64_t> mean_n;
   // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
   // lines per merge, so that its first read does not wait on DRAM. Optional.
   const void* prefetch = nullptr;
@@ -102,6 +105,14 @@ int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, int64_t poo
                     PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa);
 
 // Whether all `count` values of x are finite (no NaN, no Inf).
+// One document's output rows, PyLate's scatter_add and division: its first p of len rows
+// copied as they are, then for each cluster c < nc the mean of the rows p + i with lab[i]
+// == c, summed in token order and divided by the count, in float32 (float64 for F64 rows),
+// so float32 results are PyLate's bits; `normalize` L2-normalizes each mean (in float64).
+// x and dst hold rows of dt; dst has room for p + nc rows.
+void pool_doc_means(const void* x, DType dt, int64_t len, int64_t p, const int32_t* lab, int64_t nc,
+                    int64_t dim, bool normalize, void* dst, PoolScratch& s);
+
 bool pool_all_finite(const void* x, DType dt, int64_t count);
 
 // The largest squared L2 norm among the n rows of x [n, dim] (NaN if any is NaN, +inf on

@@ -227,93 +227,6 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
   rows_to_global(o, in.nd, count.data(), rows, new_offsets);
 }
 
-LATEINT_ALWAYS_INLINE void add_row_f32_body(float* __restrict a, const float* __restrict r, int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, void, add_row_f32,
-                     (float* __restrict a, const float* __restrict r, int64_t dim),
-                     (a, r, dim))
-
-LATEINT_ALWAYS_INLINE void add_row_f64_body(double* __restrict a, const double* __restrict r, int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, void, add_row_f64,
-                     (double* __restrict a, const double* __restrict r, int64_t dim),
-                     (a, r, dim))
-
-template <typename T>
-void add_row(float* a, const T* r, int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) a[k] += static_cast<float>(r[k]);
-}
-void add_row(float* a, const float* r, int64_t dim) { add_row_f32(a, r, dim); }
-void add_row(double* a, const double* r, int64_t dim) { add_row_f64(a, r, dim); }
-
-// dst[k] = sum[k] / count: the mean's division, vectorized for the processor at hand.
-LATEINT_ALWAYS_INLINE void div_row_f32_body(const float* __restrict sum, float count, float* __restrict dst,
-                                            int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, void, div_row_f32,
-                     (const float* __restrict sum, float count, float* __restrict dst, int64_t dim),
-                     (sum, count, dst, dim))
-
-LATEINT_ALWAYS_INLINE void div_row_f64_body(const double* __restrict sum, double count,
-                                            double* __restrict dst, int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, void, div_row_f64,
-                     (const double* __restrict sum, double count, double* __restrict dst, int64_t dim),
-                     (sum, count, dst, dim))
-
-void div_row(const float* sum, float count, float* dst, int64_t dim) {
-  div_row_f32(sum, count, dst, dim);
-}
-void div_row(const double* sum, double count, double* dst, int64_t dim) {
-  div_row_f64(sum, count, dst, dim);
-}
-
-// One document's cluster means written in the input dtype: sums in token order, then sum /
-// count, both in float32 (float64 for float64 inputs) -- PyLate's scatter_add and division,
-// so float32 results are PyLate's bits. x: the document's len rows; the first p are copied
-// as they are, token p + i goes to cluster lab[i] < nc. `normalize` L2-normalizes the means.
-template <typename T>
-using MeanAcc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-
-template <typename T>
-void doc_means(const T* x, int64_t len, int64_t p, const int32_t* lab, int64_t nc, int64_t dim,
-               bool normalize, T* dst, std::vector<MeanAcc<T>>& accv, std::vector<int64_t>& cnt) {
-  using Acc = MeanAcc<T>;
-  std::copy(x, x + p * dim, dst);
-  accv.assign(nc * dim, Acc(0));
-  cnt.assign(nc, 0);
-  Acc* acc = accv.data();
-  for (int64_t t = p; t < len; ++t) {
-    const int64_t c = lab[t - p];
-    add_row(acc + c * dim, x + t * dim, dim);
-    ++cnt[c];
-  }
-  for (int64_t c = 0; c < nc; ++c) {
-    Acc* a = acc + c * dim;
-    const Acc count = static_cast<Acc>(cnt[c]);
-    T* r = dst + (p + c) * dim;
-    if constexpr (std::is_same<T, Acc>::value) {
-      if (!normalize) {  // float32 / float64: the quotient is the output
-        div_row(a, count, r, dim);
-        continue;
-      }
-    }
-    for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
-    if (normalize) {
-      double ss = 0;
-      for (int64_t k = 0; k < dim; ++k) ss += (double)a[k] * (double)a[k];
-      const double scale = 1.0 / std::max(std::sqrt(ss), 1e-12);
-      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>((double)a[k] * scale);
-    } else {
-      for (int64_t k = 0; k < dim; ++k) r[k] = static_cast<T>(a[k]);
-    }
-  }
-}
-
 // Labels and means per document in one pass (the document is still in cache for its
 // means). Document d's rows go to dst(d), room for p + pool_target rows (its upper bound:
 // scipy's maxclust gives fewer clusters only when merge distances tie); count[d] receives
@@ -328,8 +241,6 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
   for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
-    std::vector<MeanAcc<T>> acc;
-    std::vector<int64_t> cnt;
     for (int64_t d = b; d < e; ++d) {
       const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
       if (nc < 0) {
@@ -344,7 +255,7 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
       if (nc == n)
         std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
       else
-        doc_means(x, len, p, lab.data(), nc, dim, normalize, dst, acc, cnt);
+        lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, dst, scratch);
     }
   });
   refused.raise_if_any(op, in);
