@@ -17,20 +17,16 @@ namespace {
 
 // Bucket of each residual value: #{cutoffs < r} (torch.bucketize, right=False). Branch-free
 // over the (at most 255) cutoffs so the loop over values vectorizes.
-LATEINT_ALWAYS_INLINE void buckets_row_body(const float* __restrict x, const float* __restrict c,
-                                            const float* __restrict cut, int ncut, int64_t dim,
-                                            uint8_t* __restrict b) {
+LATEINT_MULTIVERSION(::lateint::Family::Codec, void, buckets_row,
+                     (const float* __restrict x, const float* __restrict c, const float* __restrict cut, int ncut, int64_t dim, uint8_t* __restrict b),
+                     (x, c, cut, ncut, dim, b), {
   for (int64_t j = 0; j < dim; ++j) {
     const float r = x[j] - c[j];
     int v = 0;
     for (int t = 0; t < ncut; ++t) v += cut[t] < r;
     b[j] = (uint8_t)v;
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::Codec, void, buckets_row,
-                     (const float* __restrict x, const float* __restrict c, const float* __restrict cut, int
-                     ncut, int64_t dim, uint8_t* __restrict b),
-                     (x, c, cut, ncut, dim, b))
+})
 
 // Bits of v (nbits of them) reversed: the first emitted (least significant) bit becomes
 // the most significant of the group.
@@ -108,20 +104,16 @@ inline __attribute__((always_inline)) void decompress_rows(const int32_t* codes,
 }
 
 // One clone per ISA; the row code is inlined into each, so it is vectorized for that ISA.
-LATEINT_ALWAYS_INLINE void decompress_dispatch_body(const int32_t* codes, const uint8_t* packed,
-                                                    const float* centroids, const float* table, int nbits,
-                                                    int64_t dim, int64_t r0, int64_t r1, float* out) {
+LATEINT_MULTIVERSION(::lateint::Family::Codec, void, decompress_dispatch,
+                     (const int32_t* codes, const uint8_t* packed, const float* centroids, const float* table, int nbits, int64_t dim, int64_t r0, int64_t r1, float* out),
+                     (codes, packed, centroids, table, nbits, dim, r0, r1, out), {
   switch (nbits) {
     case 1: return decompress_rows<8>(codes, packed, centroids, table, dim, r0, r1, out);
     case 2: return decompress_rows<4>(codes, packed, centroids, table, dim, r0, r1, out);
     case 4: return decompress_rows<2>(codes, packed, centroids, table, dim, r0, r1, out);
     default: return decompress_rows<1>(codes, packed, centroids, table, dim, r0, r1, out);
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::Codec, void, decompress_dispatch,
-                     (const int32_t* codes, const uint8_t* packed, const float* centroids, const float* table,
-                     int nbits, int64_t dim, int64_t r0, int64_t r1, float* out),
-                     (codes, packed, centroids, table, nbits, dim, r0, r1, out))
+})
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 // AVX-512 rows for nbits 1, 2, 4 (dim a multiple of 16): the 2^nbits bucket weights fit

@@ -8,7 +8,7 @@
 //   - hand-written intrinsics: one function per level, compiled with LATEINT_TARGET_<ISA>
 //     (or in a translation unit under the matching `#pragma GCC target`), called after
 //     isa_for(family) said that level;
-//   - one plain C++ loop compiled once per level by LATEINT_MULTIVERSION below.
+//   - one plain C++ body compiled once per level by LATEINT_MULTIVERSION below.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -29,6 +29,8 @@ Isa cpu_best_isa();
 // Returns the active ISA.
 Isa set_cpu_isa(int isa);
 const char* isa_name(Isa isa);
+// Whether the processor has `level` (a capability, whatever the cap says).
+inline bool cpu_supports(Isa level) { return (int)cpu_best_isa() >= (int)level; }
 // Features beside the levels: AVX512-VNNI (int8 dot products; used only at level avx512+).
 bool cpu_has_avx512_vnni();
 
@@ -64,35 +66,36 @@ int isa_trace_mask(Family f);
 #define LATEINT_X86 1
 #define LATEINT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define LATEINT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-#define LATEINT_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
 #define LATEINT_X86 0
 #define LATEINT_TARGET_AVX2
 #define LATEINT_TARGET_AVX512
-#define LATEINT_ALWAYS_INLINE inline
 #endif
 
-// LATEINT_MULTIVERSION(family, ret, name, (params), (args)) defines `ret name(params)` that
-// runs `name##_body(args)` compiled for the family's active ISA level (AVX-512, AVX2 or the
-// baseline). The body is a LATEINT_ALWAYS_INLINE function of plain C++ (no intrinsics): it
-// is inlined into each variant and vectorized for that variant's target.
+// LATEINT_MULTIVERSION(family, ret, name, (params), (args), { body }) defines `ret
+// name(params)`, which runs the body compiled once per level as its own function (targets
+// "avx512f", "avx2" and the baseline: what these loops always ran as GCC target_clones,
+// FMA contraction at the AVX-512 level only), the variant chosen by the family's active
+// level at each call. The body is plain C++ (no intrinsics, no preprocessor lines): each
+// copy is compiled and vectorized for its target from the start, but under the cap.
 #if LATEINT_X86
-#define LATEINT_MULTIVERSION(family, ret, name, params, args)                            \
-  LATEINT_TARGET_AVX512 static ret name##_avx512 params { return name##_body args; }   \
-  LATEINT_TARGET_AVX2 static ret name##_avx2 params { return name##_body args; }       \
-  static ret name##_baseline params { return name##_body args; }                       \
-  ret name params {                                                                     \
-    switch (::lateint::isa_for(family)) {                                              \
-      case ::lateint::Isa::Avx512:                                                     \
-      case ::lateint::Isa::Avx512Bf16: return name##_avx512 args;                      \
-      case ::lateint::Isa::Avx2: return name##_avx2 args;                              \
-      default: return name##_baseline args;                                            \
-    }                                                                                  \
+#define LATEINT_MULTIVERSION(family, ret, name, params, args, ...)                       \
+  __attribute__((target("avx512f"))) static ret name##_avx512 params __VA_ARGS__        \
+  __attribute__((target("avx2"))) static ret name##_avx2 params __VA_ARGS__              \
+  static ret name##_baseline params __VA_ARGS__                                          \
+  ret name params {                                                                      \
+    switch (::lateint::isa_for(family)) {                                                \
+      case ::lateint::Isa::Avx512:                                                       \
+      case ::lateint::Isa::Avx512Bf16: return name##_avx512 args;                        \
+      case ::lateint::Isa::Avx2: return name##_avx2 args;                                \
+      default: return name##_baseline args;                                              \
+    }                                                                                    \
   }
 #else
-#define LATEINT_MULTIVERSION(family, ret, name, params, args) \
-  ret name params {                                           \
-    (void)::lateint::isa_for(family);                         \
-    return name##_body args;                                  \
+#define LATEINT_MULTIVERSION(family, ret, name, params, args, ...) \
+  static ret name##_baseline params __VA_ARGS__                   \
+  ret name params {                                               \
+    (void)::lateint::isa_for(family);                             \
+    return name##_baseline args;                                  \
   }
 #endif

@@ -19,9 +19,9 @@ constexpr int64_t RB = 64;   // rows per block (a thread's unit of work)
 constexpr int64_t KC = 1024; // centroids per chunk (dim x KC floats stay in L2)
 
 // One block of nr <= RB rows (float32, row-major [nr, dim]).
-LATEINT_ALWAYS_INLINE void assign_block_body(const float* __restrict X, int64_t nr, int64_t dim,
-                                             const float* __restrict Ct, int64_t k, int64_t k_pad,
-                                             float* __restrict best, int32_t* __restrict bidx) {
+LATEINT_MULTIVERSION(::lateint::Family::KMeans, void, assign_block,
+                     (const float* __restrict X, int64_t nr, int64_t dim, const float* __restrict Ct, int64_t k, int64_t k_pad, float* __restrict best, int32_t* __restrict bidx),
+                     (X, nr, dim, Ct, k, k_pad, best, bidx), {
   // best/bidx: [RB][W] running maxima per lane (lane = column mod W)
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < RB * W; ++i) {
@@ -57,11 +57,7 @@ LATEINT_ALWAYS_INLINE void assign_block_body(const float* __restrict X, int64_t 
       }
     }
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::KMeans, void, assign_block,
-                     (const float* __restrict X, int64_t nr, int64_t dim, const float* __restrict Ct, int64_t
-                     k, int64_t k_pad, float* __restrict best, int32_t* __restrict bidx),
-                     (X, nr, dim, Ct, k, k_pad, best, bidx))
+})
 
 }  // namespace
 

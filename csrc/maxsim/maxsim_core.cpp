@@ -59,7 +59,7 @@ int64_t time_path(bool dot) {
 
 bool bf16_use_dot() {
   static const bool use = [] {
-    if (cpu_best_isa() != Isa::Avx512Bf16) return false;
+    if (!cpu_supports(Isa::Avx512Bf16)) return false;
     const char* e = std::getenv("LATEINT_BF16_PATH");
     if (e && std::string(e) == "dot") return true;
     if (e && std::string(e) == "convert") return false;
@@ -158,25 +158,22 @@ namespace {
 // The backward's inner loops, vectorized for the processor at load time (GCC function
 // multiversioning; the baseline build alone would use SSE2 only).
 
-LATEINT_ALWAYS_INLINE void axpy_f32_body(const float* __restrict s, int64_t dim, float g, float* __restrict dst) {
-  for (int64_t k = 0; k < dim; ++k) dst[k] += g * s[k];
-}
 LATEINT_MULTIVERSION(::lateint::Family::MaxSim, void, axpy_f32,
                      (const float* __restrict s, int64_t dim, float g, float* __restrict dst),
-                     (s, dim, g, dst))
+                     (s, dim, g, dst), {
+  for (int64_t k = 0; k < dim; ++k) dst[k] += g * s[k];
+})
 
-LATEINT_ALWAYS_INLINE void axpy_bf16_body(const uint16_t* __restrict s, int64_t dim, float g,
-                                          float* __restrict dst) {
+LATEINT_MULTIVERSION(::lateint::Family::MaxSim, void, axpy_bf16,
+                     (const uint16_t* __restrict s, int64_t dim, float g, float* __restrict dst),
+                     (s, dim, g, dst), {
   for (int64_t k = 0; k < dim; ++k) {
     const uint32_t u = (uint32_t)s[k] << 16;
     float f;
     std::memcpy(&f, &u, 4);
     dst[k] += g * f;
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::MaxSim, void, axpy_bf16,
-                     (const uint16_t* __restrict s, int64_t dim, float g, float* __restrict dst),
-                     (s, dim, g, dst))
+})
 
 // dst[0..dim) += g * row (row of dtype t starting at element i0)
 inline void axpy_row(DType t, const void* base, int64_t i0, int64_t dim, float g, float* dst) {

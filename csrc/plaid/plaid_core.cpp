@@ -15,12 +15,10 @@ namespace lateint {
 
 namespace {
 
-LATEINT_ALWAYS_INLINE void max_into_body(float* __restrict best, const float* __restrict row, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) best[i] = row[i] > best[i] ? row[i] : best[i];
-}
 LATEINT_MULTIVERSION(::lateint::Family::Plaid, void, max_into,
-                     (float* __restrict best, const float* __restrict row, int64_t n),
-                     (best, row, n))
+                     (float* __restrict best, const float* __restrict row, int64_t n), (best, row, n), {
+  for (int64_t i = 0; i < n; ++i) best[i] = row[i] > best[i] ? row[i] : best[i];
+})
 
 // The m <= 16 best centroids of one query token: one scan keeping them (score descending,
 // lower index first on ties: a later centroid must score strictly higher to displace one),

@@ -35,19 +35,16 @@ inline __attribute__((always_inline)) void build_rows(const float* __restrict qt
   }
 }
 
-LATEINT_ALWAYS_INLINE void build_dispatch_body(const float* qt, int64_t LQ, int64_t row_bytes, const float* table, int nbits,
-                                               float* lut) {
+LATEINT_MULTIVERSION(::lateint::Family::Plaid, void, build_dispatch,
+                     (const float* qt, int64_t LQ, int64_t row_bytes, const float* table, int nbits, float* lut),
+                     (qt, LQ, row_bytes, table, nbits, lut), {
   switch (nbits) {
     case 1: return build_rows<8>(qt, LQ, row_bytes, table, lut);
     case 2: return build_rows<4>(qt, LQ, row_bytes, table, lut);
     case 4: return build_rows<2>(qt, LQ, row_bytes, table, lut);
     default: return build_rows<1>(qt, LQ, row_bytes, table, lut);
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::Plaid, void, build_dispatch,
-                     (const float* qt, int64_t LQ, int64_t row_bytes, const float* table, int nbits, float*
-                     lut),
-                     (qt, LQ, row_bytes, table, nbits, lut))
+})
 
 // max that keeps a NaN once it appears (std::max drops a NaN in its second operand), so a
 // NaN in the inputs reaches the score and the binding reports it
@@ -114,9 +111,9 @@ inline __attribute__((always_inline)) float score_doc(const float* __restrict lu
   return s;
 }
 
-LATEINT_ALWAYS_INLINE float score_dispatch_body(const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq,
-                                                int64_t LQ, const int32_t* codes, const uint8_t* packed, int64_t row_bytes,
-                                                int64_t n, float* work) {
+LATEINT_MULTIVERSION(::lateint::Family::Plaid, float, score_dispatch,
+                     (const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq, int64_t LQ, const int32_t* codes, const uint8_t* packed, int64_t row_bytes, int64_t n, float* work),
+                     (lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work), {
   switch (LQ) {
     case 16: return score_doc<1>(lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work);
     case 32: return score_doc<2>(lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work);
@@ -124,11 +121,7 @@ LATEINT_ALWAYS_INLINE float score_dispatch_body(const float* lut, const float* s
     case 64: return score_doc<4>(lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work);
     default: return score_doc<0>(lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work);
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::Plaid, float, score_dispatch,
-                     (const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq, int64_t LQ,
-                     const int32_t* codes, const uint8_t* packed, int64_t row_bytes, int64_t n, float* work),
-                     (lut, scores_t, qmask, lq, LQ, codes, packed, row_bytes, n, work))
+})
 
 }  // namespace
 

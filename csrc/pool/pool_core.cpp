@@ -770,7 +770,7 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
     {
       const int64_t ldt2 = round_up(n, 8) + 32;
       grow(s.xtf, dim * ldt2);
-      detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, cpu_best_isa() >= Isa::Avx2);
+      detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, isa >= Isa::Avx2);
       detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     }
     for (int64_t i = 0; i < n; ++i) {

@@ -49,22 +49,20 @@ __attribute__((always_inline)) inline void gram_upper_impl(const T* __restrict X
 }  // namespace
 
 // Xt: [dim, ldt] transposed copy of X with ldt a multiple of 16 and zero columns past n.
-LATEINT_ALWAYS_INLINE void gram_upper_f64_body(const double* X, int64_t n, int64_t dim, const double* Xt,
-                                               int64_t ldt, double* G, int64_t ldg) {
-  gram_upper_impl<double, 16>(X, n, dim, Xt, ldt, G, ldg);
-}
 LATEINT_MULTIVERSION(::lateint::Family::Pool, void, gram_upper_f64,
-                     (const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt, double* G,
-                     int64_t ldg),
-                     (X, n, dim, Xt, ldt, G, ldg))
+                     (const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt, double* G, int64_t ldg),
+                     (X, n, dim, Xt, ldt, G, ldg), {
+  gram_upper_impl<double, 16>(X, n, dim, Xt, ldt, G, ldg);
+})
 
 // Cosine distances of one document straight from the register tiles (no Gram matrix):
 // D[i, j] = D[j, i] = double(1.0f - <X[i], X[j]>) for i < j < n, tiles of 8 rows x 32
 // columns starting on the diagonal, both operands read from Xt = X transposed ([dim, ldt],
 // ldt >= round_up(n, 8) + 32, zero past n): a tile's 8 row values at one k share a line.
 // Each tile's mirror goes to 32 rows of D, 8 contiguous doubles (one cache line) apiece.
-LATEINT_ALWAYS_INLINE void cosine_dist_f32_body(int64_t n, int64_t dim, const float* __restrict Xt,
-                                                int64_t ldt, double* __restrict D, int64_t ld) {
+LATEINT_MULTIVERSION(::lateint::Family::Pool, void, cosine_dist_f32,
+                     (int64_t n, int64_t dim, const float* __restrict Xt, int64_t ldt, double* __restrict D, int64_t ld),
+                     (n, dim, Xt, ldt, D, ld), {
   constexpr int R = 8, W = 32;
   for (int64_t i0 = 0; i0 < n; i0 += R) {
     for (int64_t j0 = i0; j0 < n; j0 += W) {
@@ -99,11 +97,7 @@ LATEINT_ALWAYS_INLINE void cosine_dist_f32_body(int64_t n, int64_t dim, const fl
       }
     }
   }
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, void, cosine_dist_f32,
-                     (int64_t n, int64_t dim, const float* __restrict Xt, int64_t ldt, double* __restrict D,
-                     int64_t ld),
-                     (n, dim, Xt, ldt, D, ld))
+})
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // 8 x 8 float transpose in AVX registers: dst[c * ldd + r] = src[r * lds + c].
@@ -281,33 +275,30 @@ void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2)
 }
 
 // Exponent-field test (all ones = Inf or NaN), branch-free so it vectorizes.
-LATEINT_ALWAYS_INLINE bool all_finite_u32_body(const uint32_t* v, int64_t n) {
+LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u32, (const uint32_t* v, int64_t n), (v, n), {
   uint32_t bad = 0;
   for (int64_t i = 0; i < n; ++i) bad |= (uint32_t)((v[i] & 0x7f800000u) == 0x7f800000u);
   return bad == 0;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u32, (const uint32_t* v, int64_t n), (v, n))
+})
 
-LATEINT_ALWAYS_INLINE bool all_finite_u16_body(const uint16_t* v, int64_t n, uint16_t exp_mask) {
+LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u16,
+                     (const uint16_t* v, int64_t n, uint16_t exp_mask), (v, n, exp_mask), {
   uint32_t bad = 0;
   for (int64_t i = 0; i < n; ++i) bad |= (uint32_t)((v[i] & exp_mask) == exp_mask);
   return bad == 0;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u16,
-                     (const uint16_t* v, int64_t n, uint16_t exp_mask),
-                     (v, n, exp_mask))
+})
 
-LATEINT_ALWAYS_INLINE bool all_finite_u64_body(const uint64_t* v, int64_t n) {
+LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u64, (const uint64_t* v, int64_t n), (v, n), {
   uint64_t bad = 0;
   const uint64_t e = 0x7ff0000000000000ull;
   for (int64_t i = 0; i < n; ++i) bad |= (uint64_t)((v[i] & e) == e);
   return bad == 0;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, bool, all_finite_u64, (const uint64_t* v, int64_t n), (v, n))
+})
 
 // The largest squared L2 norm of the n rows of x [n, dim], in float32 (sixteen partial
 // sums per row, so the loop vectorizes). NaN when a row's sum is NaN, +inf on overflow.
-LATEINT_ALWAYS_INLINE float max_sqnorm_f32_body(const float* x, int64_t n, int64_t dim) {
+LATEINT_MULTIVERSION(::lateint::Family::Pool, float, max_sqnorm_f32,
+                     (const float* x, int64_t n, int64_t dim), (x, n, dim), {
   float m = 0.0f;
   const int64_t d16 = dim / 16 * 16;
   for (int64_t i = 0; i < n; ++i) {
@@ -322,10 +313,7 @@ LATEINT_ALWAYS_INLINE float max_sqnorm_f32_body(const float* x, int64_t n, int64
     if (m != m) return m;
   }
   return m;
-}
-LATEINT_MULTIVERSION(::lateint::Family::Pool, float, max_sqnorm_f32,
-                     (const float* x, int64_t n, int64_t dim),
-                     (x, n, dim))
+})
 
 }  // namespace detail
 }  // namespace lateint

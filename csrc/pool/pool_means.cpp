@@ -8,38 +8,28 @@
 namespace lateint {
 namespace {
 
-LATEINT_ALWAYS_INLINE void add_row_f32_body(float* __restrict a, const float* __restrict r, int64_t dim) {
+LATEINT_MULTIVERSION(Family::Pool, void, add_row_f32,
+                     (float* __restrict a, const float* __restrict r, int64_t dim), (a, r, dim), {
   for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
-}
-
-LATEINT_MULTIVERSION(Family::Pool, void, add_row_f32, (float* __restrict a, const float* __restrict r, int64_t dim),
-                     (a, r, dim))
-
-LATEINT_ALWAYS_INLINE void add_row_f64_body(double* __restrict a, const double* __restrict r, int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
-}
+})
 
 LATEINT_MULTIVERSION(Family::Pool, void, add_row_f64,
-                     (double* __restrict a, const double* __restrict r, int64_t dim), (a, r, dim))
+                     (double* __restrict a, const double* __restrict r, int64_t dim), (a, r, dim), {
+  for (int64_t k = 0; k < dim; ++k) a[k] += r[k];
+})
 
 // dst[k] = sum[k] / count: the mean's division, vectorized for the active level.
-LATEINT_ALWAYS_INLINE void div_row_f32_body(const float* __restrict sum, float count, float* __restrict dst,
-                                            int64_t dim) {
-  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
-}
-
 LATEINT_MULTIVERSION(Family::Pool, void, div_row_f32,
                      (const float* __restrict sum, float count, float* __restrict dst, int64_t dim),
-                     (sum, count, dst, dim))
-
-LATEINT_ALWAYS_INLINE void div_row_f64_body(const double* __restrict sum, double count,
-                                            double* __restrict dst, int64_t dim) {
+                     (sum, count, dst, dim), {
   for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
-}
+})
 
 LATEINT_MULTIVERSION(Family::Pool, void, div_row_f64,
                      (const double* __restrict sum, double count, double* __restrict dst, int64_t dim),
-                     (sum, count, dst, dim))
+                     (sum, count, dst, dim), {
+  for (int64_t k = 0; k < dim; ++k) dst[k] = sum[k] / count;
+})
 
 // Storage and accumulation per row type: float32 rows sum in float32, float64 in float64,
 // float16 / bfloat16 widen to float32 and round back to nearest even.
