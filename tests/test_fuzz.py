@@ -40,6 +40,13 @@ def test_fuzz_ops(tmp_path):
     print(f"\nop fuzz: seed {SEED}, {OP_CASES} cases over {len(report['counts'])} op entries: {outcomes}")
     assert not report["failures"], json.dumps(report["failures"][:10], indent=1)
     assert outcomes.get("ok", 0) > OP_CASES // 4 and outcomes.get("refused", 0) > OP_CASES // 10
+    # every op the registry knows, reached through its public wrapper or raw (a new op
+    # without a fuzz case fails here)
+    import lateint_kernels as lk
+
+    fuzzed = {name.split(".")[-1] for name in report["counts"]}
+    missing = set(lk._registry.known_ops()) - fuzzed
+    assert not missing, f"ops without a fuzz case: {sorted(missing)}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -357,7 +357,8 @@ def test_an_index_checks_its_arrays_once_when_it_comes_to_be(index):
     rest = (index.nbits, index.ids, index.deleted)
     PLAIDIndex(*arrays, *rest)  # the intact arrays pass
     off = index.doc_offsets.clone()
-    off[3], off[4] = off[4] + 1, off[3]
+    a, b = int(off[3]), int(off[4])
+    off[3], off[4] = b + 1, a  # out of order
     codes = index.codes.clone()
     codes[7] = index.centroids.shape[0]
     ivf_docs = index.ivf_docs.clone()
