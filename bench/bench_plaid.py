@@ -41,7 +41,9 @@ LIBRARIES = {"lateint": "lateint_driver.py", "fast-plaid": "fastplaid_driver.py"
 def run_driver(python, driver, corpus, work, nbits):
     report = os.path.join(work, f"{os.path.basename(driver)}-{nbits}.json")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(os.path.dirname(HERE), "python")
+    # this checkout's library first (the package and lateint), whatever is installed
+    root = os.path.dirname(HERE)
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "python")])
     out = subprocess.run([python, os.path.join(HERE, "plaid_drivers", driver), corpus, work, str(nbits), report],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
