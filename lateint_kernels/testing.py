@@ -17,7 +17,7 @@ import torch
 from . import _registry
 from ._loader import NATIVE_LOADED
 from .isa import ISA_NAMES
-from .reference import maxsim as _ref
+from .ops.maxsim import _argmax_ref
 
 NS = "lateint_testing"
 FAMILIES = ("maxsim", "pool", "kmeans", "codec", "plaid")  # csrc/common/isa.h: Family
@@ -36,12 +36,6 @@ SCHEMAS = {
     "fcluster_maxclust": "(Tensor Z, int max_nc) -> Tensor",
     "pool_distances": "(Tensor x, str distance) -> Tensor",
 }
-
-
-def _argmax_ref(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
-    s, a = _ref.maxsim_argmax_ref(queries.float(), doc_tokens.float(), doc_offsets, candidates,
-                                  query_mask=query_mask, mask_mode=mask_mode, doc_padded=doc_padded)
-    return s.float(), a.to(torch.int32)
 
 
 for _name, _schema in SCHEMAS.items():

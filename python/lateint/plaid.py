@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import lateint_kernels as lk
-from lateint_kernels._checks import check_offsets
+from lateint_kernels._checks import check_offsets, offsets_flags
 
 from ._atomic import atomic_directory, write_file_atomic
 
@@ -326,10 +326,8 @@ class PLAIDIndex:
         if self.codes.is_meta:  # shapes only: no data to check
             self._any_deleted = False
             return
-        flags = [self.doc_offsets[:1].ne(0).any(), self.doc_offsets[-1:].ne(n_tok).any(),
-                 (self.doc_offsets[1:] < self.doc_offsets[:-1]).any(),
-                 self.ivf_offsets[:1].ne(0).any(), self.ivf_offsets[-1:].ne(self.ivf_docs.shape[0]).any(),
-                 (self.ivf_offsets[1:] < self.ivf_offsets[:-1]).any(), self.deleted.any()]
+        flags = (offsets_flags(self.doc_offsets, n_tok) + offsets_flags(self.ivf_offsets, self.ivf_docs.shape[0])
+                 + [self.deleted.any()])
         if n_tok:
             flags.append((self.codes < 0).any() | (self.codes >= k).any())
         if self.ivf_docs.numel():
