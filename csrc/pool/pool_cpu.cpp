@@ -200,11 +200,12 @@ struct DocRefusal {
   }
 };
 
-// Per-token output row (global) and the new offsets: protected tokens keep a row each, the
-// rest map to their cluster's row.
-void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
-  const int64_t* o = in.o;
-  std::vector<int64_t> count(in.nd);
+// Clusters every document (label_doc) over the threads and hands each result to
+// on_doc(d, nc, labels, scratch): the loop and the refusal bookkeeping that the labels and
+// the pooled rows share. A refused document gets count[d] = 0; the refusals are raised
+// after the loop, naming the first.
+template <typename F>
+void label_each_doc(const char* op, const PoolInputs& in, int64_t* count, const F& on_doc) {
   const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
   DocRefusal refused;
   for_each_doc(in.nd, [&](int64_t b, int64_t e) {
@@ -217,13 +218,24 @@ void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t
         count[d] = 0;
         continue;
       }
-      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
-      for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
-      for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
-      count[d] = p + nc;
+      on_doc(d, nc, lab, scratch);
     }
   });
   refused.raise_if_any(op, in);
+}
+
+// Per-token output row (global) and the new offsets: protected tokens keep a row each, the
+// rest map to their cluster's row.
+void compute_labels(const char* op, const PoolInputs& in, int64_t* rows, int64_t* new_offsets) {
+  const int64_t* o = in.o;
+  std::vector<int64_t> count(in.nd);
+  label_each_doc(op, in, count.data(),
+                 [&](int64_t d, int64_t nc, const std::vector<int32_t>& lab, lateint::PoolScratch&) {
+                   const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
+                   for (int64_t i = 0; i < p; ++i) rows[o[d] + i] = i;
+                   for (int64_t i = 0; i < n; ++i) rows[o[d] + p + i] = p + lab[i];
+                   count[d] = p + nc;
+                 });
   rows_to_global(o, in.nd, count.data(), rows, new_offsets);
 }
 
@@ -236,29 +248,17 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
                int64_t* count) {
   const int64_t* o = in.o;
   const int64_t dim = in.dim;
-  const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
-  DocRefusal refused;
-  for_each_doc(in.nd, [&](int64_t b, int64_t e) {
-    thread_local lateint::PoolScratch scratch;
-    std::vector<int32_t> lab;
-    for (int64_t d = b; d < e; ++d) {
-      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
-      if (nc < 0) {
-        refused.note(d, nc);
-        count[d] = 0;
-        continue;
-      }
-      const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
-      const T* x = static_cast<const T*>(doc_row(in, d, 0));
-      T* dst = dst_of(d);
-      count[d] = p + nc;
-      if (nc == n)
-        std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
-      else
-        lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, dst, scratch);
-    }
-  });
-  refused.raise_if_any(op, in);
+  label_each_doc(op, in, count,
+                 [&](int64_t d, int64_t nc, const std::vector<int32_t>& lab, lateint::PoolScratch& scratch) {
+                   const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
+                   const T* x = static_cast<const T*>(doc_row(in, d, 0));
+                   T* dst = dst_of(d);
+                   count[d] = p + nc;
+                   if (nc == n)
+                     std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
+                   else
+                     lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, dst, scratch);
+                 });
 }
 
 // Rows of document d's output at most (its upper bound).
