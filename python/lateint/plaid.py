@@ -27,7 +27,7 @@ from lateint_kernels._checks import check_offsets, offsets_flags
 
 from ._atomic import atomic_directory, write_file_atomic
 
-from . import kmeans as _kmeans
+from . import plaid_source as _source
 
 
 FORMAT = "lateint-plaid"
@@ -293,6 +293,156 @@ def _defaults_for_k(k: int) -> Tuple[int, float, int]:
     return 4, 0.4, max(k * 4, 4096)
 
 
+def _check_search(dim: int, device, queries, k, query_mask, ncells, centroid_score_threshold, ndocs, ndocs_exact,
+                  scorer) -> int:
+    """Checks search's arguments (ValueError / TypeError naming the argument); returns k."""
+    if scorer not in ("exact", "lut"):
+        raise ValueError(f"PLAIDIndex.search: `scorer` must be 'exact' or 'lut', got {scorer!r}")
+    if scorer == "lut" and device.type != "cpu":
+        raise ValueError(f"PLAIDIndex.search: scorer 'lut' has a CPU kernel only; on {device} it would run "
+                         f"the float64 reference. Use scorer='exact' (fused on the GPU) or a CPU index")
+    if queries.dim() != 3 or queries.shape[2] != dim:
+        raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
+                         f"{dim}], got {tuple(queries.shape)}")
+    op = "PLAIDIndex.search"
+    k = _positive_int(op, "k", k)
+    for arg, v in (("ncells", ncells), ("ndocs", ndocs), ("ndocs_exact", ndocs_exact)):
+        if v is not None:
+            _positive_int(op, arg, v)
+    if centroid_score_threshold is not None:
+        if isinstance(centroid_score_threshold, bool) or not isinstance(
+                centroid_score_threshold, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{op}: `centroid_score_threshold` must be a number, got {centroid_score_threshold!r}")
+        if math.isnan(centroid_score_threshold):
+            raise ValueError(f"{op}: `centroid_score_threshold` must be a number, got nan")
+    if queries.device != device:
+        raise ValueError(f"PLAIDIndex.search: `queries` must be on the index's device ({device}), got "
+                         f"{queries.device} (PLAIDIndex.to moves the index)")
+    if query_mask is not None and (not isinstance(query_mask, torch.Tensor) or query_mask.dtype != torch.bool
+                                   or query_mask.shape != queries.shape[:2]
+                                   or query_mask.device != queries.device):
+        raise ValueError(f"PLAIDIndex.search: `query_mask` must be a bool tensor [n_queries, query_len] = "
+                         f"{list(queries.shape[:2])} on {queries.device}")
+    bad = ~torch.isfinite(queries).all(-1)
+    if bool((bad if query_mask is None else bad & query_mask).any()):  # one host sync
+        raise ValueError("PLAIDIndex.search: `queries` contains NaN or Inf (in an unmasked token)")
+    return k
+
+
+class _Segment:
+    """One run of documents of an index under its codec: codes int32 [T], packed residuals,
+    doc_offsets int64 [n + 1], the IVF (ivf_offsets int64 [k + 1], ivf_docs int64, documents
+    numbered within the segment) and `base`, the global number of its first document."""
+    __slots__ = ("codes", "packed", "doc_offsets", "ivf_offsets", "ivf_docs", "base", "n_docs")
+
+    def __init__(self, codes, packed, doc_offsets, ivf_offsets, ivf_docs, base: int):
+        self.codes, self.packed, self.doc_offsets = codes, packed, doc_offsets
+        self.ivf_offsets, self.ivf_docs, self.base = ivf_offsets, ivf_docs, base
+        self.n_docs = doc_offsets.shape[0] - 1
+
+
+def _top_positions(values: torch.Tensor, keep: int) -> torch.Tensor:
+    """Positions int64 [nq, keep], ascending, of the `keep` largest values of each row, ties
+    going to the lower position. Deterministic (torch.topk's choice among ties is not), so
+    that a search over several segments selects what one segment of the same documents
+    selects. No host sync."""
+    nq, w = values.shape
+    if keep >= w:
+        return torch.arange(w, device=values.device).expand(nq, w)
+    kth = values.topk(keep, dim=1).values[:, -1:]
+    gt = values > kth
+    eq = values == kth
+    need = keep - gt.sum(1, keepdim=True)
+    sel = gt | (eq & (torch.cumsum(eq, 1) <= need))
+    rank = torch.where(sel, torch.cumsum(sel, 1) - 1, keep)
+    out = torch.empty(nq, keep + 1, dtype=torch.int64, device=values.device)
+    out.scatter_(1, rank, torch.arange(w, device=values.device).expand(nq, w))
+    return out[:, :keep]
+
+
+def _per_segment(segs, best: torch.Tensor, fn) -> torch.Tensor:
+    """fn(segment, local candidates) over every segment, combined: float32 [nq, m] with each
+    global candidate of `best` (-1: none) scored by the segment that holds it, -inf for none."""
+    if len(segs) == 1:
+        return fn(segs[0], best)
+    out = torch.full(best.shape, float("-inf"), device=best.device)
+    for seg in segs:
+        inside = (best >= seg.base) & (best < seg.base + seg.n_docs)
+        local = torch.where(inside, best - seg.base, torch.full_like(best, -1))
+        out = torch.where(inside, fn(seg, local), out)
+    return out
+
+
+def _search_segments(segs, centroids, bucket_weights, nbits: int, ids: torch.Tensor, allowed, queries, k: int, *,
+                     query_mask, ncells, centroid_score_threshold, ndocs, ndocs_exact, scorer):
+    """PLAID's search over the segments of one codec (arguments checked by _check_search);
+    `allowed`: None or bool [1 or nq, n_docs + 1] (global numbering; last slot the -1
+    padding). Per segment: IVF candidates and pruned centroid scores, its best `ndocs`; across
+    segments the best `ndocs` of those (the same documents one segment holding them all
+    selects, ties to the lower document number), then stage 3 and the exact scores, each
+    candidate scored by its segment."""
+    d_cells, d_thr, d_ndocs = _defaults_for_k(k)
+    ncells = d_cells if ncells is None else ncells
+    thr = d_thr if centroid_score_threshold is None else centroid_score_threshold
+    ndocs = max(k, d_ndocs if ndocs is None else ndocs)
+    ndocs_exact = max(k, ndocs // 4) if ndocs_exact is None else max(k, min(ndocs_exact, ndocs))
+    q = queries.float()
+    nq = q.shape[0]
+    s = lk.centroid_scores(q, centroids)
+    # the arrays were validated when the index came to be, the queries by _check_search:
+    # the stages run with validation off
+    bests, vals = [], []
+    for seg in segs:
+        cand = lk.ivf_candidates(s, seg.ivf_offsets, seg.ivf_docs, seg.n_docs, ncells, query_mask=query_mask,
+                                 validate=False)
+        if allowed is not None:
+            rows = torch.cat([allowed[:, seg.base:seg.base + seg.n_docs], allowed[:, -1:]], 1)
+            idx = cand.clamp(min=-1) % (seg.n_docs + 1)
+            ok = torch.gather(rows.expand(nq, -1), 1, idx) & (cand >= 0)
+            cand = torch.where(ok, cand, torch.full_like(cand, -1))
+        if cand.shape[1] == 0:
+            continue
+        approx = lk.approx_scores(s, seg.codes, seg.doc_offsets, cand, threshold=thr, query_mask=query_mask,
+                                  validate=False)
+        pos = _top_positions(approx, min(ndocs, cand.shape[1]))
+        best = torch.gather(cand, 1, pos)
+        bests.append(torch.where(best >= 0, best + seg.base, best))
+        vals.append(torch.gather(approx, 1, pos))
+    if not bests:
+        return _no_results(nq, k, q.device)
+    best, val = (bests[0], vals[0]) if len(bests) == 1 else (torch.cat(bests, 1), torch.cat(vals, 1))
+    if len(bests) > 1:
+        pos = _top_positions(val, min(ndocs, best.shape[1]))
+        best, val = torch.gather(best, 1, pos), torch.gather(val, 1, pos)
+    best = torch.where(torch.isfinite(val), best, torch.full_like(best, -1))
+    if ndocs_exact < best.shape[1]:  # PLAID's stage 3: centroid-only scores, no pruning
+        full = _per_segment(segs, best, lambda seg, c: lk.approx_scores(
+            s, seg.codes, seg.doc_offsets, c, query_mask=query_mask, validate=False))
+        pos = _top_positions(full, ndocs_exact)
+        best = torch.gather(best, 1, pos)
+        best = torch.where(torch.isfinite(torch.gather(full, 1, pos)), best, torch.full_like(best, -1))
+    if scorer == "exact":
+        # exact MaxSim on the decompressed candidates, each decompressed once for the batch
+        # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
+        exact = _per_segment(segs, best, lambda seg, c: lk.decompress_maxsim(
+            q, seg.codes, seg.packed, seg.doc_offsets, centroids, bucket_weights, nbits, c, query_mask=query_mask,
+            validate=False))
+    else:  # compressed domain, unnormalized reconstructions (WARP's implicit decompression)
+        exact = _per_segment(segs, best, lambda seg, c: lk.lut_maxsim(
+            q, s, seg.codes, seg.packed, seg.doc_offsets, bucket_weights, nbits, c, query_mask=query_mask,
+            validate=False))
+    kk = min(k, exact.shape[1])
+    pos = _top_positions(exact, kk)
+    top = torch.sort(torch.gather(exact, 1, pos), dim=1, descending=True, stable=True)
+    doc_idx = torch.gather(torch.gather(best, 1, pos), 1, top.indices)
+    out_ids = torch.where(doc_idx >= 0, ids[doc_idx.clamp(min=0)], torch.full_like(doc_idx, -1))
+    out_scores = torch.where(doc_idx >= 0, top.values, torch.full_like(top.values, float("-inf")))
+    if kk < k:
+        pad_ids, pad_scores = _no_results(nq, k - kk, q.device)
+        out_ids, out_scores = torch.cat([out_ids, pad_ids], 1), torch.cat([out_scores, pad_scores], 1)
+    return out_ids, out_scores
+
+
 class PLAIDIndex:
     def __init__(self, centroids, codes, packed, doc_offsets, ivf_offsets, ivf_docs, bucket_cutoffs,
                  bucket_weights, nbits, ids, deleted=None):
@@ -374,7 +524,7 @@ class PLAIDIndex:
     def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,
               nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None, kmeans_niter: int = 20,
               sample_docs: Optional[int] = None, show_progress_bar: bool = False,
-              pool_factor: int = 1) -> "PLAIDIndex":
+              pool_factor: int = 1, max_points_per_centroid: Optional[int] = 256) -> "PLAIDIndex":
         """Index packed documents (doc_tokens [T, dim] float, L2-normalized; doc_offsets
         int64 [n + 1]). Centroid count and k-means sample follow PLAID's rules unless given:
         sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
@@ -391,7 +541,8 @@ class PLAIDIndex:
             raise ValueError(f"{op}: dim * nbits must be a multiple of 8")
         _positive_int(op, "pool_factor", pool_factor)
         _positive_int(op, "kmeans_niter", kmeans_niter)
-        for arg, v in (("n_centroids", n_centroids), ("sample_docs", sample_docs)):
+        for arg, v in (("n_centroids", n_centroids), ("sample_docs", sample_docs),
+                       ("max_points_per_centroid", max_points_per_centroid)):
             if v is not None:
                 _positive_int(op, arg, v)
         if ids is None:
@@ -403,28 +554,18 @@ class PLAIDIndex:
                                  f"{ids_t.numel()} with {torch.unique(ids_t).numel()} distinct")
         if pool_factor != 1:
             doc_tokens, doc_offsets = lk.token_pool(doc_tokens, doc_offsets, pool_factor)
-        x = doc_tokens.float().contiguous()
-        g = torch.Generator().manual_seed(seed)
-        n_sample = sample_docs or min(n, 1 + int(16 * math.sqrt(120 * n)))
-        sample = torch.sort(torch.randperm(n, generator=g)[:n_sample]).values
-        tok_idx = torch.cat([torch.arange(int(doc_offsets[d]), int(doc_offsets[d + 1])) for d in sample.tolist()])
-        n_sample_tok = tok_idx.shape[0]
-        if n_centroids is None:
-            est = max(1, int(n_sample_tok * n / n_sample))
-            n_centroids = min(_kmeans.plaid_num_centroids(est), n_sample_tok)
-        # 5% of the sample held out for the residual buckets, as ColBERTv2 does (rows gathered
-        # from x once, without an intermediate copy of the whole sample)
-        perm = torch.randperm(n_sample_tok, generator=g)
-        n_held = max(1, n_sample_tok // 20) if n_sample_tok > n_centroids + 1 else 0
-        held, train = x[tok_idx[perm[:n_held]]], x[tok_idx[perm[n_held:]]]
-        centroids = _kmeans.fit(train, min(n_centroids, train.shape[0]), niter=kmeans_niter, seed=seed,
-                                show_progress_bar=show_progress_bar)
-        centroids = centroids.half().float()  # what the disk keeps: compute with exactly that
-        ref = held if n_held else train
-        ref_codes = lk.kmeans_assign(ref, centroids)
-        cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
-        codes = lk.kmeans_assign(x, centroids)
-        packed = lk.compress_residuals(x, centroids, codes, cutoffs, nbits)
+        src = _source.Source(_source.split(doc_tokens, doc_offsets), op)
+        lengths, _ = _source.scan(src, False, False)
+        codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
+                                    kmeans_niter=kmeans_niter, sample_docs=sample_docs,
+                                    max_points_per_centroid=max_points_per_centroid,
+                                    progress=show_progress_bar)
+        centroids, cutoffs, weights = codec.centroids, codec.bucket_cutoffs, codec.bucket_weights
+        codes = torch.empty(doc_tokens.shape[0], dtype=torch.int32)
+        packed = torch.empty(doc_tokens.shape[0], doc_tokens.shape[1] * nbits // 8, dtype=torch.uint8)
+        for c in src.passes():
+            end = c.tok0 + c.tokens.shape[0]
+            codes[c.tok0:end], packed[c.tok0:end] = _source.encode_chunk(c.tokens, codec)
         ivf_offsets, ivf_docs = _ivf(codes, doc_offsets, centroids.shape[0])
         return cls(centroids, codes, packed, doc_offsets.clone(), ivf_offsets, ivf_docs, cutoffs, weights,
                    nbits, ids_t)
@@ -494,84 +635,17 @@ class PLAIDIndex:
         normalized candidates, as ColBERTv2/PLAID) or "lut" (scored in the compressed domain
         through per-query lookup tables, against unnormalized reconstructions, as WARP does;
         see bench/RESULTS.md for when it is faster)."""
-        if scorer not in ("exact", "lut"):
-            raise ValueError(f"PLAIDIndex.search: `scorer` must be 'exact' or 'lut', got {scorer!r}")
-        if scorer == "lut" and self.device.type != "cpu":
-            raise ValueError(f"PLAIDIndex.search: scorer 'lut' has a CPU kernel only; on {self.device} it would run "
-                             f"the float64 reference. Use scorer='exact' (fused on the GPU) or a CPU index")
-        if queries.dim() != 3 or queries.shape[2] != self.centroids.shape[1]:
-            raise ValueError(f"PLAIDIndex.search: `queries` must be [n_queries, query_len, "
-                             f"{self.centroids.shape[1]}], got {tuple(queries.shape)}")
-        op = "PLAIDIndex.search"
-        k = _positive_int(op, "k", k)
-        for arg, v in (("ncells", ncells), ("ndocs", ndocs), ("ndocs_exact", ndocs_exact)):
-            if v is not None:
-                _positive_int(op, arg, v)
-        if centroid_score_threshold is not None:
-            if isinstance(centroid_score_threshold, bool) or not isinstance(
-                    centroid_score_threshold, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{op}: `centroid_score_threshold` must be a number, got {centroid_score_threshold!r}")
-            if math.isnan(centroid_score_threshold):
-                raise ValueError(f"{op}: `centroid_score_threshold` must be a number, got nan")
-        if queries.device != self.device:
-            raise ValueError(f"PLAIDIndex.search: `queries` must be on the index's device ({self.device}), got "
-                             f"{queries.device} (PLAIDIndex.to moves the index)")
-        if query_mask is not None and (not isinstance(query_mask, torch.Tensor) or query_mask.dtype != torch.bool
-                                       or query_mask.shape != queries.shape[:2]
-                                       or query_mask.device != queries.device):
-            raise ValueError(f"PLAIDIndex.search: `query_mask` must be a bool tensor [n_queries, query_len] = "
-                             f"{list(queries.shape[:2])} on {queries.device}")
-        bad = ~torch.isfinite(queries).all(-1)
-        if bool((bad if query_mask is None else bad & query_mask).any()):  # one host sync
-            raise ValueError("PLAIDIndex.search: `queries` contains NaN or Inf (in an unmasked token)")
-        d_cells, d_thr, d_ndocs = _defaults_for_k(k)
-        ncells = d_cells if ncells is None else ncells
-        thr = d_thr if centroid_score_threshold is None else centroid_score_threshold
-        ndocs = max(k, d_ndocs if ndocs is None else ndocs)
-        ndocs_exact = max(k, ndocs // 4) if ndocs_exact is None else max(k, min(ndocs_exact, ndocs))
-        q = queries.float()
-        nq = q.shape[0]
-        # the index's arrays were validated when it came to be (_check_arrays) and the
-        # queries just above: the stages run with validation off
-        s = lk.centroid_scores(q, self.centroids)
-        cand = lk.ivf_candidates(s, self.ivf_offsets, self.ivf_docs, self.n_docs, ncells, query_mask=query_mask,
-                                 validate=False)
-        if subset is not None or self._any_deleted:
-            allowed = self._allowed_rows(subset, nq)  # [1 or nq, n_docs + 1]; last slot: the -1 padding
-            idx = cand.clamp(min=-1) % (self.n_docs + 1)
-            ok = torch.gather(allowed.expand(nq, -1), 1, idx) & (cand >= 0)
-            cand = torch.where(ok, cand, torch.full_like(cand, -1))
-        if cand.shape[1] == 0:
-            return _no_results(nq, k, q.device)
-        approx = lk.approx_scores(s, self.codes, self.doc_offsets, cand, threshold=thr, query_mask=query_mask,
-                                  validate=False)
-        keep = min(ndocs, cand.shape[1])
-        top = approx.topk(keep, dim=1)
-        best = torch.gather(cand, 1, top.indices)
-        best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
-        if ndocs_exact < best.shape[1]:  # PLAID's stage 3: centroid-only scores, no pruning
-            full = lk.approx_scores(s, self.codes, self.doc_offsets, best, query_mask=query_mask, validate=False)
-            top = full.topk(ndocs_exact, dim=1)
-            best = torch.gather(best, 1, top.indices)
-            best = torch.where(torch.isfinite(top.values), best, torch.full_like(best, -1))
-        if scorer == "exact":
-            # exact MaxSim on the decompressed candidates, each decompressed once for the batch
-            # and scored in cache (lk.decompress_maxsim: the corpus is never decompressed)
-            exact = lk.decompress_maxsim(q, self.codes, self.packed, self.doc_offsets, self.centroids,
-                                         self.bucket_weights, self.nbits, best, query_mask=query_mask,
-                                         validate=False)
-        else:  # compressed domain, unnormalized reconstructions (WARP's implicit decompression)
-            exact = lk.lut_maxsim(q, s, self.codes, self.packed, self.doc_offsets, self.bucket_weights, self.nbits,
-                                  best, query_mask=query_mask, validate=False)
-        kk = min(k, exact.shape[1])
-        fin = exact.topk(kk, dim=1)
-        doc_idx = torch.gather(best, 1, fin.indices)
-        out_ids = torch.where(doc_idx >= 0, self.ids[doc_idx.clamp(min=0)], torch.full_like(doc_idx, -1))
-        out_scores = torch.where(doc_idx >= 0, fin.values, torch.full_like(fin.values, float("-inf")))
-        if kk < k:
-            pad_ids, pad_scores = _no_results(nq, k - kk, q.device)
-            out_ids, out_scores = torch.cat([out_ids, pad_ids], 1), torch.cat([out_scores, pad_scores], 1)
-        return out_ids, out_scores
+        k = _check_search(self.centroids.shape[1], self.device, queries, k, query_mask, ncells,
+                          centroid_score_threshold, ndocs, ndocs_exact, scorer)
+        return _search_segments(self._segments(), self.centroids, self.bucket_weights, self.nbits, self.ids,
+                                self._allowed_rows(subset, queries.shape[0])
+                                if subset is not None or self._any_deleted else None,
+                                queries, k, query_mask=query_mask, ncells=ncells,
+                                centroid_score_threshold=centroid_score_threshold, ndocs=ndocs,
+                                ndocs_exact=ndocs_exact, scorer=scorer)
+
+    def _segments(self):
+        return [_Segment(self.codes, self.packed, self.doc_offsets, self.ivf_offsets, self.ivf_docs, 0)]
 
     def _allowed_rows(self, subset, nq: int) -> torch.Tensor:
         """Which documents each query may return: live ones, within `subset` (one list of
@@ -656,12 +730,41 @@ class PLAIDIndex:
         return arr
 
     @classmethod
+    def create(cls, path: str, source, **kwargs):
+        """Builds an index from `source` straight into the directory `path` (new or empty)
+        in bounded memory and returns it opened (lateint.plaid_store.SegmentedIndex, arrays
+        memory-mapped). `source`: an embeddings directory (tokens.npy float32/float16 +
+        offsets.npy, read memory-mapped), a list of chunks (tokens [t, dim] float32 /
+        float16 / bfloat16, offsets int [m + 1] from 0[, ids]) or a function returning an
+        iterator of chunks; it is read three times (count, sample, compress), a chunk at a
+        time, and never copied whole. Peak memory is set by `chunk_tokens` (default 2^18),
+        the k-means sample and the centroids, not by the corpus. Keywords: nbits, seed,
+        n_centroids, kmeans_niter (20), max_points_per_centroid (256: at most that many
+        k-means points per centroid), sample_docs, chunk_tokens, show_progress_bar,
+        metadata, verify. Same documents and seed -> bit-identical files, however the
+        corpus is cut into chunks, and the arrays `build` computes."""
+        from . import plaid_store
+
+        return plaid_store.create(path, source, **kwargs)
+
+    @classmethod
+    def open(cls, path: str, *, verify: bool = True):
+        """Opens an index `create` wrote (lateint.plaid_store.SegmentedIndex)."""
+        from . import plaid_store
+
+        return plaid_store.SegmentedIndex.open(path, verify=verify)
+
+    @classmethod
     def load(cls, path: str) -> "PLAIDIndex":
         """Loads an index saved by `save`, arrays memory-mapped (copy-on-write). Refuses, with
         IndexFormatError naming the file, a directory that is not a complete, intact index of
         this format version. A load racing a save of the same index returns the old or the
         new version, never a mix or an error: when the version it started on is removed under
         it, it starts over on the one CURRENT names then."""
+        from . import plaid_store
+
+        if plaid_store.is_store(path):
+            return plaid_store.SegmentedIndex.open(path)
         seen, missing = None, "?"
         for _ in range(_LOAD_ATTEMPTS):
             name, meta_sha = _read_current(path)
