@@ -353,3 +353,52 @@ def test_load_opens_a_segmented_index_and_metadata_round_trips(tmp_path, corpus)
     assert SegmentedIndex.open(idx.path).metadata == {"model": "x"}
     with pytest.raises(TypeError, match="JSON"):
         idx.set_metadata({"bad": object()})
+
+
+def test_drift_appends_centroids_for_new_topics(tmp_path):
+    """Documents from topics the build never saw: their tokens are outliers; the expansion
+    appends centroids they are coded to, which shrinks their reconstruction error and
+    finds them better than the frozen codec; old segments keep their codes."""
+    import lateint_kernels as lk
+
+
+    q_old, t_old, o_old, _ = clustered_corpus(500, 8, 40, 64, nq=4, n_topics=32, seed=31, noise=0.7)
+    q_new, t_new, o_new, _ = clustered_corpus(250, 8, 40, 64, nq=24, lq=16, n_topics=32, seed=32, noise=0.7)
+    ids_new = list(range(1000, 1250))
+    frozen = PLAIDIndex.create(tmp_path / "frozen", [(t_old, o_old)], **KW)
+    grown = PLAIDIndex.create(tmp_path / "grown", [(t_old, o_old)], **KW)
+    k0 = grown.centroids.shape[0]
+    old_codes = grown._state.segments[0].codes.clone()
+    # tokens like the build's are not outliers: no expansion by default
+    same = grown.add(t_old[:int(o_old[20])] * 1.0, o_old[:21], list(range(5000, 5020)), merge_factor=None)
+    assert same["new_centroids"] == 0 and same["outlier_fraction"] < 0.05
+    r_frozen = frozen.add(t_new, o_new, ids_new, expand=False)
+    r_grown = grown.add(t_new, o_new, ids_new, merge_factor=None)
+    assert r_frozen["new_centroids"] == 0 and r_frozen["outlier_fraction"] is None
+    assert r_grown["outlier_fraction"] > 0.5 and r_grown["new_centroids"] > 0
+    assert grown.centroids.shape[0] == k0 + r_grown["new_centroids"]
+    assert torch.equal(grown.centroids[:k0], frozen.centroids)
+    assert torch.equal(grown._state.segments[0].codes, old_codes)
+    new_seg = grown._state.segments[-1]
+    assert (new_seg.codes >= k0).float().mean() > 0.5
+
+    def err(index):
+        seg = index._state.segments[-1]
+        rec = lk.decompress_residuals(seg.codes, seg.packed, index.centroids, index.bucket_weights, index.nbits)
+        return float(((rec - t_new.float()) ** 2).sum(1).mean())
+
+    assert err(grown) < 0.7 * err(frozen), (err(grown), err(frozen))
+    exact = lk.maxsim(q_new, t_new, o_new).topk(10, dim=1).indices + 1000
+
+    def recall(index):
+        ids, _ = index.search(q_new, 10)
+        return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact)) / exact.numel()
+
+    assert recall(grown) > recall(frozen), (recall(grown), recall(frozen))
+    # the expanded codec persists, with old segments' IVF padded to the new centroid count
+    again = SegmentedIndex.open(grown.path)
+    _same(again.search(q_new, 10), grown.search(q_new, 10))
+    assert not any(e == "codec-1" for e in os.listdir(grown.path))
+    merged = SegmentedIndex.open(grown.path)
+    merged.merge()
+    _same(merged.search(q_new, 10), grown.search(q_new, 10))

@@ -93,7 +93,8 @@ class _Shard:
         return torch.isin(ids, st.ids[~st.deleted])
 
     def add(self, tokens, offsets, ids, merge_factor):
-        self.index.add(tokens, offsets, ids, merge_factor=merge_factor)
+        # the shards share one codec: no shard appends centroids on its own
+        self.index.add(tokens, offsets, ids, merge_factor=merge_factor, expand=False)
         return self.index.n_docs
 
     def delete(self, ids):
@@ -223,11 +224,12 @@ class ShardedIndex:
 
 
 # -------------------------------------------------------------------------------------
-def _build_shard(path: str, codec_arrays, spec, nbits: int, dim: int, chunk_tokens: int) -> int:
+def _build_shard(path: str, codec_arrays, outlier_score: float, spec, nbits: int, dim: int,
+                 chunk_tokens: int) -> int:
     """A Ray task: one shard (its copy of the codec, one segment, a manifest). spec:
     ("dir", embeddings directory, first document, end document, ids) read memory-mapped
     where the task runs, or ("chunks", [(tokens, offsets, ids), ...])."""
-    codec = _source.Codec(*[torch.from_numpy(np.array(a)) for a in codec_arrays], nbits)
+    codec = _source.Codec(*[torch.from_numpy(np.array(a)) for a in codec_arrays], nbits, outlier_score)
     if spec[0] == "dir":
         _, d, d0, d1, ids = spec
         tok = np.load(os.path.join(d, "tokens.npy"), mmap_mode="r", allow_pickle=False)
@@ -286,7 +288,8 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
             s = next(i for i in range(n_shards) if bounds[i] <= c.no < bounds[i + 1])
             per[s].append((c.tokens, c.offsets, ids[c.doc0:c.doc0 + c.n_docs]))
         specs = [("chunks", p) for p in per]
-    refs = [task.remote(os.path.join(path, f"shard-{s}"), arrays, spec, nbits, src.dim, chunk_tokens)
+    refs = [task.remote(os.path.join(path, f"shard-{s}"), arrays, codec.outlier_score, spec, nbits, src.dim,
+                        chunk_tokens)
             for s, spec in enumerate(specs)]
     ray.get(refs)
     write_file_atomic(os.path.join(path, "SHARDS.json"), json.dumps(

@@ -214,11 +214,16 @@ class Source:
 class Codec:
     """centroids float32 [k, dim] (float16-rounded: what the disk keeps), bucket_cutoffs,
     bucket_weights, nbits."""
-    __slots__ = ("centroids", "bucket_cutoffs", "bucket_weights", "nbits")
+    __slots__ = ("centroids", "bucket_cutoffs", "bucket_weights", "nbits", "outlier_score")
 
-    def __init__(self, centroids, bucket_cutoffs, bucket_weights, nbits):
+    def __init__(self, centroids, bucket_cutoffs, bucket_weights, nbits, outlier_score=None):
         self.centroids, self.bucket_cutoffs, self.bucket_weights, self.nbits = (
             centroids, bucket_cutoffs, bucket_weights, nbits)
+        # a token whose best centroid score is below this is an outlier (centroid drift)
+        self.outlier_score = outlier_score
+
+
+OUTLIER_QUANTILE = 0.01  # share of the build sample's held-out tokens that count as outliers
 
 
 def scan(src: Source, ids_wanted: bool, progress: bool) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
@@ -300,9 +305,47 @@ def train_codec(src: Source, lengths: np.ndarray, *, nbits: int, seed: int, n_ce
     centroids = _kmeans.fit(train, n_centroids, niter=kmeans_niter, seed=seed, show_progress_bar=progress)
     centroids = centroids.half().float()  # what the disk keeps: compute with exactly that
     ref = held if n_held else train
-    ref_codes = lk.kmeans_assign(ref, centroids)
+    ref_codes, ref_scores = lk.kmeans_assign(ref, centroids, return_scores=True)
     cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
-    return Codec(centroids, cutoffs, weights, nbits)
+    outlier = float(ref_scores.kthvalue(max(1, math.ceil(OUTLIER_QUANTILE * ref_scores.shape[0]))).values)
+    return Codec(centroids, cutoffs, weights, nbits, outlier)
+
+
+def expand_codec(src: Source, codec: Codec, *, expand: Optional[bool], min_fraction: float, seed: int,
+                 kmeans_niter: int, max_points_per_centroid: Optional[int], n_new_centroids: Optional[int],
+                 progress: bool = False) -> Tuple[Optional[Codec], float]:
+    """Centroid drift: the source's tokens whose best centroid score is below the codec's
+    outlier score (the build sample's 1% quantile) are outliers. When there are any and
+    `expand` is True, or `expand` is None and they are at least `min_fraction` of the
+    tokens, new centroids are trained on them (PLAID's count rule on the outliers unless
+    n_new_centroids; at most max_points_per_centroid points each) and appended: a codec
+    whose first centroids are the old ones, so existing codes stay valid. Returns (the
+    expanded codec or None, the outlier fraction)."""
+    masks, n_out, total = [], 0, 0
+    for c in src.passes("outliers", progress):
+        _, sc = lk.kmeans_assign(c.tokens.float().contiguous(), codec.centroids, return_scores=True)
+        m = sc < codec.outlier_score
+        masks.append(m)
+        n_out += int(m.sum())
+        total += m.shape[0]
+    frac = n_out / max(1, total)
+    if expand is False or n_out < 2 or (expand is None and frac < min_fraction):
+        return None, frac
+    k_new = min(n_out, n_new_centroids or _kmeans.plaid_num_centroids(n_out))
+    cap = n_out if max_points_per_centroid is None else min(n_out, k_new * max_points_per_centroid)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.sort(torch.randperm(n_out, generator=g)[:cap]).values
+    rows = torch.empty(pick.shape[0], codec.centroids.shape[1])
+    seen = filled = 0
+    for c, m in zip(src.passes(), masks):
+        idx = m.nonzero().squeeze(1)
+        sel = pick[(pick >= seen) & (pick < seen + idx.shape[0])] - seen
+        rows[filled:filled + sel.shape[0]] = c.tokens[idx[sel]].float()
+        filled += sel.shape[0]
+        seen += idx.shape[0]
+    new = _kmeans.fit(rows, k_new, niter=kmeans_niter, seed=seed, show_progress_bar=progress).half().float()
+    return Codec(torch.cat([codec.centroids, new]), codec.bucket_cutoffs, codec.bucket_weights, codec.nbits,
+                 codec.outlier_score), frac
 
 
 def encode_chunk(tokens: torch.Tensor, codec: Codec) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -143,6 +143,10 @@ def _check_manifest(root: str, name: str, m) -> dict:
                               and re.fullmatch(r"tombstones-[0-9]+\.npy", t["file"])
                               and files_ok({"t": t.get("info")}, ["t"])):
         raise IndexFormatError(f"{where}: a malformed 'tombstones' entry")
+    d = m["drift"]
+    if d is not None and not (isinstance(d, dict) and set(d) == {"outlier_score", "quantile"}
+                              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.values())):
+        raise IndexFormatError(f"{where}: a malformed 'drift' entry")
     if m["nbits"] not in (1, 2, 4, 8) or not isinstance(m["dim"], int) or not isinstance(m["user"], dict):
         raise IndexFormatError(f"{where}: bad nbits, dim or user entries")
     return m
@@ -152,7 +156,9 @@ def _check_manifest(root: str, name: str, m) -> dict:
 class _State:
     """One immutable, opened state of the index: what a search reads (taken once per search)."""
 
-    def __init__(self, root: str, manifest: dict, verify: bool):
+    def __init__(self, root: str, manifest: dict, verify: bool, reuse: Optional["_State"] = None):
+        """reuse: a state of the same index whose segments (immutable) are taken over
+        instead of opened again, so a change costs what it writes, not the index's size."""
         self.manifest = manifest
         nbits = manifest["nbits"]
         c = manifest["codec"]
@@ -170,12 +176,24 @@ class _State:
         self.segments: List[_Segment] = []
         self.seg_numbers: List[int] = []
         ids, base = [], 0
+        old = {} if reuse is None else {f"seg-{num}": (seg, i) for num, seg, i in
+                                        zip(reuse.seg_numbers, reuse.segments, reuse.seg_ids)}
+        self.seg_ids: List[torch.Tensor] = []
         for s in manifest["segments"]:
-            a = {key: _load_array(root, f"{s['dir']}/{key}.npy", s["files"][key], verify) for key in _SEG_FILES}
-            seg = self._segment(root, s["dir"], a, k, dim, nbits, base)
+            if s["dir"] in old:
+                prev, seg_ids = old[s["dir"]]
+                ivf_off = prev.ivf_offsets
+                if ivf_off.shape[0] < k + 1:  # centroids were appended
+                    ivf_off = torch.cat([ivf_off, ivf_off[-1:].expand(k + 1 - ivf_off.shape[0])])
+                seg = _Segment(prev.codes, prev.packed, prev.doc_offsets, ivf_off, prev.ivf_docs, base)
+            else:
+                a = {key: _load_array(root, f"{s['dir']}/{key}.npy", s["files"][key], verify) for key in _SEG_FILES}
+                seg = self._segment(root, s["dir"], a, k, dim, nbits, base)
+                seg_ids = _t(a["ids"])
             self.segments.append(seg)
             self.seg_numbers.append(int(s["dir"][4:]))
-            ids.append(_t(a["ids"]))
+            self.seg_ids.append(seg_ids)
+            ids.append(seg_ids)
             base += seg.n_docs
         self.n_docs = base
         self.ids = torch.cat(ids) if ids else torch.empty(0, dtype=torch.int64)
@@ -362,11 +380,19 @@ class SegmentedIndex:
             os.close(lock)
 
     def add(self, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Sequence[int], *,
-            merge_factor: Optional[int] = 8, chunk_tokens: int = 1 << 18) -> None:
-        """Appends documents as one new segment under the index's codec (no k-means, nothing
-        else rewritten), then swaps the manifest. With merge_factor set, the newest
-        segments are merged when merge_factor of them fall in the same size tier (tiered
-        merging keeps the count logarithmic in the index's size)."""
+            merge_factor: Optional[int] = 8, chunk_tokens: int = 1 << 18, expand: Optional[bool] = None,
+            expand_fraction: float = 0.05, n_new_centroids: Optional[int] = None, kmeans_niter: int = 10,
+            max_points_per_centroid: Optional[int] = 256, seed: int = 0) -> dict:
+        """Appends documents as one new segment under the index's codec (nothing else
+        rewritten), then swaps the manifest. With merge_factor set, the newest segments are
+        merged when merge_factor of them fall in the same size tier (tiered merging keeps
+        the count logarithmic in the index's size).
+
+        Centroid drift: tokens far from every centroid (best score under the build sample's
+        1% quantile) are outliers. expand=True, or expand=None (default) when outliers are
+        at least `expand_fraction` of the new tokens, trains new centroids on them and
+        appends them to the codec before the documents are coded (old segments keep their
+        codes); expand=False never does. Returns {"outlier_fraction", "new_centroids"}."""
         op = "SegmentedIndex.add"
         with self._writing(op) as st:
             _positive_int(op, "chunk_tokens", chunk_tokens)
@@ -379,8 +405,25 @@ class SegmentedIndex:
                 clash = torch.isin(ids_t, st.ids[~st.deleted])
                 if bool(clash.any()):
                     raise ValueError(f"{op}: ids already in the index: {ids_t[clash][:5].tolist()}")
-            codec = _source.Codec(st.centroids, st.bucket_cutoffs, st.bucket_weights, st.nbits)
             m = json.loads(json.dumps(st.manifest))
+            drift = m["drift"]
+            codec = _source.Codec(st.centroids, st.bucket_cutoffs, st.bucket_weights, st.nbits,
+                                  None if drift is None else drift["outlier_score"])
+            report = {"outlier_fraction": None, "new_centroids": 0}
+            if drift is not None and expand is not False:
+                if isinstance(expand_fraction, bool) or not isinstance(expand_fraction, (int, float)) or not (
+                        0 <= expand_fraction <= 1):
+                    raise ValueError(f"{op}: `expand_fraction` must be a number in [0, 1], got {expand_fraction!r}")
+                grown, report["outlier_fraction"] = _source.expand_codec(
+                    src, codec, expand=expand, min_fraction=expand_fraction, seed=seed, kmeans_niter=kmeans_niter,
+                    max_points_per_centroid=max_points_per_centroid, n_new_centroids=n_new_centroids)
+                if grown is not None:
+                    report["new_centroids"] = grown.centroids.shape[0] - codec.centroids.shape[0]
+                    cnum = m["next"]["codec"]
+                    m["next"]["codec"] += 1
+                    _step("codec")
+                    m["codec"] = _write_codec(self.path, cnum, grown)
+                    codec = grown
             num = m["next"]["segment"]
             m["next"]["segment"] += 1
             _step("segment")
@@ -389,6 +432,7 @@ class SegmentedIndex:
             self._commit(m, "add")
             if merge_factor is not None:
                 self._tiered_merge(_positive_int(op, "merge_factor", merge_factor))
+        return report
 
     def delete(self, ids: Sequence[int]) -> None:
         """Tombstones live documents by id (search skips them; `merge` drops them)."""
@@ -475,7 +519,7 @@ class SegmentedIndex:
     def _commit(self, m: dict, what: str) -> None:
         m["generation"] += 1
         _commit_manifest(self.path, m, what)
-        self._state = _State(self.path, m, verify=False)
+        self._state = _State(self.path, m, verify=False, reuse=self._state)
         _collect(self.path, m)
 
 
@@ -722,14 +766,25 @@ def create_from_codec(path: str, source, codec: "_source.Codec", dim: int, *, id
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "LOCK"), "a"):
         pass
-    ctmp = os.path.join(path, f".tmp-codec-1-{os.getpid()}")
-    os.makedirs(ctmp)
-    cfiles = {"centroids": _write_npy(os.path.join(ctmp, "centroids.npy"), codec.centroids.half().numpy()),
-              "bucket_cutoffs": _write_npy(os.path.join(ctmp, "bucket_cutoffs.npy"), codec.bucket_cutoffs.numpy()),
-              "bucket_weights": _write_npy(os.path.join(ctmp, "bucket_weights.npy"), codec.bucket_weights.numpy())}
-    _publish_dir(ctmp, os.path.join(path, "codec-1"))
+    cent = _write_codec(path, 1, codec)
     entry = _write_segment(path, 1, source, codec, ids, progress)
+    drift = None if codec.outlier_score is None else {"outlier_score": codec.outlier_score,
+                                                      "quantile": _source.OUTLIER_QUANTILE}
     m = {"format": FORMAT, "version": STORE_VERSION, "generation": 1, "nbits": codec.nbits, "dim": dim,
-         "codec": {"dir": "codec-1", "files": cfiles}, "segments": [entry], "tombstones": None,
-         "next": {"segment": 2, "codec": 2}, "drift": None, "user": {} if metadata is None else metadata}
+         "codec": cent, "segments": [entry], "tombstones": None,
+         "next": {"segment": 2, "codec": 2}, "drift": drift, "user": {} if metadata is None else metadata}
     _commit_manifest(path, m, "create")
+
+
+def _write_codec(path: str, num: int, codec: "_source.Codec") -> dict:
+    """codec-<num> (temporary name, fsync, rename); returns its manifest entry."""
+    name = f"codec-{num}"
+    tmp = os.path.join(path, f".tmp-{name}-{os.getpid()}")
+    if os.path.lexists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    files = {"centroids": _write_npy(os.path.join(tmp, "centroids.npy"), codec.centroids.half().numpy()),
+             "bucket_cutoffs": _write_npy(os.path.join(tmp, "bucket_cutoffs.npy"), codec.bucket_cutoffs.numpy()),
+             "bucket_weights": _write_npy(os.path.join(tmp, "bucket_weights.npy"), codec.bucket_weights.numpy())}
+    _publish_dir(tmp, os.path.join(path, name))
+    return {"dir": name, "files": files}
