@@ -108,6 +108,43 @@ def test_add_then_delete(work):
     assert "doc13" not in docs and "doc0" not in docs and "doc14" in docs
 
 
+def test_index_is_segmented_add_writes_a_segment_and_merge_joins_them(work):
+    from lateint.plaid_store import SegmentedIndex
+
+    assert lateint("index", "build", "--embeddings", "doc_emb", "--index", "seg", "--nbits", "2",
+                   "--chunk-tokens", "100", cwd=work).returncode == 0
+    before = SegmentedIndex.open(str(work / "seg"))
+    assert before.n_segments == 1 and before.n_docs == 12
+    seg_files = sorted(os.listdir(work / "seg" / "seg-1"))
+    r = lateint("index", "add", "--index", "seg", "--embeddings", "more_emb", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = SegmentedIndex.open(str(work / "seg"))
+    assert after.n_segments == 2 and after.n_docs == len(ARTICLES)
+    assert sorted(os.listdir(work / "seg" / "seg-1")) == seg_files  # the first segment untouched
+    assert lateint("search", "--index", "seg", "--queries", "q_emb", "--output", "seg1.trec", cwd=work).returncode == 0
+    r = lateint("index", "merge", "--index", "seg", cwd=work)
+    assert r.returncode == 0 and "merged 2 segments into 1" in r.stdout, r.stderr[-2000:]
+    assert lateint("search", "--index", "seg", "--queries", "q_emb", "--output", "seg2.trec", cwd=work).returncode == 0
+    assert (work / "seg1.trec").read_text() == (work / "seg2.trec").read_text()
+
+
+def test_sharded_build_and_search_on_ray(work):
+    pytest.importorskip("ray") if not os.environ.get("LATEINT_REQUIRE_RAY") else None
+    r = lateint("index", "build", "--embeddings", "doc_emb", "--index", "sh", "--nbits", "2", "--shards", "3",
+                "--chunk-tokens", "60", cwd=work)
+    assert r.returncode == 0 and "3 shards" in r.stdout, r.stderr[-2000:]
+    assert sorted(e for e in os.listdir(work / "sh") if e.startswith("shard-")) == ["shard-0", "shard-1", "shard-2"]
+    r = lateint("search", "--index", "sh", "--queries", "q_emb", "--output", "sh.trec", "--k", "5", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = _run(work / "sh.trec")
+    hits = sum(any(d == f"doc{int(q[1:])}" for _, d, _ in rows) for q, rows in run.items() if int(q[1:]) < 12)
+    assert hits >= 10, run
+    r = lateint("index", "add", "--index", "sh", "--embeddings", "more_emb", cwd=work)
+    assert r.returncode == 2 and "sharded index" in r.stderr
+    r = lateint("search", "--index", "seg", "--queries", "q_emb", "--output", "x.trec", "--ray", "auto", cwd=work)
+    assert r.returncode == 2 and "not a sharded index" in r.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["encode", "--input", "missing.jsonl", "--output", "x"], "missing.jsonl"),
     (["encode", "--input", "bad.jsonl", "--output", "x"], "bad.jsonl:2"),

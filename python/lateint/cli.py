@@ -83,6 +83,8 @@ def main(argv=None) -> int:
   lateint evaluate --run run.trec --qrels qrels.txt               # 'qid 0 docid 1' lines
   lateint index add --index my_index --embeddings more_emb
   lateint index delete --index my_index --ids doc7 doc9
+  lateint index merge --index my_index                            # segments -> one
+  lateint index build --embeddings doc_emb --index sharded --shards 4 --ray HEAD:6379
   lateint train --train pairs.jsonl --output my_model             # then --model my_model above
 each command has --help; exit status 0 on success, 2 on bad arguments or input files""")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -148,9 +150,15 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     b.add_argument("--pool-factor", type=_POS, default=1, help="pool tokens while indexing (default 1: off)")
     b.add_argument("--seed", type=_NONNEG, default=0)
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    b.add_argument("--chunk-tokens", type=_POS, default=1 << 18,
+                   help="tokens compressed at a time (bounds the build's memory; default 262144)")
+    b.add_argument("--shards", type=_POS, help="build N shards of one codec on Ray (see --ray)")
+    b.add_argument("--ray", metavar="ADDRESS", help="a Ray cluster's address (default with --shards: a local one)")
     a_ = ixs.add_parser("add", help="add documents (new ids) without a rebuild")
     a_.add_argument("--index", required=True, metavar="DIR")
     a_.add_argument("--embeddings", required=True, metavar="DIR")
+    mg = ixs.add_parser("merge", help="merge the index's segments into one, dropping deleted documents")
+    mg.add_argument("--index", required=True, metavar="DIR")
     dl = ixs.add_parser("delete", help="delete documents by id")
     dl.add_argument("--index", required=True, metavar="DIR")
     dl.add_argument("--ids", nargs="+", metavar="ID")
@@ -158,6 +166,8 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     dl.add_argument("--compact", action="store_true", help="also drop the deleted documents' data")
     se = sub.add_parser("search", help="search an index; write a TREC run file")
     se.add_argument("--index", required=True, metavar="DIR")
+    se.add_argument("--ray", metavar="ADDRESS", help="search a sharded index on this Ray cluster (default: a "
+                    "local one)")
     se.add_argument("--queries", required=True, metavar="PATH",
                     help="a queries embeddings directory, or a JSONL of texts (encoded with the index's model)")
     se.add_argument("--output", required=True, metavar="FILE", help="TREC run file to write")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -175,13 +176,17 @@ def write_text_atomic(path: str, text: str, arg: str) -> None:
         raise UsageError(f"{arg} {path}: cannot write there ({e.strerror or e})") from None
 
 
-def read_embeddings(path: str):
-    """-> (tokens, offsets, ids, info), validated."""
+def read_embeddings(path: str, mmap: bool = False):
+    """-> (tokens, offsets, ids, info), validated. mmap: tokens memory-mapped, read-only
+    (float32 or float16), not loaded."""
     need = ("tokens.npy", "offsets.npy", "ids.json", "info.json")
     if not os.path.isdir(path) or not all(os.path.isfile(os.path.join(path, n)) for n in need):
         raise UsageError(f"{path}: not an embeddings directory (needs {', '.join(need)}; see `lateint encode`)")
     try:
-        tokens = torch.from_numpy(np.load(os.path.join(path, "tokens.npy"), allow_pickle=False))
+        tok = np.load(os.path.join(path, "tokens.npy"), allow_pickle=False, mmap_mode="r" if mmap else None)
+        with warnings.catch_warnings():  # a read-only map: only read
+            warnings.simplefilter("ignore", UserWarning)
+            tokens = torch.from_numpy(tok)
         offsets = torch.from_numpy(np.load(os.path.join(path, "offsets.npy"), allow_pickle=False))
         with open(os.path.join(path, "ids.json"), encoding="utf-8") as f:
             ids = json.load(f)
@@ -195,7 +200,8 @@ def read_embeddings(path: str):
         raise UsageError(f"{path}: ids.json must hold a list of string (or integer) ids")
     if len(set(map(str, ids))) != len(ids):
         raise UsageError(f"{path}: ids.json holds duplicate ids")
-    ok = (tokens.dim() == 2 and tokens.dtype == torch.float32 and offsets.dim() == 1 and offsets.dtype == torch.int64
+    floats = (torch.float32, torch.float16) if mmap else (torch.float32,)
+    ok = (tokens.dim() == 2 and tokens.dtype in floats and offsets.dim() == 1 and offsets.dtype == torch.int64
           and isinstance(ids, list) and len(ids) == offsets.numel() - 1 and offsets.numel() >= 2
           and int(offsets[0]) == 0 and int(offsets[-1]) == tokens.shape[0]
           and bool((offsets[1:] >= offsets[:-1]).all()))
@@ -303,9 +309,20 @@ def train(args) -> int:
     return 0
 
 
-def _load_index(path: str):
+def _load_index(path: str, ray_address: Optional[str] = None):
     from .plaid import IndexFormatError, PLAIDIndex
     try:
+        if os.path.isfile(os.path.join(path, "SHARDS.json")):
+            from .plaid_ray import ShardedIndex
+
+            index = ShardedIndex.open(path, ray_address=ray_address)
+            names = index.metadata.get("names")
+            if not isinstance(names, list):
+                raise UsageError(f"{path}: sharded index has no document id table (not built by `lateint index "
+                                 "build`)")
+            return index, names
+        if ray_address is not None:
+            raise UsageError(f"--ray: {path} is not a sharded index (build one with `lateint index build --shards N`)")
         index = PLAIDIndex.load(path)
     except IndexFormatError as e:
         raise UsageError(str(e)) from None
@@ -326,35 +343,69 @@ def _save_index(index, path: str) -> None:
         raise UsageError(f"--index {path}: cannot write there ({e.strerror or e})") from None
 
 
-def index_cmd(args) -> int:
+def _is_our_index(path: str) -> bool:
+    """An index directory lateint wrote (CURRENT or SHARDS.json at its top): the only kind
+    --overwrite replaces."""
+    return os.path.isdir(path) and not os.path.islink(path) and (
+        os.path.isfile(os.path.join(path, "CURRENT")) or os.path.isfile(os.path.join(path, "SHARDS.json")))
+
+
+def _index_build(args) -> int:
     from .plaid import PLAIDIndex
+    tokens, offsets, ids, info = read_embeddings(args.embeddings, mmap=True)
+    if info.get("kind") == "queries":
+        raise UsageError(f"{args.embeddings}: holds queries, not documents")
+    if os.path.lexists(args.index) and not os.path.isdir(args.index):
+        raise UsageError(f"--index {args.index}: exists and is not a directory")
+    if _is_our_index(args.index) and not args.overwrite:
+        raise UsageError(f"{args.index}: an index exists there (--overwrite replaces it)")
+    if os.path.isdir(args.index) and os.listdir(args.index) and not _is_our_index(args.index):
+        raise UsageError(f"--index {args.index}: a non-empty directory that is not an index; "
+                         "not writing into it (give a new or empty directory)")
+    if args.ray is not None and not args.shards:
+        raise UsageError("--ray needs --shards N (a sharded index is built and searched on Ray)")
+    meta = {"names": ids, "model": info.get("model"), "dim": info.get("dim"),
+            "document_length": info.get("document_length")}
+    source = args.embeddings  # streamed: read memory-mapped, a chunk at a time
+    if args.pool_factor != 1:
+        import lateint_kernels as lk
+        pooled = lk.token_pool(tokens.float(), offsets, args.pool_factor)
+        source = [(pooled[0], pooled[1])]
+    del tokens
+    t = time.perf_counter()
+    try:
+        with atomic_directory(os.path.abspath(args.index), replace_if=_is_our_index) as tmp:
+            if args.shards:
+                from .plaid_ray import create_sharded
+                create_sharded(tmp, source, args.shards, ray_address=args.ray, nbits=args.nbits, seed=args.seed,
+                               chunk_tokens=args.chunk_tokens, metadata=meta, show_progress_bar=True)
+                summary = f"{args.shards} shards"
+            else:
+                index = PLAIDIndex.create(tmp, source, nbits=args.nbits, seed=args.seed, metadata=meta,
+                                          chunk_tokens=args.chunk_tokens, show_progress_bar=True)
+                summary = f"{index.n_tokens:,} tokens, {index.bytes_per_token():.1f} bytes per token"
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{args.embeddings}: {e}") from None
+    except NotOurs:
+        raise UsageError(f"--index {args.index}: exists and is not an index; not replacing it") from None
+    except OSError as e:
+        raise UsageError(f"--index {args.index}: cannot write there ({e.strerror or e})") from None
+    print(f"indexed {len(ids)} documents (nbits {args.nbits}, {summary}) in {time.perf_counter() - t:.1f} s "
+          f"-> {args.index}")
+    return 0
+
+
+def index_cmd(args) -> int:
+    from .plaid_store import SegmentedIndex
     if args.action == "build":
-        tokens, offsets, ids, info = read_embeddings(args.embeddings)
-        if info.get("kind") == "queries":
-            raise UsageError(f"{args.embeddings}: holds queries, not documents")
-        if os.path.lexists(args.index) and not os.path.isdir(args.index):
-            raise UsageError(f"--index {args.index}: exists and is not a directory")
-        if os.path.exists(os.path.join(args.index, "CURRENT")) and not args.overwrite:
-            raise UsageError(f"{args.index}: an index exists there (--overwrite replaces it)")
-        if os.path.isdir(args.index) and os.listdir(args.index) and \
-                not os.path.exists(os.path.join(args.index, "CURRENT")):
-            raise UsageError(f"--index {args.index}: a non-empty directory that is not an index; "
-                             "not writing into it (give a new or empty directory)")
-        t = time.perf_counter()
-        try:
-            index = PLAIDIndex.build(tokens, offsets, nbits=args.nbits, seed=args.seed,
-                                     pool_factor=args.pool_factor, show_progress_bar=True)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"{args.embeddings}: {e}") from None
-        index.metadata = {"names": ids, "model": info.get("model"), "dim": info.get("dim"),
-                          "document_length": info.get("document_length")}
-        _save_index(index, args.index)
-        print(f"indexed {index.n_docs} documents ({index.n_tokens:,} tokens, nbits {args.nbits}) in "
-              f"{time.perf_counter() - t:.1f} s: {index.bytes_per_token('disk'):.1f} bytes per token -> {args.index}")
-        return 0
+        return _index_build(args)
     index, names = _load_index(args.index)
+    if not isinstance(index, SegmentedIndex) and not hasattr(index, "save"):
+        raise UsageError(f"{args.index}: a sharded index; `lateint index {args.action}` works on one index "
+                         "(use lateint.plaid_ray.ShardedIndex from Python)")
+    store = isinstance(index, SegmentedIndex)
     if args.action == "add":
-        tokens, offsets, ids, info = read_embeddings(args.embeddings)
+        tokens, offsets, ids, info = read_embeddings(args.embeddings, mmap=True)
         if info.get("kind") == "queries":
             raise UsageError(f"{args.embeddings}: holds queries, not documents")
         if tokens.shape[1] != index.centroids.shape[1]:
@@ -365,13 +416,27 @@ def index_cmd(args) -> int:
         if clash:
             raise UsageError(f"ids already in the index: {clash[:5]} (delete them first)")
         new = list(range(len(names), len(names) + len(ids)))
+        meta = dict(index.metadata, names=names + ids)
         try:
-            index.add(tokens, offsets, new)
+            if store:  # one new segment; the names in the same manifest swap
+                index.add(tokens, offsets, new, metadata=meta)
+            else:
+                index.add(tokens.float(), offsets, new)
+                index.metadata = meta
+                _save_index(index, args.index)
         except (ValueError, TypeError) as e:
             raise UsageError(f"{args.embeddings}: {e}") from None
-        index.metadata["names"] = names + ids
-        _save_index(index, args.index)
         print(f"added {len(ids)} documents; the index now holds {int((~index.deleted).sum())}")
+        return 0
+    if args.action == "merge":
+        if store:
+            before = index.n_segments
+            index.merge()
+            print(f"merged {before} segments into {index.n_segments}; the index holds {index.n_docs} documents")
+        else:
+            index.compact()
+            _save_index(index, args.index)
+            print(f"compacted; the index holds {index.n_docs} documents")
         return 0
     # delete
     wanted = list(args.ids or [])
@@ -385,16 +450,19 @@ def index_cmd(args) -> int:
     if unknown:
         raise UsageError(f"ids not in the index: {unknown[:5]}")
     index.delete([by_name[w] for w in wanted])
-    if args.compact:
+    if args.compact and store:
+        index.merge()
+    elif args.compact:
         index.compact()
-    _save_index(index, args.index)
+    if not store:
+        _save_index(index, args.index)
     print(f"deleted {len(wanted)} documents; the index now holds {int((~index.deleted).sum())}")
     return 0
 
 
 def search(args) -> int:
     check_output_path(args.output, "--output")
-    index, names = _load_index(args.index)
+    index, names = _load_index(args.index, getattr(args, "ray", None))
     if os.path.isdir(args.queries):
         tokens, offsets, qids, info = read_embeddings(args.queries)
     else:
@@ -407,8 +475,8 @@ def search(args) -> int:
         emb = model.encode(texts, is_query=True, show_progress_bar=True)
         tokens, offsets = emb.tokens, emb.offsets
     import lateint_kernels as lk
-    if tokens.shape[1] != index.centroids.shape[1]:
-        raise UsageError(f"queries have dim {tokens.shape[1]}, the index {index.centroids.shape[1]} "
+    if tokens.shape[1] != index.dim:
+        raise UsageError(f"queries have dim {tokens.shape[1]}, the index {index.dim} "
                          "(encode them with the documents' model)")
     q, mask = lk.unpack(tokens, offsets)
     qmask = None if bool(mask.all()) else mask

@@ -519,6 +519,10 @@ class PLAIDIndex:
     def n_tokens(self) -> int:
         return self.codes.shape[0]
 
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
     # -----------------------------------------------------------------------------------
     @classmethod
     def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,

@@ -60,7 +60,7 @@ def _ensure_ray(address: Optional[str], num_cpus: Optional[int] = None):
     return ray
 
 
-def _read_shards(path: str) -> List[str]:
+def _read_shards(path: str) -> Tuple[List[str], dict]:
     f = os.path.join(path, "SHARDS.json")
     try:
         with open(f, encoding="utf-8") as fh:
@@ -71,9 +71,10 @@ def _read_shards(path: str) -> List[str]:
         raise IndexFormatError(f"{path}: SHARDS.json unreadable: {e}") from None
     if (not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT or meta.get("version") != 1
             or not isinstance(meta.get("shards"), list) or not meta["shards"]
-            or not all(isinstance(s, str) and s.startswith("shard-") and "/" not in s for s in meta["shards"])):
+            or not all(isinstance(s, str) and s.startswith("shard-") and "/" not in s for s in meta["shards"])
+            or not isinstance(meta.get("dim"), int) or not isinstance(meta.get("user"), dict)):
         raise IndexFormatError(f"{path}: SHARDS.json is not a lateint shard list of version 1")
-    return [os.path.join(path, s) for s in meta["shards"]]
+    return [os.path.join(path, s) for s in meta["shards"]], meta
 
 
 # -------------------------------------------------------------------------------------
@@ -127,9 +128,11 @@ class ShardedIndex:
     """Shards of one codec, searched together. `ShardedIndex.open(path, ray_address=...)`
     starts one actor per shard; `search_local` searches the same shards in this process."""
 
-    def __init__(self, path: str, shard_paths: List[str], actors, max_restarts: int):
+    def __init__(self, path: str, shard_paths: List[str], actors, max_restarts: int, meta: dict):
         self.path = path
         self.shard_paths = shard_paths
+        self.dim = meta["dim"]
+        self.metadata = meta["user"]
         self._actors = actors
         self.max_restarts = max_restarts
 
@@ -139,12 +142,12 @@ class ShardedIndex:
         """One Ray actor per shard (each opens its shard memory-mapped). max_restarts > 0:
         Ray restarts a dead actor from disk and retries the call that failed."""
         path = os.fspath(path)
-        shard_paths = _read_shards(path)
+        shard_paths, meta = _read_shards(path)
         ray = _ensure_ray(ray_address, num_cpus)
         actor_cls = ray.remote(_Shard).options(max_restarts=max_restarts, max_task_retries=max_restarts,
                                                 num_cpus=actor_cpus)
         actors = [actor_cls.remote(p) for p in shard_paths]
-        index = cls(path, shard_paths, actors, max_restarts)
+        index = cls(path, shard_paths, actors, max_restarts, meta)
         index._call_all("n_live")  # opened (or the error naming the shard)
         return index
 
@@ -250,7 +253,7 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
                    num_cpus: Optional[int] = None, nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None,
                    kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256,
                    sample_docs: Optional[int] = None, chunk_tokens: int = 1 << 18,
-                   show_progress_bar: bool = False) -> None:
+                   show_progress_bar: bool = False, metadata: Optional[dict] = None) -> None:
     """Builds `n_shards` shards of one codec under `path` (new or empty): the codec from a
     sample of the whole source (as PLAIDIndex.create), then each shard's run of chunks
     compressed by a Ray task. Shard i holds chunks [i*C/n, (i+1)*C/n) of the C chunks.
@@ -293,4 +296,5 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
             for s, spec in enumerate(specs)]
     ray.get(refs)
     write_file_atomic(os.path.join(path, "SHARDS.json"), json.dumps(
-        {"format": SHARDS_FORMAT, "version": 1, "shards": [f"shard-{s}" for s in range(n_shards)]}, indent=1))
+        {"format": SHARDS_FORMAT, "version": 1, "shards": [f"shard-{s}" for s in range(n_shards)], "dim": src.dim,
+         "user": {} if metadata is None else metadata}, indent=1))

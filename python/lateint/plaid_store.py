@@ -291,6 +291,10 @@ class SegmentedIndex:
         return sum(s.codes.shape[0] for s in self._state.segments)
 
     @property
+    def dim(self) -> int:
+        return self._state.centroids.shape[1]
+
+    @property
     def n_segments(self) -> int:
         return len(self._state.segments)
 
@@ -382,7 +386,7 @@ class SegmentedIndex:
     def add(self, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Sequence[int], *,
             merge_factor: Optional[int] = 8, chunk_tokens: int = 1 << 18, expand: Optional[bool] = None,
             expand_fraction: float = 0.05, n_new_centroids: Optional[int] = None, kmeans_niter: int = 10,
-            max_points_per_centroid: Optional[int] = 256, seed: int = 0) -> dict:
+            max_points_per_centroid: Optional[int] = 256, seed: int = 0, metadata: Optional[dict] = None) -> dict:
         """Appends documents as one new segment under the index's codec (nothing else
         rewritten), then swaps the manifest. With merge_factor set, the newest segments are
         merged when merge_factor of them fall in the same size tier (tiered merging keeps
@@ -392,8 +396,14 @@ class SegmentedIndex:
         1% quantile) are outliers. expand=True, or expand=None (default) when outliers are
         at least `expand_fraction` of the new tokens, trains new centroids on them and
         appends them to the codec before the documents are coded (old segments keep their
-        codes); expand=False never does. Returns {"outlier_fraction", "new_centroids"}."""
+        codes); expand=False never does. `metadata` (JSON) replaces the user metadata in
+        the same manifest swap. Returns {"outlier_fraction", "new_centroids"}."""
         op = "SegmentedIndex.add"
+        if metadata is not None:
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"{op}: `metadata` must be JSON-serializable: {e}") from None
         with self._writing(op) as st:
             _positive_int(op, "chunk_tokens", chunk_tokens)
             src = _source.Source([(doc_tokens, doc_offsets, ids)], op, dim=st.centroids.shape[1])
@@ -429,6 +439,8 @@ class SegmentedIndex:
             _step("segment")
             entry = _write_segment(self.path, num, src, codec, ids_t)
             m["segments"].append(entry)
+            if metadata is not None:
+                m["user"] = json.loads(json.dumps(metadata))
             self._commit(m, "add")
             if merge_factor is not None:
                 self._tiered_merge(_positive_int(op, "merge_factor", merge_factor))
