@@ -402,3 +402,36 @@ def test_drift_appends_centroids_for_new_topics(tmp_path):
     merged = SegmentedIndex.open(grown.path)
     merged.merge()
     _same(merged.search(q_new, 10), grown.search(q_new, 10))
+
+
+def test_two_level_codec_codes_through_cells(tmp_path, corpus):
+    """coarse_cells: hierarchical k-means and assignment through the nprobe best cells.
+    Bit-identical whatever the chunking, nearly always the flat nearest centroid, and
+    persisted (an add codes through the same cells; appended centroids are always scored)."""
+    import lateint_kernels as lk
+    from lateint.kmeans import assign_two_level
+
+    q, t, o = corpus
+    kw = dict(KW, n_centroids=256, coarse_cells=16, nprobe=4)
+    a = PLAIDIndex.create(tmp_path / "a", [(t, o)], **kw)
+    PLAIDIndex.create(tmp_path / "b", split(t, o, 900), **kw)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert "codec-1/coarse.npy" in _files(tmp_path / "a")
+    st = a._state
+    assert st.coarse.shape == (16, 64) and int(st.cell_offsets[-1]) == st.centroids.shape[0] == 256
+    codes = st.segments[0].codes
+    flat = lk.kmeans_assign(t.float(), st.centroids)
+    assert 0.9 < float((codes == flat).float().mean()) < 1.0 + 1e-9
+    # with every cell probed it is the flat assignment exactly (ties to the lower centroid)
+    full, _ = assign_two_level(t.float(), st.centroids, st.coarse, st.cell_offsets, 16)
+    assert torch.equal(full, flat)
+    ids, _ = a.search(q, 10)
+    exact = lk.maxsim(q, t.float(), o).topk(10, dim=1).indices
+    assert sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ids, exact)) / exact.numel() > 0.6
+    # drift on a two-level codec: appended centroids sit outside the cells and are scored for every token
+    q2, t2, o2, _ = clustered_corpus(100, 8, 40, 64, nq=4, n_topics=16, seed=77, noise=0.7)
+    rep = a.add(t2, o2, list(range(1000, 1100)), merge_factor=None)
+    again = SegmentedIndex.open(a.path)
+    assert rep["new_centroids"] > 0 and again.centroids.shape[0] == 256 + rep["new_centroids"]
+    assert int(again._state.cell_offsets[-1]) == 256
+    assert (again._state.segments[-1].codes >= 256).float().mean() > 0.5

@@ -227,12 +227,10 @@ class ShardedIndex:
 
 
 # -------------------------------------------------------------------------------------
-def _build_shard(path: str, codec_arrays, outlier_score: float, spec, nbits: int, dim: int,
-                 chunk_tokens: int) -> int:
+def _build_shard(path: str, codec, spec, dim: int, chunk_tokens: int) -> int:
     """A Ray task: one shard (its copy of the codec, one segment, a manifest). spec:
     ("dir", embeddings directory, first document, end document, ids) read memory-mapped
     where the task runs, or ("chunks", [(tokens, offsets, ids), ...])."""
-    codec = _source.Codec(*[torch.from_numpy(np.array(a)) for a in codec_arrays], nbits, outlier_score)
     if spec[0] == "dir":
         _, d, d0, d1, ids = spec
         tok = np.load(os.path.join(d, "tokens.npy"), mmap_mode="r", allow_pickle=False)
@@ -253,7 +251,8 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
                    num_cpus: Optional[int] = None, nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None,
                    kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256,
                    sample_docs: Optional[int] = None, chunk_tokens: int = 1 << 18,
-                   show_progress_bar: bool = False, metadata: Optional[dict] = None) -> None:
+                   show_progress_bar: bool = False, metadata: Optional[dict] = None,
+                   coarse_cells: Optional[int] = None, nprobe: int = 8) -> None:
     """Builds `n_shards` shards of one codec under `path` (new or empty): the codec from a
     sample of the whole source (as PLAIDIndex.create), then each shard's run of chunks
     compressed by a Ray task. Shard i holds chunks [i*C/n, (i+1)*C/n) of the C chunks.
@@ -269,14 +268,15 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
         ids = torch.arange(lengths.shape[0], dtype=torch.int64)
     codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
                                 kmeans_niter=kmeans_niter, sample_docs=sample_docs,
-                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar)
+                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
+                                coarse_cells=coarse_cells, nprobe=nprobe)
     n_chunks = len(src._shape)
     if n_chunks < n_shards:
         raise ValueError(f"{op}: the source has {n_chunks} chunks for {n_shards} shards; cut it finer "
                          "(chunk_tokens) or use fewer shards")
     ray = _ensure_ray(ray_address, num_cpus)
     task = ray.remote(_build_shard)
-    arrays = ray.put([codec.centroids.numpy(), codec.bucket_cutoffs.numpy(), codec.bucket_weights.numpy()])
+    shared = ray.put(codec)
     bounds = [n_chunks * i // n_shards for i in range(n_shards + 1)]
     os.makedirs(path, exist_ok=True)
     specs = []
@@ -291,8 +291,7 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
             s = next(i for i in range(n_shards) if bounds[i] <= c.no < bounds[i + 1])
             per[s].append((c.tokens, c.offsets, ids[c.doc0:c.doc0 + c.n_docs]))
         specs = [("chunks", p) for p in per]
-    refs = [task.remote(os.path.join(path, f"shard-{s}"), arrays, codec.outlier_score, spec, nbits, src.dim,
-                        chunk_tokens)
+    refs = [task.remote(os.path.join(path, f"shard-{s}"), shared, spec, src.dim, chunk_tokens)
             for s, spec in enumerate(specs)]
     ray.get(refs)
     write_file_atomic(os.path.join(path, "SHARDS.json"), json.dumps(

@@ -214,13 +214,27 @@ class Source:
 class Codec:
     """centroids float32 [k, dim] (float16-rounded: what the disk keeps), bucket_cutoffs,
     bucket_weights, nbits."""
-    __slots__ = ("centroids", "bucket_cutoffs", "bucket_weights", "nbits", "outlier_score")
+    __slots__ = ("centroids", "bucket_cutoffs", "bucket_weights", "nbits", "outlier_score", "coarse",
+                 "cell_offsets", "nprobe")
 
-    def __init__(self, centroids, bucket_cutoffs, bucket_weights, nbits, outlier_score=None):
+    def __init__(self, centroids, bucket_cutoffs, bucket_weights, nbits, outlier_score=None, coarse=None,
+                 cell_offsets=None, nprobe=None):
         self.centroids, self.bucket_cutoffs, self.bucket_weights, self.nbits = (
             centroids, bucket_cutoffs, bucket_weights, nbits)
         # a token whose best centroid score is below this is an outlier (centroid drift)
         self.outlier_score = outlier_score
+        # two-level codecs: coarse centroids, the cells' runs of `centroids`, cells probed
+        self.coarse, self.cell_offsets, self.nprobe = coarse, cell_offsets, nprobe
+
+    def assign(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(codes int32, best scores float32) of float32 rows: exact, or through the cells."""
+        if self.coarse is None:
+            return lk.kmeans_assign(x, self.centroids, return_scores=True)
+        return _kmeans.assign_two_level(x, self.centroids, self.coarse, self.cell_offsets, self.nprobe)
+
+    def with_centroids(self, centroids: torch.Tensor) -> "Codec":
+        return Codec(centroids, self.bucket_cutoffs, self.bucket_weights, self.nbits, self.outlier_score,
+                     self.coarse, self.cell_offsets, self.nprobe)
 
 
 OUTLIER_QUANTILE = 0.01  # share of the build sample's held-out tokens that count as outliers
@@ -257,11 +271,13 @@ def scan(src: Source, ids_wanted: bool, progress: bool) -> Tuple[np.ndarray, Opt
 
 def train_codec(src: Source, lengths: np.ndarray, *, nbits: int, seed: int, n_centroids: Optional[int],
                 kmeans_niter: int, sample_docs: Optional[int], max_points_per_centroid: Optional[int],
-                progress: bool) -> Codec:
+                progress: bool, coarse_cells: Optional[int] = None, nprobe: int = 8) -> Codec:
     """Sample -> k-means -> residual buckets, reading only the sampled documents' rows (one
     pass). The sample: min(n, 1 + 16 sqrt(120 n)) documents (or `sample_docs`), as PLAID
     draws it; 5% of its tokens held out for the buckets; k-means on at most
-    n_centroids * max_points_per_centroid of the others."""
+    n_centroids * max_points_per_centroid of the others. coarse_cells: a two-level codec
+    (kmeans.fit_two_level; tokens coded through their `nprobe` best cells), for centroid
+    counts where the flat k-means and assignment cost too much."""
     n = lengths.shape[0]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -302,13 +318,21 @@ def train_codec(src: Source, lengths: np.ndarray, *, nbits: int, seed: int, n_ce
         h = d <= -2
         if bool(h.any()):
             held[-d[h] - 2] = c.tokens[rows[h]].float()
-    centroids = _kmeans.fit(train, n_centroids, niter=kmeans_niter, seed=seed, show_progress_bar=progress)
+    coarse = cell_offsets = None
+    if coarse_cells is None:
+        centroids = _kmeans.fit(train, n_centroids, niter=kmeans_niter, seed=seed, show_progress_bar=progress)
+    else:
+        centroids, coarse, cell_offsets = _kmeans.fit_two_level(
+            train, n_centroids, min(coarse_cells, n_centroids), niter=kmeans_niter, seed=seed,
+            show_progress_bar=progress)
+        coarse = coarse.half().float()
     centroids = centroids.half().float()  # what the disk keeps: compute with exactly that
+    codec = Codec(centroids, None, None, nbits, None, coarse, cell_offsets, None if coarse is None else nprobe)
     ref = held if n_held else train
-    ref_codes, ref_scores = lk.kmeans_assign(ref, centroids, return_scores=True)
-    cutoffs, weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
-    outlier = float(ref_scores.kthvalue(max(1, math.ceil(OUTLIER_QUANTILE * ref_scores.shape[0]))).values)
-    return Codec(centroids, cutoffs, weights, nbits, outlier)
+    ref_codes, ref_scores = codec.assign(ref)
+    codec.bucket_cutoffs, codec.bucket_weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
+    codec.outlier_score = float(ref_scores.kthvalue(max(1, math.ceil(OUTLIER_QUANTILE * ref_scores.shape[0]))).values)
+    return codec
 
 
 def expand_codec(src: Source, codec: Codec, *, expand: Optional[bool], min_fraction: float, seed: int,
@@ -323,7 +347,7 @@ def expand_codec(src: Source, codec: Codec, *, expand: Optional[bool], min_fract
     expanded codec or None, the outlier fraction)."""
     masks, n_out, total = [], 0, 0
     for c in src.passes("outliers", progress):
-        _, sc = lk.kmeans_assign(c.tokens.float().contiguous(), codec.centroids, return_scores=True)
+        _, sc = codec.assign(c.tokens.float().contiguous())
         m = sc < codec.outlier_score
         masks.append(m)
         n_out += int(m.sum())
@@ -344,15 +368,14 @@ def expand_codec(src: Source, codec: Codec, *, expand: Optional[bool], min_fract
         filled += sel.shape[0]
         seen += idx.shape[0]
     new = _kmeans.fit(rows, k_new, niter=kmeans_niter, seed=seed, show_progress_bar=progress).half().float()
-    return Codec(torch.cat([codec.centroids, new]), codec.bucket_cutoffs, codec.bucket_weights, codec.nbits,
-                 codec.outlier_score), frac
+    return codec.with_centroids(torch.cat([codec.centroids, new])), frac
 
 
 def encode_chunk(tokens: torch.Tensor, codec: Codec) -> Tuple[torch.Tensor, torch.Tensor]:
     """(codes int32 [t], packed uint8 [t, dim * nbits / 8]) of a chunk's tokens, converted
     to float32 a chunk at a time."""
     x = tokens.float().contiguous()
-    codes = lk.kmeans_assign(x, codec.centroids)
+    codes = codec.assign(x)[0] if codec.coarse is not None else lk.kmeans_assign(x, codec.centroids)
     return codes, lk.compress_residuals(x, codec.centroids, codes, codec.bucket_cutoffs, codec.nbits)
 
 

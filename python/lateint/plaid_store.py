@@ -41,6 +41,7 @@ STORE_VERSION = 3
 _CURRENT_RE = re.compile(r"(manifest-([0-9]{1,18})\.json) ([0-9a-f]{64})\n")
 _SEG_FILES = ("codes", "packed", "doc_offsets", "ids", "ivf_offsets", "ivf_docs")
 _CODEC_FILES = ("centroids", "bucket_cutoffs", "bucket_weights")
+_CELL_FILES = ("coarse", "cell_offsets")  # two-level codecs only
 _OWN_ENTRY_RE = re.compile(r"manifest-[0-9]{1,18}\.json|tombstones-[0-9]{1,18}\.npy|(seg|codec)-[0-9]{1,18}"
                            r"|\.tmp-.*")
 _OPEN_ATTEMPTS = 20
@@ -129,8 +130,11 @@ def _check_manifest(root: str, name: str, m) -> dict:
             and isinstance(v["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", v["sha256"]) for v in files.values())
 
     c = m["codec"]
+    two = isinstance(c, dict) and "nprobe" in c
     if not (isinstance(c, dict) and isinstance(c.get("dir"), str) and re.fullmatch(r"codec-[0-9]+", c["dir"])
-            and files_ok(c.get("files"), _CODEC_FILES)):
+            and set(c) == ({"dir", "files", "nprobe"} if two else {"dir", "files"})
+            and files_ok(c.get("files"), _CODEC_FILES + (_CELL_FILES if two else ()))
+            and (not two or (isinstance(c["nprobe"], int) and c["nprobe"] >= 1))):
         raise IndexFormatError(f"{where}: a malformed 'codec' entry")
     if not isinstance(m["segments"], list):
         raise IndexFormatError(f"{where}: 'segments' must be a list")
@@ -173,6 +177,15 @@ class _State:
         self.bucket_weights = _t(arr["bucket_weights"])
         self.nbits = nbits
         k, dim = self.centroids.shape
+        self.coarse = self.cell_offsets = self.nprobe = None
+        if "nprobe" in c:
+            cells = {key: _load_array(root, f"{c['dir']}/{key}.npy", c["files"][key], verify) for key in _CELL_FILES}
+            co, off = cells["coarse"], cells["cell_offsets"]
+            if (co.dtype != np.float32 or co.ndim != 2 or co.shape[1] != dim or off.dtype != np.int64
+                    or off.shape != (co.shape[0] + 1,) or int(off[0]) != 0 or int(off[-1]) > k
+                    or bool((np.diff(off) < 0).any())):
+                raise IndexFormatError(f"{root}: {c['dir']}: coarse centroids or cell offsets of inconsistent shapes")
+            self.coarse, self.cell_offsets, self.nprobe = _t(co), _t(off), c["nprobe"]
         self.segments: List[_Segment] = []
         self.seg_numbers: List[int] = []
         ids, base = [], 0
@@ -240,6 +253,10 @@ class _State:
             raise IndexFormatError(f"{root}: {name}: invalid arrays (offsets out of order or codes / IVF entries "
                                    "out of range)")
         return _Segment(codes, _t(a["packed"]), off, ivf_off, ivf_docs, base)
+
+    def codec(self, outlier_score: Optional[float] = None) -> "_source.Codec":
+        return _source.Codec(self.centroids, self.bucket_cutoffs, self.bucket_weights, self.nbits, outlier_score,
+                             self.coarse, self.cell_offsets, self.nprobe)
 
     def locate(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(segment number, row) of each live document with these ids; -1 where none."""
@@ -339,7 +356,7 @@ class SegmentedIndex:
         if where != "disk":
             raise ValueError(f'bytes_per_token: `where` must be "disk", got {where!r}')
         m = self._state.manifest
-        total = sum(os.path.getsize(os.path.join(self.path, m["codec"]["dir"], f"{k}.npy")) for k in _CODEC_FILES)
+        total = sum(os.path.getsize(os.path.join(self.path, m["codec"]["dir"], f"{k}.npy")) for k in m["codec"]["files"])
         for s in m["segments"]:
             total += sum(os.path.getsize(os.path.join(self.path, s["dir"], f"{k}.npy")) for k in _SEG_FILES)
         return total / max(1, self.n_tokens)
@@ -417,8 +434,7 @@ class SegmentedIndex:
                     raise ValueError(f"{op}: ids already in the index: {ids_t[clash][:5].tolist()}")
             m = json.loads(json.dumps(st.manifest))
             drift = m["drift"]
-            codec = _source.Codec(st.centroids, st.bucket_cutoffs, st.bucket_weights, st.nbits,
-                                  None if drift is None else drift["outlier_score"])
+            codec = st.codec(None if drift is None else drift["outlier_score"])
             report = {"outlier_fraction": None, "new_centroids": 0}
             if drift is not None and expand is not False:
                 if isinstance(expand_fraction, bool) or not isinstance(expand_fraction, (int, float)) or not (
@@ -617,7 +633,7 @@ def _collect(path: str, m: dict) -> None:
         full = os.path.join(path, e)
         try:
             if os.path.isdir(full) and not os.path.islink(full):
-                if _own_dir(full, _SEG_FILES + _CODEC_FILES):
+                if _own_dir(full, _SEG_FILES + _CODEC_FILES + _CELL_FILES):
                     shutil.rmtree(full)
             elif os.path.isfile(full) and not os.path.islink(full):
                 os.remove(full)
@@ -739,7 +755,7 @@ def _merge_segments(path: str, num: int, parts, st: _State) -> Optional[dict]:
 def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None,
            kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256, sample_docs: Optional[int] = None,
            chunk_tokens: int = 1 << 18, show_progress_bar: bool = False, metadata: Optional[dict] = None,
-           verify: bool = True) -> SegmentedIndex:
+           verify: bool = True, coarse_cells: Optional[int] = None, nprobe: int = 8) -> SegmentedIndex:
     """See PLAIDIndex.create."""
     op = "PLAIDIndex.create"
     if nbits not in (1, 2, 4, 8) or isinstance(nbits, bool):
@@ -747,9 +763,10 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
     _positive_int(op, "kmeans_niter", kmeans_niter)
     _positive_int(op, "chunk_tokens", chunk_tokens)
     for arg, v in (("n_centroids", n_centroids), ("sample_docs", sample_docs),
-                   ("max_points_per_centroid", max_points_per_centroid)):
+                   ("max_points_per_centroid", max_points_per_centroid), ("coarse_cells", coarse_cells)):
         if v is not None:
             _positive_int(op, arg, v)
+    _positive_int(op, "nprobe", nprobe)
     path = os.fspath(path)
     if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise FileExistsError(f"{op}: {path} exists and is not an empty directory; nothing was changed (create "
@@ -761,7 +778,8 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
         raise ValueError(f"{op}: dim * nbits must be a multiple of 8")
     codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
                                 kmeans_niter=kmeans_niter, sample_docs=sample_docs,
-                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar)
+                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
+                                coarse_cells=coarse_cells, nprobe=nprobe)
     create_from_codec(path, src, codec, src.dim, ids=ids, metadata=user, progress=show_progress_bar)
     return SegmentedIndex.open(path, verify=verify)
 
@@ -798,5 +816,10 @@ def _write_codec(path: str, num: int, codec: "_source.Codec") -> dict:
     files = {"centroids": _write_npy(os.path.join(tmp, "centroids.npy"), codec.centroids.half().numpy()),
              "bucket_cutoffs": _write_npy(os.path.join(tmp, "bucket_cutoffs.npy"), codec.bucket_cutoffs.numpy()),
              "bucket_weights": _write_npy(os.path.join(tmp, "bucket_weights.npy"), codec.bucket_weights.numpy())}
+    entry = {"dir": name, "files": files}
+    if codec.coarse is not None:
+        files["coarse"] = _write_npy(os.path.join(tmp, "coarse.npy"), codec.coarse.float().numpy())
+        files["cell_offsets"] = _write_npy(os.path.join(tmp, "cell_offsets.npy"), codec.cell_offsets.numpy())
+        entry["nprobe"] = int(codec.nprobe)
     _publish_dir(tmp, os.path.join(path, name))
-    return {"dir": name, "files": files}
+    return entry
