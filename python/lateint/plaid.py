@@ -745,8 +745,12 @@ class PLAIDIndex:
         the k-means sample and the centroids, not by the corpus. Keywords: nbits, seed,
         n_centroids, kmeans_niter (20), max_points_per_centroid (256: at most that many
         k-means points per centroid), sample_docs, chunk_tokens, show_progress_bar,
-        metadata, verify. Same documents and seed -> bit-identical files, however the
-        corpus is cut into chunks, and the arrays `build` computes."""
+        metadata, verify, coarse_cells and nprobe (a two-level codec: centroids grouped
+        under `coarse_cells` coarse centres, each token compared with the centroids of its
+        `nprobe` nearest cells only), codec_from (the path of an index whose codec to
+        share, instead of training one; its nbits comes with it). Same documents and seed
+        -> bit-identical files, however the corpus is cut into chunks, and the arrays
+        `build` computes."""
         from . import plaid_store
 
         return plaid_store.create(path, source, **kwargs)

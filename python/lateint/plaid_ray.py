@@ -252,11 +252,12 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
                    kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256,
                    sample_docs: Optional[int] = None, chunk_tokens: int = 1 << 18,
                    show_progress_bar: bool = False, metadata: Optional[dict] = None,
-                   coarse_cells: Optional[int] = None, nprobe: int = 8) -> None:
+                   coarse_cells: Optional[int] = None, nprobe: int = 8, codec_from: Optional[str] = None) -> None:
     """Builds `n_shards` shards of one codec under `path` (new or empty): the codec from a
     sample of the whole source (as PLAIDIndex.create), then each shard's run of chunks
     compressed by a Ray task. Shard i holds chunks [i*C/n, (i+1)*C/n) of the C chunks.
-    Document ids: the chunks' ids, or running numbers over the whole source."""
+    Document ids: the chunks' ids, or running numbers over the whole source. `codec_from`:
+    an index path whose codec the shards share, instead of training one."""
     op = "create_sharded"
     n_shards = _positive_int(op, "n_shards", n_shards)
     path = os.fspath(path)
@@ -266,10 +267,11 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
     lengths, ids = _source.scan(src, True, show_progress_bar)
     if ids is None:
         ids = torch.arange(lengths.shape[0], dtype=torch.int64)
-    codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
-                                kmeans_niter=kmeans_niter, sample_docs=sample_docs,
-                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
-                                coarse_cells=coarse_cells, nprobe=nprobe)
+    codec = (_store.codec_of(codec_from, src.dim, op) if codec_from is not None else
+             _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
+                                 kmeans_niter=kmeans_niter, sample_docs=sample_docs,
+                                 max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
+                                 coarse_cells=coarse_cells, nprobe=nprobe))
     n_chunks = len(src._shape)
     if n_chunks < n_shards:
         raise ValueError(f"{op}: the source has {n_chunks} chunks for {n_shards} shards; cut it finer "

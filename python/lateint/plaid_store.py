@@ -755,7 +755,8 @@ def _merge_segments(path: str, num: int, parts, st: _State) -> Optional[dict]:
 def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None,
            kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256, sample_docs: Optional[int] = None,
            chunk_tokens: int = 1 << 18, show_progress_bar: bool = False, metadata: Optional[dict] = None,
-           verify: bool = True, coarse_cells: Optional[int] = None, nprobe: int = 8) -> SegmentedIndex:
+           verify: bool = True, coarse_cells: Optional[int] = None, nprobe: int = 8,
+           codec_from: Optional[str] = None) -> SegmentedIndex:
     """See PLAIDIndex.create."""
     op = "PLAIDIndex.create"
     if nbits not in (1, 2, 4, 8) or isinstance(nbits, bool):
@@ -776,12 +777,26 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
     lengths, ids = _source.scan(src, True, show_progress_bar)
     if src.dim * nbits % 8:
         raise ValueError(f"{op}: dim * nbits must be a multiple of 8")
-    codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
-                                kmeans_niter=kmeans_niter, sample_docs=sample_docs,
-                                max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
-                                coarse_cells=coarse_cells, nprobe=nprobe)
+    codec = (codec_of(codec_from, src.dim, op) if codec_from is not None else
+             _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
+                                 kmeans_niter=kmeans_niter, sample_docs=sample_docs,
+                                 max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
+                                 coarse_cells=coarse_cells, nprobe=nprobe))
     create_from_codec(path, src, codec, src.dim, ids=ids, metadata=user, progress=show_progress_bar)
     return SegmentedIndex.open(path, verify=verify)
+
+
+def codec_of(index_path: str, dim: int, op: str) -> "_source.Codec":
+    """The codec (centroids, buckets, outlier score) of the index `create` wrote at
+    `index_path`, for building another index that shares it (its nbits, training settings
+    and seed come with it)."""
+    idx = SegmentedIndex.open(os.fspath(index_path), verify=False)
+    st = idx._state
+    if st.centroids.shape[1] != dim:
+        raise ValueError(f"{op}: `codec_from` {index_path} holds {st.centroids.shape[1]}-dimensional centroids, "
+                         f"the source has dim {dim}")
+    drift = st.manifest["drift"]
+    return st.codec(None if drift is None else drift["outlier_score"])
 
 
 def create_from_codec(path: str, source, codec: "_source.Codec", dim: int, *, ids: Optional[torch.Tensor] = None,

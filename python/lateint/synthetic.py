@@ -3,6 +3,8 @@ embeddings drawn around topic centres (clustered), documents of varied lengths, 
 built from the topics of a known relevant document. Never all-zero, never plain noise."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -33,12 +35,13 @@ def clustered_corpus(n_docs: int, lo: int, hi: int, dim: int = 128, *, nq: int =
 
 def write_clustered_corpus(path: str, n_docs: int, lo: int, hi: int, dim: int = 128, *, n_topics: int = 4096,
                            topics_per_doc: int = 4, noise: float = 0.7, chunk_docs: int = 20000, seed: int = 0,
-                           topic_offset: int = 0, progress: bool = False) -> dict:
+                           topic_offset: int = 0, doc_seed: Optional[int] = None, progress: bool = False) -> dict:
     """Writes an embeddings directory (tokens.npy float16 [T, dim], offsets.npy int64) of a
     clustered corpus too large for memory, `chunk_docs` documents at a time (memory bounded
     by the chunk). Topic centres come from `seed`; topics [topic_offset, topic_offset +
     n_topics) of that stream are used, so two calls with different offsets draw from
-    disjoint topics of the same family. Also writes centres.npy (the topics used) and
+    disjoint topics of the same family; the documents (lengths, topics, noise) come from
+    `doc_seed` (default `seed`). Also writes centres.npy (the topics used) and
     doc_topics.npy (int32 [n, topics_per_doc], rows of centres.npy) for making queries
     (`queries_for`). Returns {"n_docs", "n_tokens"}."""
     import os
@@ -48,6 +51,9 @@ def write_clustered_corpus(path: str, n_docs: int, lo: int, hi: int, dim: int = 
     g = torch.Generator().manual_seed(seed)
     centres = torch.nn.functional.normalize(torch.randn(topic_offset + n_topics, dim, generator=g), dim=-1)
     centres = centres[topic_offset:]
+    doc_seed = seed if doc_seed is None else doc_seed
+    if doc_seed != seed:
+        g = torch.Generator().manual_seed(doc_seed)
     lens = torch.randint(lo, hi + 1, (n_docs,), generator=g)
     offsets = torch.zeros(n_docs + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(lens, 0)
@@ -66,7 +72,7 @@ def write_clustered_corpus(path: str, n_docs: int, lo: int, hi: int, dim: int = 
         steps = tqdm(steps, desc="corpus", unit="chunk")
     for d0 in steps:
         d1 = min(n_docs, d0 + chunk_docs)
-        gc = torch.Generator().manual_seed(seed * 1_000_003 + d0)
+        gc = torch.Generator().manual_seed(doc_seed * 1_000_003 + d0)
         t0, t1 = int(offsets[d0]), int(offsets[d1])
         doc = torch.repeat_interleave(torch.arange(d0, d1), lens[d0:d1])
         pick = topics[doc, torch.randint(0, topics_per_doc, (t1 - t0,), generator=gc)]
