@@ -34,7 +34,7 @@ import lateint_kernels as lk  # noqa: E402
 from lateint import synthetic  # noqa: E402
 from lateint.plaid import PLAIDIndex  # noqa: E402
 
-STEPS = ("build", "search", "add", "merge", "ray", "drift", "wordnet")
+STEPS = ("build", "search", "add", "merge", "ray", "drift", "wordnet", "budget")
 K = 10
 
 
@@ -264,8 +264,9 @@ def child_drift(a):
     base = os.path.join(root, "drift-base")
     shutil.rmtree(base, ignore_errors=True)
     t = time.perf_counter()
-    PLAIDIndex.create(base, corpus_source(a["corpus"], base_n), nbits=a["nbits"], kmeans_niter=a["niter"],
-                      show_progress_bar=a["progress"])
+    budget = {"nbits": a["nbits"], "kmeans_niter": a["niter"], "max_points_per_centroid": a["mppc"],
+              "coarse_cells": a["coarse_cells"], "show_progress_bar": a["progress"]}
+    PLAIDIndex.create(base, corpus_source(a["corpus"], base_n), **budget)
     out["base_build_s"] = time.perf_counter() - t
 
     def measure(idx):
@@ -289,8 +290,7 @@ def child_drift(a):
         yield from (base_src() if callable(base_src) else [docs_slice(a["corpus"], 0, base_n)])
         yield new_tok, torch.from_numpy(new_off)
     t = time.perf_counter()
-    idx = PLAIDIndex.create(rebuilt, both, nbits=a["nbits"], kmeans_niter=a["niter"],
-                            show_progress_bar=a["progress"])
+    idx = PLAIDIndex.create(rebuilt, both, **budget)
     out["rebuild"] = {"build_s": time.perf_counter() - t, **measure(idx)}
     return out
 
@@ -304,7 +304,9 @@ def child_wordnet(a):
     shutil.rmtree(a["index"], ignore_errors=True)
     with AnonPeak() as m:
         t = time.perf_counter()
-        idx = PLAIDIndex.create(a["index"], emb, nbits=a["nbits"], show_progress_bar=a["progress"])
+        idx = PLAIDIndex.create(a["index"], emb, nbits=a["nbits"], kmeans_niter=a["niter"],
+                                max_points_per_centroid=a["mppc"], coarse_cells=a["coarse_cells"],
+                                show_progress_bar=a["progress"])
         build = time.perf_counter() - t
     t = time.perf_counter()
     exact = exact_top([emb], q, query_mask=qmask)
@@ -322,8 +324,27 @@ def child_wordnet(a):
             "exact_qps": q.shape[0] / exact_s}
 
 
+def child_budget(a):
+    truth = torch.load(a["truth"])
+    q, ids_true = truth["queries"], truth["exact"]
+    out = []
+    for mppc, niter in a["configs"]:
+        path = os.path.join(a["work"], f"budget-{mppc}-{niter}")
+        shutil.rmtree(path, ignore_errors=True)
+        t = time.perf_counter()
+        idx = PLAIDIndex.create(path, corpus_source(a["corpus"], a["n_docs"]), nbits=a["nbits"], kmeans_niter=niter,
+                                max_points_per_centroid=mppc, coarse_cells=a["coarse_cells"])
+        build = time.perf_counter() - t
+        rec = {name: recall_vs(_search_all(idx, q, 32, kw), ids_true) for name, kw in a["settings"]}
+        out.append({"mppc": mppc, "niter": niter, "build_s": build, "recall": rec,
+                    "centroids": int(idx._state.centroids.shape[0])})
+        del idx
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
 CHILDREN = {"build": child_build, "search": child_search, "add": child_add, "merge": child_merge,
-            "ray": child_ray, "drift": child_drift, "wordnet": child_wordnet}
+            "ray": child_ray, "drift": child_drift, "wordnet": child_wordnet, "budget": child_budget}
 
 
 def run_child(step: str, args: dict) -> dict:
@@ -407,6 +428,7 @@ def main() -> int:
     p.add_argument("--mppc", type=int, default=48, help="max_points_per_centroid of the build")
     p.add_argument("--drift-docs", type=int, default=100_000, help="base documents of the drift run (+50%% new)")
     p.add_argument("--wordnet-queries", type=int, default=2000)
+    p.add_argument("--budget-docs", type=int, default=50_000, help="documents of the k-means budget sweep")
     args = p.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     for s in steps:
@@ -419,6 +441,7 @@ def main() -> int:
         work = tempfile.mkdtemp(prefix="lateint-scale-smoke-")
         args.docs, args.queries, args.centroids, args.coarse_cells = 3000, 16, 512, 16
         args.niter, args.mppc, args.drift_docs, args.wordnet_queries = 4, 64, 1000, 16
+        args.budget_docs = 1000
     else:
         work = args.work
     tag = "smoke" if args.smoke else f"{args.docs // 1000}k"
@@ -525,7 +548,7 @@ def main() -> int:
             q, rel = synthetic.queries_for(new_dir, args.queries, 32, seed=2)
             torch.save({"queries": q, "relevant": rel + dn, "exact": exact_top([(corpus, dn), new_dir], q)}, dtruth)
         r = run_child("drift", {**base, "base_docs": dn, "new_corpus": new_dir, "truth": dtruth, "work": work,
-                                "niter": args.niter})
+                                "niter": args.niter, "mppc": args.mppc, "coarse_cells": 16 if args.smoke else 128})
         dshape = f"{dn} docs + {dn // 2} new-topic docs"
         row(dshape, "base_build", r["base_build_s"], "s")
         for name in ("no-expansion", "expansion", "rebuild"):
@@ -539,14 +562,31 @@ def main() -> int:
         row(f"{dshape} rebuild", "build_wall", r["rebuild"]["build_s"], "s")
         for name in ("drift-base", "drift-no-expansion", "drift-expansion", "drift-rebuilt"):
             shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    if "budget" in steps:
+        bn = min(args.budget_docs, n_total)
+        btruth = os.path.join(work, f"scale-budget-truth-{bn}-{args.queries}.pt")
+        if not os.path.isfile(btruth):
+            q, _ = synthetic.queries_for(corpus, args.queries, 32, seed=3)
+            torch.save({"queries": q, "exact": exact_top([(corpus, bn)], q)}, btruth)
+        configs = [(256, 20), (64, 10), (48, 10), (16, 10), (64, 4)]
+        settings = [("ncells1-ndocs256", {"ncells": 1, "ndocs": 256}),
+                    ("ncells2-ndocs1024", {"ncells": 2, "ndocs": 1024})]
+        r = run_child("budget", {**base, "n_docs": bn, "truth": btruth, "work": work, "configs": configs,
+                                 "settings": settings, "coarse_cells": 16 if args.smoke else 64})
+        for c in r:
+            cshape = f"{bn} docs k{c['centroids']} cells64 mppc{c['mppc']} it{c['niter']}"
+            row(cshape, "build_wall", c["build_s"], "s")
+            for name, v in c["recall"].items():
+                row(f"{cshape} {name}", "recall10_vs_exact", v, "")
     if "wordnet" in steps:
         if not os.path.isfile("/usr/share/wordnet/data.noun"):
             print("# wordnet: skipped (apt-get install wordnet-base)")
         else:
             emb = wordnet_embeddings(os.path.join(work, "wordnet-minilm" + ("-smoke" if args.smoke else "")),
                                      args.wordnet_queries, args.smoke)
-            r = run_child("wordnet", {**base, "emb": emb, "index": os.path.join(work, "wordnet-index")})
-            wshape = f"wordnet {r['n_docs']} glosses {r['nq']} examples minilm nbits2"
+            r = run_child("wordnet", {**base, "emb": emb, "index": os.path.join(work, "wordnet-index"),
+                                      "niter": args.niter, "mppc": 64, "coarse_cells": 16 if args.smoke else 64})
+            wshape = f"wordnet {r['n_docs']} glosses {r['nq']} examples minilm nbits2 cells64 mppc64"
             row(wshape, "build_wall", r["build_s"], "s")
             row(wshape, "build_peak_anon", gib(r["peak_anon"]), "GiB")
             row(wshape, "bytes_per_token", r["bytes_per_token"], "B")

@@ -69,7 +69,7 @@ def fit_two_level(x: torch.Tensor, k: int, n_cells: int, *, niter: int = 20, see
     n = x.shape[0]
     if isinstance(n_cells, bool) or not isinstance(n_cells, int) or not 1 <= n_cells <= min(k, n):
         raise ValueError(f"kmeans.fit_two_level: `n_cells` must be an integer in [1, min(k, n)], got {n_cells!r}")
-    coarse = fit(x, n_cells, niter=niter, seed=seed)
+    coarse = fit(x, n_cells, niter=niter, seed=seed, show_progress_bar=show_progress_bar)
     cell = lk.kmeans_assign(x.float(), coarse).long()
     counts = torch.bincount(cell, minlength=n_cells)
     # k split over the cells by their rows (largest remainders), 1 <= k_j <= rows
