@@ -435,3 +435,41 @@ def test_two_level_codec_codes_through_cells(tmp_path, corpus):
     assert rep["new_centroids"] > 0 and again.centroids.shape[0] == 256 + rep["new_centroids"]
     assert int(again._state.cell_offsets[-1]) == 256
     assert (again._state.segments[-1].codes >= 256).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("block", [1 << 16, 64, 7])
+def test_ivf_on_disk_is_two_bytes_an_entry_and_loads_whole(tmp_path, corpus, monkeypatch, block):
+    """The IVF is stored as each document's number modulo a block (uint16) plus the start
+    of every (centroid, block) run; loading restores the whole numbers: the arrays and
+    results of the in-memory build, with 1 block or many (small blocks here stand in for
+    segments of more than 65,536 documents)."""
+    from lateint import plaid_store
+
+    monkeypatch.setattr(plaid_store, "IVF_BLOCK", block)
+    q, t, o = corpus
+    idx = PLAIDIndex.create(tmp_path / "i", [(t, o)], **KW)
+    seg_dir = tmp_path / "i" / "seg-1"
+    lo = np.load(seg_dir / "ivf_docs.npy")
+    runs = np.load(seg_dir / "ivf_offsets.npy")
+    nb = -(-600 // block)
+    k = idx._state.centroids.shape[0]
+    assert lo.dtype == np.uint16 and runs.shape == (k * nb + 1,)
+    mem = PLAIDIndex.build(t, o, **KW)
+    seg = idx._state.segments[0]
+    assert torch.equal(mem.ivf_offsets, seg.ivf_offsets) and torch.equal(mem.ivf_docs, seg.ivf_docs)
+    assert int(lo.max()) < block
+    _same(mem.search(q, 10), PLAIDIndex.open(tmp_path / "i").search(q, 10))
+    # added and merged segments use the same layout
+    idx.add(t[:int(o[50])], o[:51], list(range(1000, 1050)), merge_factor=None)
+    before = idx.search(q, 10)
+    idx.merge()
+    _same(before, PLAIDIndex.open(tmp_path / "i").search(q, 10))
+    # a run table that does not fit the entries is refused, naming the segment
+    seg = [d for d in os.listdir(tmp_path / "i") if d.startswith("seg-")][0]
+    bad = np.load(tmp_path / "i" / seg / "ivf_offsets.npy")
+    if bad.shape[0] > 2:
+        bad[1] = bad[-1] + 5  # runs out of order
+        os.chmod(tmp_path / "i" / seg / "ivf_offsets.npy", 0o644)
+        np.save(tmp_path / "i" / seg / "ivf_offsets.npy", bad)
+        with pytest.raises(IndexFormatError, match=seg):
+            PLAIDIndex.open(tmp_path / "i", verify=False)

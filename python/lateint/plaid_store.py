@@ -5,8 +5,14 @@
                                   dtype, shape and SHA-256), the tombstones, user metadata
     path/codec-<C>/               centroids.npy (float16), bucket_cutoffs.npy, bucket_weights.npy
     path/seg-<S>/                 codes.npy (uint16 up to 65,536 centroids, else int32),
-                                  packed.npy, doc_offsets.npy, ids.npy, ivf_offsets.npy,
-                                  ivf_docs.npy (int32, documents numbered within the segment)
+                                  packed.npy, doc_offsets.npy, ids.npy, and the IVF:
+                                  ivf_docs.npy (uint16: each document's number within the
+                                  segment modulo 65,536) and ivf_offsets.npy (int64
+                                  [k * B + 1]: the start of each (centroid, block) run, B =
+                                  ceil(documents / 65,536) blocks of 65,536 documents), so an
+                                  entry costs 2 bytes and its block comes from its run.
+                                  (Segments whose ivf_docs.npy is int32 hold the documents'
+                                  numbers whole and ivf_offsets [k + 1]; they still load.)
     path/tombstones-<N>.npy       int64 [m, 2]: (segment number, row) of deleted documents
     path/LOCK                     taken (flock) by the one process that writes at a time
 
@@ -235,17 +241,25 @@ class _State:
               and a["doc_offsets"].dtype == np.int64 and a["doc_offsets"].ndim == 1 and a["doc_offsets"].shape[0] >= 1
               and a["ids"].dtype == np.int64 and a["ids"].shape == (a["doc_offsets"].shape[0] - 1,)
               and a["ivf_offsets"].dtype == np.int64 and a["ivf_offsets"].ndim == 1
-              and 1 <= a["ivf_offsets"].shape[0] <= k + 1 and a["ivf_docs"].dtype == np.int32)
+              and a["ivf_docs"].dtype in (np.uint16, np.int32) and a["ivf_docs"].ndim == 1)
+        n = a["doc_offsets"].shape[0] - 1 if ok else 0
+        nb = ivf_blocks(n) if ok and a["ivf_docs"].dtype == np.uint16 else 1
+        n_runs = a["ivf_offsets"].shape[0] - 1 if ok else -1
+        ok = ok and n_runs >= 0 and n_runs % nb == 0 and n_runs // nb <= k
         if not ok:
             raise IndexFormatError(f"{root}: {name}: arrays of inconsistent shapes or dtypes")
         off = _t(a["doc_offsets"])
         codes = _t(a["codes"]).to(torch.int32)
-        n = off.shape[0] - 1
-        ivf_off = _t(a["ivf_offsets"])
+        runs = _t(a["ivf_offsets"])
+        ivf_off = runs[::nb]
         if ivf_off.shape[0] < k + 1:  # a segment written before centroids were appended
             ivf_off = torch.cat([ivf_off, ivf_off[-1:].expand(k + 1 - ivf_off.shape[0])])
         ivf_docs = _t(a["ivf_docs"]).to(torch.int64)
-        bad = (int(off[0]) != 0 or int(off[-1]) != n_tok or bool((off[1:] < off[:-1]).any())
+        bad_runs = bool((runs[1:] < runs[:-1]).any()) or int(runs[-1]) != ivf_docs.shape[0]
+        if nb > 1 and not bad_runs:  # add each entry's block back: block = run number mod nb
+            block = torch.arange(n_runs, dtype=torch.int64) % nb
+            ivf_docs += torch.repeat_interleave(block * IVF_BLOCK, runs[1:] - runs[:-1], output_size=ivf_docs.shape[0])
+        bad = (bad_runs or int(off[0]) != 0 or int(off[-1]) != n_tok or bool((off[1:] < off[:-1]).any())
                or int(ivf_off[0]) != 0 or int(ivf_off[-1]) != ivf_docs.shape[0] or bool((ivf_off[1:] < ivf_off[:-1]).any())
                or (n_tok and (int(codes.min()) < 0 or int(codes.max()) >= k))
                or (ivf_docs.numel() and (int(ivf_docs.min()) < 0 or int(ivf_docs.max()) >= n)))
@@ -683,17 +697,41 @@ def _write_segment(path: str, num: int, src: "_source.Source", codec: "_source.C
     return {"dir": name, "n_docs": n, "n_tokens": T, "files": files}
 
 
+IVF_BLOCK = 1 << 16  # documents per block of the on-disk IVF (entries stored as uint16 within it)
+_IVF_CHUNK = 1 << 22  # IVF entries converted at a time
+
+
+def ivf_blocks(n_docs: int) -> int:
+    return max(1, -(-n_docs // IVF_BLOCK))
+
+
 def _finish_segment(tmp: str, codes, offsets: np.ndarray, ids: np.ndarray, k: int) -> None:
     np.save(os.path.join(tmp, "doc_offsets.npy"), offsets, allow_pickle=False)
     np.save(os.path.join(tmp, "ids.npy"), ids.astype(np.int64), allow_pickle=False)
-    holder = {}
+    full = os.path.join(tmp, "ivf_docs_int32.npy")
 
     def alloc(total):
-        holder["a"] = np.lib.format.open_memmap(os.path.join(tmp, "ivf_docs.npy"), "w+", np.int32, (total,))
-        return holder["a"]
+        return np.lib.format.open_memmap(full, "w+", np.int32, (total,))
 
     ivf_offsets, ivf_docs = _source.ivf_chunked(codes, offsets, k, alloc)
-    ivf_docs.flush()
+    n = offsets.shape[0] - 1
+    nb = ivf_blocks(n)
+    total = int(ivf_offsets[-1])
+    lo = np.lib.format.open_memmap(os.path.join(tmp, "ivf_docs.npy"), "w+", np.uint16, (total,))
+    counts = np.zeros(k * nb, dtype=np.int64)
+    for e0 in range(0, total, _IVF_CHUNK):
+        e1 = min(total, e0 + _IVF_CHUNK)
+        d = np.asarray(ivf_docs[e0:e1])
+        lo[e0:e1] = (d % IVF_BLOCK).astype(np.uint16)
+        if nb > 1:  # each list is ascending, so its entries of one block form one run
+            cent = np.searchsorted(ivf_offsets, np.arange(e0, e1), side="right") - 1
+            counts += np.bincount(cent * nb + d // IVF_BLOCK, minlength=k * nb)
+    lo.flush()
+    del lo, ivf_docs
+    os.remove(full)
+    if nb > 1:
+        ivf_offsets = np.zeros(k * nb + 1, dtype=np.int64)
+        np.cumsum(counts, out=ivf_offsets[1:])
     np.save(os.path.join(tmp, "ivf_offsets.npy"), ivf_offsets, allow_pickle=False)
 
 
