@@ -14,7 +14,7 @@ import torch  # noqa: F401  (load torch's libraries before the extension)
 from . import reference
 from ._loader import NATIVE_ERROR, NATIVE_LOADED
 from ._registry import backend_for
-from .isa import cpu_isa
+from .isa import cpu_amx, cpu_isa
 from .layout import PackedDocs, pack, pack_list, unpack
 from .ops.codec import compress_residuals, decompress_residuals, residual_buckets
 from .ops.kmeans import kmeans_assign
@@ -23,7 +23,7 @@ from .ops.plaid import approx_scores, centroid_scores, decompress_maxsim, ivf_ca
 from .ops.pool import token_pool, token_pool_labels, token_pool_list
 
 __all__ = ["maxsim", "maxsim_candidates", "pack", "pack_list", "unpack", "PackedDocs", "backend_for",
-           "cpu_isa", "token_pool", "token_pool_labels", "token_pool_list", "kmeans_assign",
+           "cpu_isa", "cpu_amx", "token_pool", "token_pool_labels", "token_pool_list", "kmeans_assign",
            "compress_residuals", "decompress_residuals", "residual_buckets", "centroid_scores",
            "ivf_candidates", "approx_scores", "decompress_maxsim", "lut_maxsim", "reference", "NATIVE_LOADED",
            "NATIVE_ERROR"]

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ._loader import NATIVE_LOADED
 
-ISA_NAMES = ("scalar", "avx2", "avx512", "avx512bf16")
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512bf16", "amx")
 
 
 def _native():
@@ -17,8 +17,10 @@ def _native():
 
 def cpu_isa(set: Optional[str] = None) -> str:
     """The instruction set the CPU kernels use; `set` forces a lower one ("scalar", "avx2",
-    "avx512", "avx512bf16") or restores the best ("best"). Also: env LATEINT_CPU_ISA. The
-    level caps every kernel of every family."""
+    "avx512", "avx512bf16", "amx") or restores the best ("best"). Also: env LATEINT_CPU_ISA.
+    The level caps every kernel of every family. "amx" is reported only where the tiles are
+    usable: the CPU has AMX-TILE, AMX-BF16 and AMX-INT8, the OS enables the tile state and
+    granted it to this process (see `cpu_amx`)."""
     if not NATIVE_LOADED:
         return "reference"
     if set is None:
@@ -33,3 +35,14 @@ def cpu_isa(set: Optional[str] = None) -> str:
 def cpu_best_isa() -> str:
     """The best level this processor has ("reference" without the native extension)."""
     return ISA_NAMES[_native().cpu_best_isa()] if NATIVE_LOADED else "reference"
+
+
+def cpu_amx() -> dict:
+    """What the processor and the OS say about AMX: CPUID's AMX-TILE / AMX-BF16 / AMX-INT8 /
+    AMX-FP16 bits, whether XCR0 enables the tile state, and whether Linux granted it to this
+    process (requested once, at the first use of the ISA layer). All False without the
+    native extension."""
+    keys = ("tile", "bf16", "int8", "fp16", "os_enabled", "permitted")
+    if not NATIVE_LOADED:
+        return dict.fromkeys(keys, False)
+    return dict(zip(keys, _native().cpu_amx()))

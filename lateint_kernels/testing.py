@@ -27,6 +27,10 @@ SCHEMAS = {
     # [nq, Lq, nd or k] (global token index, -1 where none wins), as the backward recomputes it.
     "maxsim_argmax": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
                      "Tensor? candidates, Tensor? doc_padded, str mask_mode) -> (Tensor, Tensor)",
+    # The same forward on the brgemm engine (bf16; AMX tiles where the CPU has them), forced
+    # on any CPU so that its code is tested everywhere.
+    "maxsim_argmax_brgemm": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
+                            "Tensor? candidates, Tensor? doc_padded, str mask_mode) -> (Tensor, Tensor)",
     "maxsim_argmax_cuda_simt": "(Tensor queries, Tensor? query_mask, Tensor doc_tokens, Tensor doc_offsets, "
                                "Tensor? candidates, Tensor? doc_padded, str mask_mode) -> (Tensor, Tensor)",
     # Token pooling's steps: scipy's linkage(method="ward") of a full float64 distance
@@ -51,11 +55,14 @@ except Exception:  # triton missing: the CUDA C++ kernel or nothing
 _registry.mark_non_differentiable(*SCHEMAS, ns=NS)
 
 
-@torch.library.register_fake(f"{NS}::maxsim_argmax")
-def _(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
+def _argmax_fake(queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode):
     ns = candidates.shape[1] if candidates is not None else doc_offsets.shape[0] - 1
     return (queries.new_empty(queries.shape[0], ns, dtype=torch.float32),
             queries.new_empty(queries.shape[0], queries.shape[1], ns, dtype=torch.int32))
+
+
+for _name in ("maxsim_argmax", "maxsim_argmax_brgemm"):
+    torch.library.register_fake(f"{NS}::{_name}")(_argmax_fake)
 
 
 ops = getattr(torch.ops, NS)

@@ -70,3 +70,45 @@ def test_parser_flags_a_weak_avx_function(tmp_path):
     subprocess.run([cxx, "-O3", "-shared", "-fPIC", str(src), "-o", str(so)], check=True)
     _, seen, bad = _weak_functions_with_vector_code(str(so))
     assert seen >= 1 and any("total" in b for b in bad), bad
+
+
+_TILE_INSN = re.compile(r"\b(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|"
+                        r"tdpbf16ps|tdpfp16ps|tdpbssd|tdpbsud|tdpbusd|tdpbuud)\b")
+
+
+def _functions_with_tile_code(path):
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
+                         text=True, check=True).stdout
+    header = re.compile(r"^[0-9a-f]+ <(.+)>:$")
+    found, current = set(), None
+    for line in dis.splitlines():
+        m = header.match(line)
+        if m:
+            current = m.group(1)
+        elif current is not None and _TILE_INSN.search(line):
+            found.add(current)
+    return sorted(found)
+
+
+def test_tile_instructions_only_in_amx_kernels():
+    """AMX tile instructions fault (SIGILL) on a CPU without AMX and, on Linux, in a process
+    that was not granted the tile state: they may only sit in functions named for AMX
+    (`*amx*`), which run after the ISA layer's detection and permission request said yes."""
+    import lateint_kernels._C as C
+
+    bad = [f for f in _functions_with_tile_code(C.__file__) if "amx" not in f.lower()]
+    assert not bad, f"tile instructions outside AMX kernels: {bad[:10]}"
+
+
+def test_the_tile_check_finds_tile_code(tmp_path):
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "tile.cpp"
+    src.write_text('#include <immintrin.h>\n'
+                   '__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }\n')
+    so = tmp_path / "tile.so"
+    r = subprocess.run([cxx, "-O2", "-shared", "-fPIC", str(src), "-o", str(so)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"the compiler has no AMX support: {r.stderr.strip()[:200]}")
+    assert any("release_tiles" in f for f in _functions_with_tile_code(str(so)))

@@ -90,8 +90,45 @@ def test_the_cap_reaches_every_kernel_of_the_family(family):
         capped = _levels(family, env_cap="scalar" if how == "env" else None,
                          runtime_cap="scalar" if how == "runtime" else None)
         assert capped[family] == {"scalar"}, (how, capped)
-    if best in ("avx512", "avx512bf16"):
+    if best in ("avx512", "avx512bf16", "amx"):
         assert _levels(family, env_cap="avx2")[family] == {"avx2"}
+    if family == "maxsim":  # a cap above the processor's best clamps to the best
+        assert _levels(family, env_cap="amx")[family] == {best}
+
+
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@native
+def test_amx_is_the_level_only_where_the_tiles_are_usable():
+    """cpu_amx() reads CPUID / XCR0 / the permission; "amx" is the best level exactly when
+    all of them say yes on a CPU with AVX512-BF16. Printed, so a CI log says which AMX
+    paths could run."""
+    amx = lk.cpu_amx()
+    usable = all(amx[k] for k in ("tile", "bf16", "int8", "os_enabled", "permitted"))
+    print(f"cpu_amx: {amx}; best level {lk.isa.cpu_best_isa()}")
+    flags = _cpuinfo_flags()
+    if flags is not None:
+        # Linux lists an AMX flag only when CPUID has it (and may hide it when the OS lacks support)
+        for key in ("tile", "bf16", "int8", "fp16"):
+            if f"amx_{key}" in flags:
+                assert amx[key], (key, amx)
+    if not amx["tile"]:
+        assert not amx["permitted"]
+    if lk.isa.cpu_best_isa() == "amx":
+        assert usable
+    elif usable:  # tiles usable: only a CPU without AVX512-BF16 may stay below "amx"
+        assert flags is not None and "avx512_bf16" not in flags
+    if not usable:
+        pytest.skip(f"no usable AMX on this CPU ({amx}): AMX paths not exercised")
 
 
 _SELECTORS = re.compile(r"target_clones|__builtin_cpu_supports|__builtin_cpu_init|\bcpu_(active|best)_isa\(\)")

@@ -15,9 +15,21 @@
 
 namespace lateint {
 
-// Instruction sets the CPU kernels can run with, best last.
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
-constexpr int kIsaCount = 4;
+// Instruction sets the CPU kernels can run with, best last. Amx: Avx512Bf16 plus usable
+// AMX tiles (AMX-TILE, AMX-BF16 and AMX-INT8 in CPUID, the tile state enabled in XCR0 and
+// granted to this process by arch_prctl(ARCH_REQ_XCOMP_PERM)); kernels without a tile
+// variant run their Avx512Bf16 one there.
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, Amx = 4 };
+constexpr int kIsaCount = 5;
+
+// What the processor and the OS say about AMX, probed once (the permission is requested at
+// most once per process, before any tile instruction can run).
+struct AmxInfo {
+  bool tile = false, bf16 = false, int8 = false, fp16 = false;  // CPUID
+  bool os_enabled = false;                                      // XCR0 bits 17-18
+  bool permitted = false;                                       // arch_prctl granted the tile data
+};
+const AmxInfo& amx_info();
 
 // The op families, for the dispatch trace.
 enum class Family : int { MaxSim = 0, Pool = 1, KMeans = 2, Codec = 3, Plaid = 4 };
@@ -86,7 +98,8 @@ int isa_trace_mask(Family f);
   ret name params {                                                                      \
     switch (::lateint::isa_for(family)) {                                                \
       case ::lateint::Isa::Avx512:                                                       \
-      case ::lateint::Isa::Avx512Bf16: return name##_avx512 args;                        \
+      case ::lateint::Isa::Avx512Bf16:                                                   \
+      case ::lateint::Isa::Amx: return name##_avx512 args;                               \
       case ::lateint::Isa::Avx2: return name##_avx2 args;                                \
       default: return name##_baseline args;                                              \
     }                                                                                    \

@@ -11,15 +11,15 @@
 
 namespace {
 
-// cpu_isa(request): -1 queries, -2 restores the best, 0..3 forces scalar / avx2 / avx512 /
-// avx512bf16 (clamped to what the processor has). Returns the active level.
+// cpu_isa(request): -1 queries, -2 restores the best, 0..4 forces scalar / avx2 / avx512 /
+// avx512bf16 / amx (clamped to what the processor has). Returns the active level.
 PyObject* py_cpu_isa(PyObject*, PyObject* arg) {
   const long request = PyLong_AsLong(arg);
   if (request == -1 && PyErr_Occurred()) return nullptr;
-  if (request < -2 || request > 3) {
+  if (request < -2 || request >= lateint::kIsaCount) {
     PyErr_Format(PyExc_ValueError,
-                 "cpu_isa: `request` must be -1 (query), -2 (restore the best) or 0..3 "
-                 "(scalar, avx2, avx512, avx512bf16), got %ld", request);
+                 "cpu_isa: `request` must be -1 (query), -2 (restore the best) or 0..4 "
+                 "(scalar, avx2, avx512, avx512bf16, amx), got %ld", request);
     return nullptr;
   }
   lateint::Isa isa;
@@ -30,6 +30,14 @@ PyObject* py_cpu_isa(PyObject*, PyObject* arg) {
 }
 
 PyObject* py_cpu_best_isa(PyObject*, PyObject*) { return PyLong_FromLong((long)lateint::cpu_best_isa()); }
+
+// cpu_amx() -> (tile, bf16, int8, fp16, os_enabled, permitted): see AmxInfo in common/isa.h.
+PyObject* py_cpu_amx(PyObject*, PyObject*) {
+  const lateint::AmxInfo& a = lateint::amx_info();
+  return Py_BuildValue("(OOOOOO)", a.tile ? Py_True : Py_False, a.bf16 ? Py_True : Py_False,
+                       a.int8 ? Py_True : Py_False, a.fp16 ? Py_True : Py_False,
+                       a.os_enabled ? Py_True : Py_False, a.permitted ? Py_True : Py_False);
+}
 
 // 1 if bf16 MaxSim inputs run on VDPBF16PS dot products, 0 if widened to float32.
 PyObject* py_testing_bf16_dot(PyObject*, PyObject*) { return PyLong_FromLong(lateint::bf16_use_dot() ? 1 : 0); }
@@ -56,6 +64,7 @@ PyObject* py_testing_isa_trace_masks(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_O, "cpu_isa(request) -> active level (see common/isa.h)"},
     {"cpu_best_isa", py_cpu_best_isa, METH_NOARGS, "best level this processor has"},
+    {"cpu_amx", py_cpu_amx, METH_NOARGS, "AMX as CPUID, XCR0 and the OS permission report it"},
     {"testing_bf16_dot", py_testing_bf16_dot, METH_NOARGS, "testing: bf16 MaxSim on VDPBF16PS (1) or not (0)"},
     {"testing_isa_trace", py_testing_isa_trace, METH_O, "testing: clear the dispatch trace, turn it on/off"},
     {"testing_isa_trace_masks", py_testing_isa_trace_masks, METH_NOARGS, "testing: levels run per family"},

@@ -69,16 +69,16 @@ bool bf16_use_dot() {
 }
 
 void pack_queries(const MaxSimProblem& p, Isa isa, PackedQueries* out) {
-  const bool dot = isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0 && bf16_use_dot();
+  const bool dot = isa >= Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0 && bf16_use_dot();
   pack_queries_with(p, isa, dot, out);
 }
 
 void pack_queries_with(const MaxSimProblem& p, Isa isa, bool bf16_dot, PackedQueries* out) {
   PackedQueries& pq = *out;
   pq.isa = isa;
-  pq.rows_per_block = (isa == Isa::Avx512 || isa == Isa::Avx512Bf16) ? 32 : 16;
+  pq.rows_per_block = isa >= Isa::Avx512 ? 32 : 16;
   const int64_t RB = pq.rows_per_block;
-  pq.bf16 = bf16_dot && isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
+  pq.bf16 = bf16_dot && isa >= Isa::Avx512Bf16 && p.dtype == DType::BF16 && p.dim % 2 == 0;
   pq.dim_pad = p.dim + (p.dim % 2);
   pq.n_rows.assign(p.nq, 0);
   pq.row_map.assign(p.nq * p.lq, -1);
@@ -145,6 +145,7 @@ bool maxsim_forward_range(const MaxSimProblem& p, const PackedQueries& pq, int64
                           int64_t s0, int64_t s1, float* scores, int32_t* argmax) {
   detail::FwdArgs a{&p, view_of(pq), q0, q1, s0, s1, scores, argmax};
   switch (pq.isa) {
+    case Isa::Amx:
     case Isa::Avx512Bf16: return detail::forward_avx512bf16(a);
     case Isa::Avx512: return detail::forward_avx512(a);
     case Isa::Avx2: return detail::forward_avx2(a);

@@ -125,21 +125,35 @@ Inputs prepare(const char* op, const at::Tensor& queries, const std::optional<at
               "query tokens) overflows float32; are the embeddings normalized?");
 }
 
+// Which engine runs a forward: the vector kernels (maxsim_core.h) or, at the "amx" level
+// for bf16 inputs, the brgemm micro-kernel on tiles (odd dims stay on the vector kernels:
+// the tiles take bf16 pairs). `force_brgemm`: the testing hook's request.
+bool use_brgemm(const MaxSimProblem& p, lateint::Isa isa, bool force_brgemm) {
+  if (p.dtype != DType::BF16) return false;
+  if (force_brgemm) return true;
+  return isa == lateint::Isa::Amx && p.dim % 2 == 0;
+}
+
 // Runs the forward over all (query, slot) pairs of p in parallel.
 void run_forward_problem(const char* op, const Inputs& in, const MaxSimProblem& p, float* scores,
-                         int32_t* argmax) {
+                         int32_t* argmax, bool force_brgemm = false) {
   const int64_t ns = lateint::n_slots(p);
   if (p.nq == 0 || ns == 0) return;
+  const lateint::Isa isa = lateint::isa_for(lateint::Family::MaxSim);
+  const bool brgemm = use_brgemm(p, isa, force_brgemm);
   lateint::PackedQueries pq;
-  lateint::pack_queries(p, lateint::isa_for(lateint::Family::MaxSim), &pq);
+  if (!brgemm) lateint::pack_queries(p, isa, &pq);
+  auto range = [&](int64_t q0, int64_t q1, int64_t s0, int64_t s1) {
+    return brgemm ? lateint::maxsim_forward_brgemm_range(p, q0, q1, s0, s1, scores, argmax)
+                  : lateint::maxsim_forward_range(p, pq, q0, q1, s0, s1, scores, argmax);
+  };
   std::atomic<bool> finite{true};
   const int64_t nthreads = at::get_num_threads();
   if (!p.has_cand && (p.nd >= 8 * nthreads || p.nq < nthreads)) {
     // Split documents: each thread walks its own documents once for all queries.
     const int64_t grain = std::max<int64_t>(1, p.nd / (8 * nthreads));
     at::parallel_for(0, p.nd, grain, [&](int64_t b, int64_t e) {
-      if (!lateint::maxsim_forward_range(p, pq, 0, p.nq, b, e, scores, argmax))
-        finite = false;
+      if (!range(0, p.nq, b, e)) finite = false;
     });
   } else {
     // Split (query, slot-block) items.
@@ -148,8 +162,7 @@ void run_forward_problem(const char* op, const Inputs& in, const MaxSimProblem& 
     at::parallel_for(0, p.nq * nsb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = it / nsb, s0 = (it % nsb) * sb, s1 = std::min(ns, s0 + sb);
-        if (!lateint::maxsim_forward_range(p, pq, q, q + 1, s0, s1, scores, argmax))
-          finite = false;
+        if (!range(q, q + 1, s0, s1)) finite = false;
       }
     });
   }
@@ -219,6 +232,23 @@ std::tuple<at::Tensor, at::Tensor> maxsim_argmax_cpu(
   return {out, arg};
 }
 
+// The same on the brgemm engine whatever the ISA level (bf16 inputs), so that its code is
+// tested on every machine, not only on those with AMX.
+std::tuple<at::Tensor, at::Tensor> maxsim_argmax_brgemm_cpu(
+    const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
+    const at::Tensor& doc_tokens, const at::Tensor& doc_offsets,
+    const std::optional<at::Tensor>& candidates, const std::optional<at::Tensor>& doc_padded,
+    c10::string_view mask_mode) {
+  const char* op = "maxsim_argmax_brgemm";
+  Inputs in = prepare(op, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode);
+  LK_CHECK(in.p.dtype == DType::BF16, op, "the brgemm engine takes bfloat16 inputs, got ", queries.scalar_type());
+  const int64_t ns = lateint::n_slots(in.p);
+  at::Tensor out = at::empty({in.p.nq, ns}, queries.options().dtype(at::kFloat));
+  at::Tensor arg = at::empty({in.p.nq, in.p.lq, ns}, queries.options().dtype(at::kInt));
+  run_forward_problem(op, in, in.p, out.data_ptr<float>(), arg.data_ptr<int32_t>(), true);
+  return {out, arg};
+}
+
 std::tuple<at::Tensor, at::Tensor> maxsim_backward_cpu(
     const at::Tensor& grad, const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
     const at::Tensor& doc_tokens, const at::Tensor& doc_offsets,
@@ -275,4 +305,7 @@ TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
 
 // Testing hook (schema: lateint_kernels/testing.py): the forward with each query token's
 // winning document token, as the backward recomputes it.
-TORCH_LIBRARY_IMPL(lateint_testing, CPU, m) { m.impl("maxsim_argmax", &maxsim_argmax_cpu); }
+TORCH_LIBRARY_IMPL(lateint_testing, CPU, m) {
+  m.impl("maxsim_argmax", &maxsim_argmax_cpu);
+  m.impl("maxsim_argmax_brgemm", &maxsim_argmax_brgemm_cpu);
+}
