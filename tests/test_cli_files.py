@@ -177,3 +177,19 @@ def test_help_texts():
     for cmd in ("demo", "train", "encode", "index", "search", "evaluate", "bench"):
         r = subprocess.run([sys.executable, "-m", "lateint", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: lateint " + cmd in r.stdout
+
+
+def test_build_takes_the_kmeans_budget_and_a_two_level_codec(work):
+    r = lateint("index", "build", "--embeddings", "doc_emb", "--index", "idx2", "--nbits", "2",
+                "--kmeans-niter", "3", "--max-points-per-centroid", "16", "--coarse-cells", "4", "--nprobe", "2",
+                cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.load(open(work / "idx2" / open(work / "idx2" / "CURRENT").read().split()[0]))
+    assert manifest["codec"]["nprobe"] == 2
+    assert os.path.isfile(work / "idx2" / manifest["codec"]["dir"] / "coarse.npy")
+    r = lateint("search", "--index", "idx2", "--queries", "q_emb", "--output", "run2.trec", cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for bad in (["--coarse-cells", "0"], ["--kmeans-niter", "-1"], ["--coarse-cells", "100000"]):
+        r = lateint("index", "build", "--embeddings", "doc_emb", "--index", "idx3", *bad, cwd=work)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr[-500:])
+        assert not os.path.exists(work / "idx3") or not os.listdir(work / "idx3")

@@ -152,6 +152,13 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
     b.add_argument("--chunk-tokens", type=_POS, default=1 << 18,
                    help="tokens compressed at a time (bounds the build's memory; default 262144)")
+    b.add_argument("--kmeans-niter", type=_POS, default=20, help="k-means iterations (default 20)")
+    b.add_argument("--max-points-per-centroid", type=_POS, default=256,
+                   help="k-means points per centroid at most (default 256; lower for large corpora)")
+    b.add_argument("--coarse-cells", type=_POS,
+                   help="a two-level codec: centroids grouped under N coarse cells, each token compared with "
+                        "the centroids of its --nprobe nearest cells (for 16k+ centroids; e.g. 256)")
+    b.add_argument("--nprobe", type=_POS, default=8, help="cells probed per token with --coarse-cells (default 8)")
     b.add_argument("--shards", type=_POS, help="build N shards of one codec on Ray (see --ray)")
     b.add_argument("--ray", metavar="ADDRESS", help="a Ray cluster's address (default with --shards: a local one)")
     a_ = ixs.add_parser("add", help="add documents (new ids) without a rebuild")

@@ -372,17 +372,19 @@ def _index_build(args) -> int:
         pooled = lk.token_pool(tokens.float(), offsets, args.pool_factor)
         source = [(pooled[0], pooled[1])]
     del tokens
+    budget = {"kmeans_niter": args.kmeans_niter, "max_points_per_centroid": args.max_points_per_centroid,
+              "coarse_cells": args.coarse_cells, "nprobe": args.nprobe}
     t = time.perf_counter()
     try:
         with atomic_directory(os.path.abspath(args.index), replace_if=_is_our_index) as tmp:
             if args.shards:
                 from .plaid_ray import create_sharded
                 create_sharded(tmp, source, args.shards, ray_address=args.ray, nbits=args.nbits, seed=args.seed,
-                               chunk_tokens=args.chunk_tokens, metadata=meta, show_progress_bar=True)
+                               chunk_tokens=args.chunk_tokens, metadata=meta, show_progress_bar=True, **budget)
                 summary = f"{args.shards} shards"
             else:
                 index = PLAIDIndex.create(tmp, source, nbits=args.nbits, seed=args.seed, metadata=meta,
-                                          chunk_tokens=args.chunk_tokens, show_progress_bar=True)
+                                          chunk_tokens=args.chunk_tokens, show_progress_bar=True, **budget)
                 summary = f"{index.n_tokens:,} tokens, {index.bytes_per_token():.1f} bytes per token"
     except (ValueError, TypeError) as e:
         raise UsageError(f"{args.embeddings}: {e}") from None
