@@ -431,6 +431,8 @@ def main() -> int:
     p.add_argument("--drift-docs", type=int, default=100_000, help="base documents of the drift run (+50%% new)")
     p.add_argument("--wordnet-queries", type=int, default=2000)
     p.add_argument("--budget-docs", type=int, default=50_000, help="documents of the k-means budget sweep")
+    p.add_argument("--budget-configs", default="256:20,64:10,48:10,16:10,64:4",
+                   help="max_points_per_centroid:kmeans_niter pairs of the sweep")
     args = p.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     for s in steps:
@@ -572,7 +574,7 @@ def main() -> int:
         if not os.path.isfile(btruth):
             q, _ = synthetic.queries_for(corpus, args.queries, 32, seed=3)
             torch.save({"queries": q, "exact": exact_top([(corpus, bn)], q)}, btruth)
-        configs = [(256, 20), (64, 10), (48, 10), (16, 10), (64, 4)]
+        configs = [tuple(int(v) for v in c.split(":")) for c in args.budget_configs.split(",")]
         settings = [("ncells1-ndocs256", {"ncells": 1, "ndocs": 256}),
                     ("ncells2-ndocs1024", {"ncells": 2, "ndocs": 1024})]
         r = run_child("budget", {**base, "n_docs": bn, "truth": btruth, "work": work, "configs": configs,

@@ -189,7 +189,7 @@ def test_build_takes_the_kmeans_budget_and_a_two_level_codec(work):
     assert os.path.isfile(work / "idx2" / manifest["codec"]["dir"] / "coarse.npy")
     r = lateint("search", "--index", "idx2", "--queries", "q_emb", "--output", "run2.trec", cwd=work)
     assert r.returncode == 0, r.stderr[-2000:]
-    for bad in (["--coarse-cells", "0"], ["--kmeans-niter", "-1"], ["--coarse-cells", "100000"]):
+    for bad in (["--coarse-cells", "0"], ["--kmeans-niter", "-1"], ["--max-points-per-centroid", "x"]):
         r = lateint("index", "build", "--embeddings", "doc_emb", "--index", "idx3", *bad, cwd=work)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr[-500:])
         assert not os.path.exists(work / "idx3") or not os.listdir(work / "idx3")
