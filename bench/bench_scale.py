@@ -580,7 +580,7 @@ def main() -> int:
         r = run_child("budget", {**base, "n_docs": bn, "truth": btruth, "work": work, "configs": configs,
                                  "settings": settings, "coarse_cells": 16 if args.smoke else 64})
         for c in r:
-            cshape = f"{bn} docs k{c['centroids']} cells64 mppc{c['mppc']} it{c['niter']}"
+            cshape = f"{bn} docs k{c['centroids']} cells{16 if args.smoke else 64} mppc{c['mppc']} it{c['niter']}"
             row(cshape, "build_wall", c["build_s"], "s")
             for name, v in c["recall"].items():
                 row(f"{cshape} {name}", "recall10_vs_exact", v, "")
@@ -590,9 +590,10 @@ def main() -> int:
         else:
             emb = wordnet_embeddings(os.path.join(work, "wordnet-minilm" + ("-smoke" if args.smoke else "")),
                                      args.wordnet_queries, args.smoke)
+            cells = 16 if args.smoke else 64
             r = run_child("wordnet", {**base, "emb": emb, "index": os.path.join(work, "wordnet-index"),
-                                      "niter": args.niter, "mppc": 64, "coarse_cells": 16 if args.smoke else 64})
-            wshape = f"wordnet {r['n_docs']} glosses {r['nq']} examples minilm nbits2 cells64 mppc64"
+                                      "niter": args.niter, "mppc": 64, "coarse_cells": cells})
+            wshape = f"wordnet {r['n_docs']} glosses {r['nq']} examples minilm nbits2 cells{cells} mppc64"
             row(wshape, "build_wall", r["build_s"], "s")
             row(wshape, "build_peak_anon", gib(r["peak_anon"]), "GiB")
             row(wshape, "bytes_per_token", r["bytes_per_token"], "B")
