@@ -380,12 +380,17 @@ def encode_chunk(tokens: torch.Tensor, codec: Codec) -> Tuple[torch.Tensor, torc
 
 
 def ivf_chunked(codes, doc_offsets: np.ndarray, k: int, alloc: Callable[[int], np.ndarray],
-                chunk_tokens: int = 1 << 20) -> Tuple[np.ndarray, np.ndarray]:
+                chunk_tokens: int = 1 << 20, block: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The IVF (centroid -> ascending unique documents) of codes [T] (any integer array,
     e.g. memory-mapped) in two passes over document ranges of about chunk_tokens tokens:
-    counts, then each list filled in document order. `alloc(total)` gives the int32 array
-    for the documents (in memory or memory-mapped). Same result as one global sort."""
+    counts, then each list filled in document order. `alloc(total)` gives the array for the
+    documents (in memory or memory-mapped). Same result as one global sort. Without `block`:
+    int32 documents and offsets [k + 1]. With `block`: each list cut into runs of documents
+    [h * block, (h + 1) * block), an entry stored as its document modulo block (alloc gives
+    a uint16 array) and offsets [k * B + 1] marking the start of every (centroid, run), B =
+    ceil(n / block) (its run gives an entry's block back)."""
     n = doc_offsets.shape[0] - 1
+    nb = 1 if block is None else max(1, -(-n // block))
     ranges = []
     d0 = 0
     while d0 < n:
@@ -400,26 +405,30 @@ def ivf_chunked(codes, doc_offsets: np.ndarray, k: int, alloc: Callable[[int], n
         m = d1 - d0
         doc_of = torch.repeat_interleave(torch.arange(m), o[1:] - o[:-1], output_size=c.shape[0])
         p = torch.unique(c * m + doc_of)  # sorted by (centroid, document)
-        return p // m, p % m + d0
+        doc = p % m + d0
+        if block is None:
+            return p // m, doc
+        return (p // m) * nb + doc // block, doc % block  # (run, document within its block)
 
-    counts = torch.zeros(k, dtype=torch.int64)
+    counts = torch.zeros(k * nb, dtype=torch.int64)
     for d0, d1 in ranges:
-        cent, _ = pairs(d0, d1)
-        counts += torch.bincount(cent, minlength=k)
-    ivf_offsets = np.zeros(k + 1, dtype=np.int64)
+        run, _ = pairs(d0, d1)
+        counts += torch.bincount(run, minlength=k * nb)
+    ivf_offsets = np.zeros(k * nb + 1, dtype=np.int64)
     np.cumsum(counts.numpy(), out=ivf_offsets[1:])
     ivf_docs = alloc(int(ivf_offsets[-1]))
     fill = torch.from_numpy(ivf_offsets[:-1].copy())
-    out = torch.from_numpy(ivf_docs) if ivf_docs.flags.writeable else None
+    # torch has no index_put for uint16: block entries go through numpy
+    out = torch.from_numpy(ivf_docs) if ivf_docs.flags.writeable and block is None else None
     for d0, d1 in ranges:
-        cent, doc = pairs(d0, d1)
-        cnt = torch.bincount(cent, minlength=k)
+        run, doc = pairs(d0, d1)
+        cnt = torch.bincount(run, minlength=k * nb)
         start = torch.cumsum(cnt, 0) - cnt
-        dest = fill[cent] + torch.arange(cent.shape[0]) - start[cent]
+        dest = fill[run] + torch.arange(run.shape[0]) - start[run]
         if out is not None:
             out[dest] = doc.to(torch.int32)
         else:
-            ivf_docs[dest.numpy()] = doc.numpy().astype(np.int32)
+            ivf_docs[dest.numpy()] = doc.numpy().astype(ivf_docs.dtype)
         fill += cnt
     return ivf_offsets, ivf_docs
 

@@ -698,7 +698,6 @@ def _write_segment(path: str, num: int, src: "_source.Source", codec: "_source.C
 
 
 IVF_BLOCK = 1 << 16  # documents per block of the on-disk IVF (entries stored as uint16 within it)
-_IVF_CHUNK = 1 << 22  # IVF entries converted at a time
 
 
 def ivf_blocks(n_docs: int) -> int:
@@ -708,30 +707,12 @@ def ivf_blocks(n_docs: int) -> int:
 def _finish_segment(tmp: str, codes, offsets: np.ndarray, ids: np.ndarray, k: int) -> None:
     np.save(os.path.join(tmp, "doc_offsets.npy"), offsets, allow_pickle=False)
     np.save(os.path.join(tmp, "ids.npy"), ids.astype(np.int64), allow_pickle=False)
-    full = os.path.join(tmp, "ivf_docs_int32.npy")
 
     def alloc(total):
-        return np.lib.format.open_memmap(full, "w+", np.int32, (total,))
+        return np.lib.format.open_memmap(os.path.join(tmp, "ivf_docs.npy"), "w+", np.uint16, (total,))
 
-    ivf_offsets, ivf_docs = _source.ivf_chunked(codes, offsets, k, alloc)
-    n = offsets.shape[0] - 1
-    nb = ivf_blocks(n)
-    total = int(ivf_offsets[-1])
-    lo = np.lib.format.open_memmap(os.path.join(tmp, "ivf_docs.npy"), "w+", np.uint16, (total,))
-    counts = np.zeros(k * nb, dtype=np.int64)
-    for e0 in range(0, total, _IVF_CHUNK):
-        e1 = min(total, e0 + _IVF_CHUNK)
-        d = np.asarray(ivf_docs[e0:e1])
-        lo[e0:e1] = (d % IVF_BLOCK).astype(np.uint16)
-        if nb > 1:  # each list is ascending, so its entries of one block form one run
-            cent = np.searchsorted(ivf_offsets, np.arange(e0, e1), side="right") - 1
-            counts += np.bincount(cent * nb + d // IVF_BLOCK, minlength=k * nb)
-    lo.flush()
-    del lo, ivf_docs
-    os.remove(full)
-    if nb > 1:
-        ivf_offsets = np.zeros(k * nb + 1, dtype=np.int64)
-        np.cumsum(counts, out=ivf_offsets[1:])
+    ivf_offsets, ivf_docs = _source.ivf_chunked(codes, offsets, k, alloc, block=IVF_BLOCK)
+    ivf_docs.flush()
     np.save(os.path.join(tmp, "ivf_offsets.npy"), ivf_offsets, allow_pickle=False)
 
 
