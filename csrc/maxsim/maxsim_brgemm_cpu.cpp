@@ -15,8 +15,8 @@
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "maxsim/maxsim_core.h"
@@ -85,7 +85,7 @@ inline bool fold(const float* c, int64_t rows, int64_t n, int32_t tok0, Running*
 }
 
 // Writes the score (and argmax column) of a finished pair.
-inline float finish(const MaxSimProblem& p, const QueryOperand& qo, const Running& st, bool floor0,
+inline float finish(const QueryOperand& qo, const Running& st, bool floor0,
                     int32_t* arg, int64_t arg_stride) {
   float total = 0.0f;
   for (int64_t j = 0; j < qo.n; ++j) {
@@ -118,11 +118,9 @@ bool score_doc(const MaxSimProblem& p, const QueryOperand& qo, bool vnni, int64_
 
 }  // namespace
 
-bool brgemm_packs_vnni() { return at::native::cpublas::could_pack(at::kBFloat16); }
-
 bool maxsim_forward_brgemm_range(const MaxSimProblem& p, int64_t q0, int64_t q1, int64_t s0, int64_t s1,
                                  float* scores, int32_t* argmax) {
-  const bool vnni = brgemm_packs_vnni();
+  const bool vnni = at::native::cpublas::could_pack(at::kBFloat16);  // operands in VNNI pairs (AMX)
   const int64_t ns = n_slots(p);
   const bool zero_mode = p.mode == MaskMode::Zero;
   auto floor_of = [&](int64_t doc) { return zero_mode && p.doc_padded && p.doc_padded[doc]; };
@@ -148,7 +146,7 @@ bool maxsim_forward_brgemm_range(const MaxSimProblem& p, int64_t q0, int64_t q1,
         continue;
       }
       finite &= score_doc(p, qo, vnni, t0, t1, &cbuf, &st, arg != nullptr);
-      scores[q * ns + s] = finish(p, qo, st, floor_of(doc), arg, ns);
+      scores[q * ns + s] = finish(qo, st, floor_of(doc), arg, ns);
     }
   }
   if (vnni) at::native::cpublas::brgemm_release(vnni);

@@ -67,10 +67,9 @@ bool maxsim_forward_range(const MaxSimProblem& p, const PackedQueries& pq, int64
 
 // The same forward on torch's brgemm micro-kernel (bf16 inputs only; AMX tiles where the
 // processor has them: maxsim_brgemm_cpu.cpp, part of the extension, not of the torch-free
-// cores). brgemm_packs_vnni(): whether the micro-kernel runs on packed operands (AMX).
+// cores).
 bool maxsim_forward_brgemm_range(const MaxSimProblem& p, int64_t q0, int64_t q1, int64_t s0, int64_t s1,
                                  float* scores, int32_t* argmax);
-bool brgemm_packs_vnni();
 
 // Backward pieces, from the argmax written by the forward.
 //   grad: [nq, n_slots] float32 (upstream gradient of the scores).

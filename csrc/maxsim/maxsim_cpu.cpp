@@ -218,18 +218,29 @@ at::Tensor maxsim_candidates_cpu(const at::Tensor& queries,
   return out;
 }
 
+// The forward with each query token's winning document token; `force_brgemm` runs it on the
+// brgemm engine whatever the ISA level.
+std::tuple<at::Tensor, at::Tensor> argmax_forward(
+    const char* op, bool force_brgemm, const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
+    const at::Tensor& doc_tokens, const at::Tensor& doc_offsets, const std::optional<at::Tensor>& candidates,
+    const std::optional<at::Tensor>& doc_padded, c10::string_view mask_mode) {
+  Inputs in = prepare(op, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode);
+  if (force_brgemm)
+    LK_CHECK(in.p.dtype == DType::BF16, op, "the brgemm engine takes bfloat16 inputs, got ", queries.scalar_type());
+  const int64_t ns = lateint::n_slots(in.p);
+  at::Tensor out = at::empty({in.p.nq, ns}, queries.options().dtype(at::kFloat));
+  at::Tensor arg = at::empty({in.p.nq, in.p.lq, ns}, queries.options().dtype(at::kInt));
+  run_forward_problem(op, in, in.p, out.data_ptr<float>(), arg.data_ptr<int32_t>(), force_brgemm);
+  return {out, arg};
+}
+
 std::tuple<at::Tensor, at::Tensor> maxsim_argmax_cpu(
     const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
     const at::Tensor& doc_tokens, const at::Tensor& doc_offsets,
     const std::optional<at::Tensor>& candidates, const std::optional<at::Tensor>& doc_padded,
     c10::string_view mask_mode) {
-  Inputs in = prepare("maxsim_argmax", queries, query_mask, doc_tokens, doc_offsets, candidates,
-                      doc_padded, mask_mode);
-  const int64_t ns = lateint::n_slots(in.p);
-  at::Tensor out = at::empty({in.p.nq, ns}, queries.options().dtype(at::kFloat));
-  at::Tensor arg = at::empty({in.p.nq, in.p.lq, ns}, queries.options().dtype(at::kInt));
-  run_forward("maxsim_argmax", in, out.data_ptr<float>(), arg.data_ptr<int32_t>());
-  return {out, arg};
+  return argmax_forward("maxsim_argmax", false, queries, query_mask, doc_tokens, doc_offsets, candidates,
+                        doc_padded, mask_mode);
 }
 
 // The same on the brgemm engine whatever the ISA level (bf16 inputs), so that its code is
@@ -239,14 +250,8 @@ std::tuple<at::Tensor, at::Tensor> maxsim_argmax_brgemm_cpu(
     const at::Tensor& doc_tokens, const at::Tensor& doc_offsets,
     const std::optional<at::Tensor>& candidates, const std::optional<at::Tensor>& doc_padded,
     c10::string_view mask_mode) {
-  const char* op = "maxsim_argmax_brgemm";
-  Inputs in = prepare(op, queries, query_mask, doc_tokens, doc_offsets, candidates, doc_padded, mask_mode);
-  LK_CHECK(in.p.dtype == DType::BF16, op, "the brgemm engine takes bfloat16 inputs, got ", queries.scalar_type());
-  const int64_t ns = lateint::n_slots(in.p);
-  at::Tensor out = at::empty({in.p.nq, ns}, queries.options().dtype(at::kFloat));
-  at::Tensor arg = at::empty({in.p.nq, in.p.lq, ns}, queries.options().dtype(at::kInt));
-  run_forward_problem(op, in, in.p, out.data_ptr<float>(), arg.data_ptr<int32_t>(), true);
-  return {out, arg};
+  return argmax_forward("maxsim_argmax_brgemm", true, queries, query_mask, doc_tokens, doc_offsets, candidates,
+                        doc_padded, mask_mode);
 }
 
 std::tuple<at::Tensor, at::Tensor> maxsim_backward_cpu(
