@@ -158,9 +158,28 @@ def _search_all(idx, q, batch, kw):
     return torch.cat(out)
 
 
+def _time_search(idx, q, ids_true, kw):
+    """Batch-1 latencies (p50, p95 ms), the best of 3 batch-32 passes (q/s), recall@10 vs the
+    exact ids, and the batch-1 and batch-32 ids, after a warm-up of 4 queries."""
+    _search_all(idx, q[:4], 1, kw)
+    lat, found = [], []
+    for i in range(q.shape[0]):
+        t = time.perf_counter()
+        found.append(idx.search(q[i:i + 1], K, **kw)[0])
+        lat.append(time.perf_counter() - t)
+    found = torch.cat(found)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        got = _search_all(idx, q, 32, kw)
+        times.append(time.perf_counter() - t)
+    return {"p50_ms": 1e3 * pct(lat, 50), "p95_ms": 1e3 * pct(lat, 95), "qps32": q.shape[0] / min(times),
+            "recall10": recall_vs(found, ids_true)}, found, got
+
+
 def child_search(a):
     truth = torch.load(a["truth"])
-    q, ids_true = truth["queries"], truth["exact"]
+    q, ids_true, rel = truth["queries"], truth["exact"], truth["relevant"]
     base = AnonPeak.now()
     with AnonPeak() as m:
         idx = PLAIDIndex.open(a["index"])
@@ -168,24 +187,9 @@ def child_search(a):
         opened = AnonPeak.now()
         rows = []
         for name, kw in a["settings"]:
-            _search_all(idx, q[:4], 1, kw)  # warm-up
-            lat = []
-            found = []
-            for i in range(q.shape[0]):
-                t = time.perf_counter()
-                found.append(idx.search(q[i:i + 1], K, **kw)[0])
-                lat.append(time.perf_counter() - t)
-            found = torch.cat(found)
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                got = _search_all(idx, q, 32, kw)
-                times.append(time.perf_counter() - t)
-            rel = truth["relevant"]
+            r, found, got = _time_search(idx, q, ids_true, kw)
             hit = (found == rel[:, None]).any(1)[rel >= 0].float().mean().item()
-            rows.append({"setting": name, "p50_ms": 1e3 * pct(lat, 50), "p95_ms": 1e3 * pct(lat, 95),
-                         "qps32": q.shape[0] / min(times), "recall10": recall_vs(found, ids_true),
-                         "relevant10": hit, "same_batched": bool(torch.equal(got, found))})
+            rows.append({"setting": name, **r, "relevant10": hit, "same_batched": bool(torch.equal(got, found))})
     return {"rows": rows, "anon_before_open": base, "anon_opened": opened, "peak_anon": m.peak}
 
 
@@ -233,20 +237,7 @@ def child_ray(a):
     torch.set_num_threads(a["threads"])
     rows = []
     for which, idx in (("single", single), ("ray-4", sh)):
-        _search_all(idx, q[:4], 1, {})
-        lat, found = [], []
-        for i in range(q.shape[0]):
-            t = time.perf_counter()
-            found.append(idx.search(q[i:i + 1], K)[0])
-            lat.append(time.perf_counter() - t)
-        found = torch.cat(found)
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            _search_all(idx, q, 32, {})
-            times.append(time.perf_counter() - t)
-        rows.append({"which": which, "p50_ms": 1e3 * pct(lat, 50), "p95_ms": 1e3 * pct(lat, 95),
-                     "qps32": q.shape[0] / min(times), "recall10": recall_vs(found, ids_true)})
+        rows.append({"which": which, **_time_search(idx, q, ids_true, {})[0]})
     same_local = bool(torch.equal(sh.search(q[:32], K)[0], sh.search_local(q[:32], K)[0]))
     sh.close()
     ray.shutdown()
