@@ -38,7 +38,7 @@ SCHEMAS = {
     # the CPU clustering starts from for one document's tokens (diagonal +inf).
     "ward_linkage": "(Tensor dist) -> Tensor",
     "fcluster_maxclust": "(Tensor Z, int max_nc) -> Tensor",
-    "pool_distances": "(Tensor x, str distance) -> Tensor",
+    "pool_distances": "(Tensor x, str distance, str variant=\"pylate\") -> Tensor",
 }
 
 

@@ -721,10 +721,91 @@ void transpose_into(const T* src, int64_t n, int64_t dim, T* dst, int64_t ldt) {
 }
 }  // namespace
 
+namespace {
+// acc[q][j] += (a_q - m_j)^2 for the R rows of a tile: one step of the row distances of
+// CosineRows (float64, no contraction: this translation unit forbids it).
+LATEINT_MULTIVERSION(Family::Pool, void, rows_sqdiff_step,
+                     (double* __restrict acc, int64_t lda, const double* a, int r, const float* __restrict m,
+                      int64_t j0, int64_t j1),
+                     (acc, lda, a, r, m, j0, j1), {
+  for (int q = 0; q < r; ++q) {
+    const double aq = a[q];
+    double* __restrict row = acc + q * lda;
+    for (int64_t j = j0; j < j1; ++j) {
+      const double d = aq - (double)m[j];
+      row[j] += d * d;
+    }
+  }
+})
+
+// D[i, j] = sqrt(sum_k (M[i, k] - M[j, k])^2) for the symmetric float32 M [n, n] (stride
+// ldm): summed in k order per pair (scipy pdist's order); M[j, k] is read as M[k, j] so the
+// inner loop runs over contiguous j. Tiles of 8 rows keep the accumulators in L2.
+void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t ld, Isa isa) {
+  constexpr int R = 8;
+  std::vector<double> acc(R * (size_t)ldm);
+  (void)isa;
+  for (int64_t i0 = 0; i0 < n; i0 += R) {
+    const int r = (int)std::min<int64_t>(R, n - i0);
+    const int64_t j0 = i0 + 1;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    double a[R];
+    for (int64_t k = 0; k < n; ++k) {
+      for (int q = 0; q < r; ++q) a[q] = (double)M[(i0 + q) * ldm + k];
+      rows_sqdiff_step(acc.data(), ldm, a, r, M + k * ldm, j0, n);
+    }
+    for (int q = 0; q < r; ++q) {
+      const int64_t i = i0 + q;
+      for (int64_t j = i + 1; j < n; ++j) D[i * ld + j] = D[j * ld + i] = std::sqrt(acc[q * ldm + j]);
+    }
+  }
+}
+// The float32 paths' last steps on D (double(1 - <a, b>) off the diagonal): the clamp of
+// CosineClamped, the row distances of CosineRows (M's diagonal from the Gram matrix G
+// when given, else 1 - <a, a> summed here), then +inf on the diagonal and the padding.
+void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* G, int64_t ldg,
+                          PoolDistance dist, double* D, int64_t ld, PoolScratch& s, Isa isa) {
+  if (dist == PoolDistance::CosineClamped) {
+    for (int64_t i = 0; i < n; ++i) {
+      double* row = D + i * ld;
+      for (int64_t j = 0; j < n; ++j) row[j] = std::min(std::max(row[j], 0.0), 2.0);
+    }
+  } else if (dist == PoolDistance::CosineRows) {
+    const int64_t ldm = round_up(n, 16);
+    grow(s.mrow, n * ldm);
+    float* M = s.mrow.data();
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) M[i * ldm + j] = (float)D[i * ld + j];
+      float dot = 0.0f;
+      if (G != nullptr) {
+        dot = G[i * ldg + i];
+      } else {
+        for (int64_t k = 0; k < dim; ++k) dot += xf[i * dim + k] * xf[i * dim + k];
+      }
+      M[i * ldm + i] = 1.0f - dot;
+      for (int64_t j = n; j < ldm; ++j) M[i * ldm + j] = 0.0f;
+    }
+    rows_euclidean(M, n, ldm, D, ld, isa);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = D + i * ld;
+    row[i] = kInf;
+    for (int64_t j = n; j < ld; ++j) row[j] = kInf;
+  }
+}
+}  // namespace
+
+void pool_distances_from_gram(const float* G, int64_t n, int64_t ldg, PoolDistance dist, double* D,
+                              int64_t ld, PoolScratch& s, Isa isa) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) D[i * ld + j] = (double)(1.0f - G[i * ldg + j]);
+  finish_f32_distances(nullptr, n, 0, G, ldg, dist, D, ld, s, isa);
+}
+
 void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistance dist,
                     double* D, int64_t ld, PoolScratch& s, Isa isa) {
   const int64_t ldt = round_up(n, 32);
-  const bool wide = dt == DType::F64 || dist == PoolDistance::Euclidean;
+  const bool wide = dist == PoolDistance::Euclidean || (dt == DType::F64 && dist == PoolDistance::Cosine);
   if (wide) {
     // float64 Gram: float64 inputs, and the Euclidean variant (2 - 2<a,b> cancels for close
     // tokens; float32 would leave ~3e-4 of error in their distance).
@@ -750,6 +831,11 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
     const float* xf;
     if (dt == DType::F32) {
       xf = (const float*)x;
+    } else if (dt == DType::F64) {
+      grow(s.xf, n * dim);
+      const double* h = (const double*)x;
+      for (int64_t i = 0; i < n * dim; ++i) s.xf[i] = (float)h[i];
+      xf = s.xf.data();
     } else {
       grow(s.xf, n * dim);
       const uint16_t* h = (const uint16_t*)x;
@@ -773,11 +859,7 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
       detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, isa >= Isa::Avx2);
       detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     }
-    for (int64_t i = 0; i < n; ++i) {
-      double* row = D + i * ld;
-      row[i] = kInf;
-      for (int64_t j = n; j < ld; ++j) row[j] = kInf;
-    }
+    finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s, isa);
     return;
   }
   // float64 paths: upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.
@@ -812,8 +894,9 @@ int64_t labels_of_cut(int64_t n, int64_t n_clusters, int32_t* labels, PoolScratc
 }
 }  // namespace
 
-int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, int64_t pool_factor,
-                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa) {
+int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, double pool_factor,
+                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa, const float* gram,
+                    int64_t ldg) {
   const int64_t k = pool_target(n, pool_factor);
   if (k >= n) {
     for (int64_t i = 0; i < n; ++i) labels[i] = (int32_t)i;
@@ -821,7 +904,8 @@ int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, int64_t poo
   }
   const int64_t ld = row_stride(n);
   grow(s.D, n * ld);
-  pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
+  if (gram != nullptr) pool_distances_from_gram(gram, n, ldg, dist, s.D.data(), ld, s, isa);
+  else pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
   grow(s.mx, n);
   grow(s.my, n);
   std::vector<double>& md = s.merge_d;

@@ -11,6 +11,7 @@
 // rounding residue (scipy then gets NaN and its later steps read undefined state), the
 // residue is taken as 0.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <new>
 #include <vector>
@@ -25,7 +26,24 @@ namespace lateint {
 //           embeddings this is the cosine distance), computed in float32 for float32/16
 //           inputs like PyLate, in float64 for float64 inputs.
 //   Euclidean: ||a/|a| - b/|b|||, Ward's own setting, on L2-normalized copies.
-enum class PoolDistance : int { Cosine = 0, Euclidean = 1 };
+//   CosineClamped: the cosine distance in float32 (float64 inputs are rounded to float32
+//           first) clamped to [0, 2] (sentence-transformers' HierarchicalTokenPooling).
+//   CosineRows: the Euclidean distance between the rows of the full float32 cosine
+//           distance matrix M (its diagonal 1 - <a, a> included), summed in float64 in
+//           column order without fused multiply-adds, as scipy's pdist does on M
+//           (colpali-engine's HierarchicalTokenPooler passes M to linkage as observations).
+enum class PoolDistance : int { Cosine = 0, Euclidean = 1, CosineClamped = 2, CosineRows = 3 };
+
+// How a cluster's mean sums its rows.
+//   Sequential: in token order, one accumulator (torch's scatter_add_, PyLate and
+//           sentence-transformers).
+//   Cascade: torch's sum over dim 0 of the cluster's rows gathered in token order
+//           (colpali-engine's `embedding[idx].mean(dim=0)`) on one thread: running sums of
+//           2^L rows folded into the next of four levels, L = max(4, ceil(log2(m)) / 4),
+//           per column for blocks of four of torch's vectors, four interleaved such sums for
+//           the other columns. The vector width (8 or 16 floats) is the one torch's CPU
+//           kernels run with on this machine.
+enum class PoolMeans : int { Sequential = 0, Cascade = 1 };
 
 // Cache-line aligned storage for the arrays the kernels read with 64-byte vector loads (a
 // std::vector's buffer is only 16-byte aligned: every such load would straddle two lines).
@@ -60,6 +78,8 @@ struct PoolScratch {
   std::vector<float> mean_f;   // cluster sums (float32 accumulation)
   std::vector<double> mean_d;  // cluster sums (float64 rows)
   std::vector<int64_t> mean_n;
+  std::vector<int32_t> members;  // tokens of each cluster in token order (cascade means)
+  std::vector<float> mrow;       // the cosine matrix of CosineRows, float32 rows
   // Memory the caller reads next (the next document): ward_nn_chain brings it into L2 a few
   // lines per merge, so that its first read does not wait on DRAM. Optional.
   const void* prefetch = nullptr;
@@ -98,20 +118,29 @@ int64_t fcluster_maxclust(const double* Z, int64_t n, int64_t max_nc, int32_t* T
 void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistance dist,
                     double* D, int64_t ld, PoolScratch& s, Isa isa);
 
+// The cosine distances (Cosine, CosineClamped, CosineRows) from a float32 Gram matrix G
+// [n, n] (stride ldg) computed elsewhere: 1 - G in float32, then as pool_distances.
+void pool_distances_from_gram(const float* G, int64_t n, int64_t ldg, PoolDistance dist, double* D,
+                              int64_t ld, PoolScratch& s, Isa isa);
+
 // Clusters one document's poolable tokens: labels[i] in 0..nc-1 (the order of the pooled
-// rows, PyLate's), returns nc. n_clusters = max(1, n / pool_factor); n < 2 or
-// n_clusters >= n returns n with labels[i] = i (the document is kept as is).
-int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, int64_t pool_factor,
-                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa);
+// rows, PyLate's), returns nc. n_clusters = max(1, n // pool_factor); n < 2 or
+// n_clusters >= n returns n with labels[i] = i (the document is kept as is). With `gram`
+// (float32 [n, n], stride ldg; only read when the document is clustered) the cosine
+// distances come from it instead of from x.
+int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, double pool_factor,
+                    PoolDistance dist, int32_t* labels, PoolScratch& s, Isa isa,
+                    const float* gram = nullptr, int64_t ldg = 0);
 
 // Whether all `count` values of x are finite (no NaN, no Inf).
 // One document's output rows, PyLate's scatter_add and division: its first p of len rows
 // copied as they are, then for each cluster c < nc the mean of the rows p + i with lab[i]
-// == c, summed in token order and divided by the count, in float32 (float64 for F64 rows),
-// so float32 results are PyLate's bits; `normalize` L2-normalizes each mean (in float64).
-// x and dst hold rows of dt; dst has room for p + nc rows.
+// == c, summed in token order (`means`) and divided by the count, in float32 (float64 for
+// F64 rows), so float32 results are PyLate's bits; `normalize` L2-normalizes each mean (in
+// float64). x and dst hold rows of dt; dst has room for p + nc rows. `width`: torch's
+// vector width in values, for PoolMeans::Cascade.
 void pool_doc_means(const void* x, DType dt, int64_t len, int64_t p, const int32_t* lab, int64_t nc,
-                    int64_t dim, bool normalize, void* dst, PoolScratch& s);
+                    int64_t dim, bool normalize, PoolMeans means, int width, void* dst, PoolScratch& s);
 
 bool pool_all_finite(const void* x, DType dt, int64_t count);
 
@@ -130,10 +159,23 @@ constexpr double kPoolMaxSqNorm = 1.02;
 int64_t pool_labels_from_merges(const int32_t* mx, const int32_t* my, const double* mdist,
                                 int64_t n, int64_t n_clusters, int32_t* labels, PoolScratch& s);
 
-// Number of clusters PyLate asks for: max(1, n / pool_factor), or n when that does not
-// reduce the document.
-inline int64_t pool_target(int64_t n, int64_t pool_factor) {
-  const int64_t k = n / pool_factor > 1 ? n / pool_factor : 1;
+// Python's float floor division n // f (f >= 1 finite): the quotient of the exactly
+// representable n - fmod(n, f), rounded as CPython rounds it; n / f for integral f.
+inline int64_t pool_floordiv(int64_t n, double f) {
+  const double vx = (double)n;
+  const double mod = std::fmod(vx, f);
+  const double div = (vx - mod) / f;
+  if (div == 0) return 0;
+  double q = std::floor(div);
+  if (div - q > 0.5) q += 1.0;
+  return (int64_t)q;
+}
+
+// Number of clusters PyLate / sentence-transformers / colpali-engine ask for:
+// max(1, n // pool_factor), or n when that does not reduce the document.
+inline int64_t pool_target(int64_t n, double pool_factor) {
+  const int64_t q = pool_floordiv(n, pool_factor);
+  const int64_t k = q > 1 ? q : 1;
   return k >= n ? n : k;
 }
 

@@ -1,6 +1,7 @@
 // CPU binding of the token pooling ops: checks, then the torch-free core (csrc/pool/
 // pool_core) per document over at::parallel_for, then cluster means.
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -30,7 +31,10 @@ struct PoolInputs {
   at::TensorOptions opts;        // dtype/device of the tokens (and of the pooled output)
   DType dt = DType::F32;
   PoolDistance dist = PoolDistance::Cosine;
-  int64_t nd = 0, dim = 0, esz = 4, pool_factor = 1, protect = 0;
+  lateint::PoolMeans means = lateint::PoolMeans::Sequential;
+  int torch_width = 8;  // floats per vector of torch's CPU kernels (cascade means)
+  double pool_factor = 1;
+  int64_t nd = 0, dim = 0, esz = 4, protect = 0;
   const char* name = "doc_tokens";  // the argument holding the tokens, for error messages
 };
 
@@ -41,18 +45,36 @@ PoolDistance distance_of(c10::string_view d, const char* op) {
               std::string(d), "\"");
 }
 
-void prepare_scalars(const char* op, int64_t pool_factor, int64_t protected_tokens,
-                     c10::string_view distance, PoolInputs& in) {
-  LK_CHECK(pool_factor >= 1, op, "`pool_factor` must be an integer >= 1, got ", pool_factor);
+// The library whose pooling is reproduced: its distance (from `distance`, the PyLate
+// variant's choice) and how its means sum.
+void apply_variant(c10::string_view variant, const char* op, PoolInputs& in) {
+  if (variant == "pylate") return;
+  const bool st = variant == "sentence-transformers", colpali = variant == "colpali";
+  TORCH_CHECK(st || colpali, op, ": `variant` must be \"pylate\", \"sentence-transformers\" or \"colpali\", got \"",
+              std::string(variant), "\"");
+  TORCH_CHECK(in.dist == PoolDistance::Cosine, op, ": `distance` must be \"cosine\" with variant \"",
+              std::string(variant), "\" (that library's only distance)");
+  in.dist = st ? PoolDistance::CosineClamped : PoolDistance::CosineRows;
+  in.means = st ? lateint::PoolMeans::Sequential : lateint::PoolMeans::Cascade;
+  static const int width = at::get_cpu_capability() == "AVX512" ? 16 : 8;
+  in.torch_width = width;
+}
+
+void prepare_scalars(const char* op, double pool_factor, int64_t protected_tokens,
+                     c10::string_view distance, c10::string_view variant, PoolInputs& in) {
+  LK_CHECK(std::isfinite(pool_factor) && pool_factor >= 1, op, "`pool_factor` must be a number >= 1, got ",
+           pool_factor);
   LK_CHECK(protected_tokens >= 0, op, "`protected_tokens` must be >= 0, got ", protected_tokens);
   in.dist = distance_of(distance, op);
+  apply_variant(variant, op, in);
   in.pool_factor = pool_factor;
   in.protect = protected_tokens;
   in.esz = in.dt == DType::F64 ? 8 : in.dt == DType::F32 ? 4 : 2;
 }
 
 PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& offsets,
-                   int64_t pool_factor, int64_t protected_tokens, c10::string_view distance) {
+                   double pool_factor, int64_t protected_tokens, c10::string_view distance,
+                   c10::string_view variant) {
   PoolInputs in;
   LK_CHECK_DIM(tokens, 2, op, "doc_tokens", "[total_tokens, dim]");
   LK_CHECK_DIM(offsets, 1, op, "doc_offsets", "[n_docs + 1]");
@@ -66,7 +88,7 @@ PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& o
   LK_CHECK(tokens.size(1) >= 1, op, "`doc_tokens` must have dim >= 1");
   LK_CHECK(tokens.size(0) < (int64_t(1) << 31), op, "`doc_tokens` has ", tokens.size(0),
            " rows; at most 2^31 - 1 are supported");
-  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  prepare_scalars(op, pool_factor, protected_tokens, distance, variant, in);
   at::Tensor t = tokens.contiguous();
   in.hold = {t, offsets.contiguous()};
   in.o = in.hold[1].data_ptr<int64_t>();
@@ -86,8 +108,8 @@ PoolInputs prepare(const char* op, const at::Tensor& tokens, const at::Tensor& o
 }
 
 // A list of [L_i, dim] documents, read where they lie (no packed copy of the input).
-PoolInputs prepare_list(const char* op, at::TensorList docs, int64_t pool_factor,
-                        int64_t protected_tokens, c10::string_view distance) {
+PoolInputs prepare_list(const char* op, at::TensorList docs, double pool_factor,
+                        int64_t protected_tokens, c10::string_view distance, c10::string_view variant) {
   PoolInputs in;
   in.name = "docs";
   LK_CHECK(!docs.empty(), op, "`docs` must hold at least one document");
@@ -96,7 +118,7 @@ PoolInputs prepare_list(const char* op, at::TensorList docs, int64_t pool_factor
   in.dt = dtype_of(d0, op, "docs[0]", true);
   in.dim = d0.size(1);
   LK_CHECK(in.dim >= 1, op, "`docs` must have dim >= 1");
-  prepare_scalars(op, pool_factor, protected_tokens, distance, in);
+  prepare_scalars(op, pool_factor, protected_tokens, distance, variant, in);
   in.nd = (int64_t)docs.size();
   in.opts = d0.options();
   in.hold.reserve(in.nd);
@@ -156,6 +178,26 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
   });
 }
 
+// Whether the cosine distances come from torch.mm, as the reproduced library computes
+// them: x x^T in float32 (sentence-transformers and colpali-engine cast to float32 first;
+// PyLate multiplies float32 tokens as they are). torch's matrix product gives the same
+// bits whatever the thread count or the rows' alignment, so the distances, and with them
+// Ward's every merge, are that library's own.
+bool gram_distances(const PoolInputs& in) {
+  return in.dist == PoolDistance::CosineClamped || in.dist == PoolDistance::CosineRows ||
+         (in.dist == PoolDistance::Cosine && in.dt == DType::F32);
+}
+
+// torch.mm(x, x.t()) of document d's n poolable rows (from row p) in float32, contiguous.
+at::Tensor doc_gram(const PoolInputs& in, int64_t d, int64_t p, int64_t n) {
+  const at::ScalarType st = in.dt == DType::F32 ? at::kFloat : in.dt == DType::F64 ? at::kDouble
+                            : in.dt == DType::F16 ? at::kHalf : at::kBFloat16;
+  at::Tensor x = at::from_blob(const_cast<void*>(doc_row(in, d, p)), {n, in.dim},
+                               at::TensorOptions().dtype(st));
+  if (st != at::kFloat) x = x.to(at::kFloat);
+  return at::mm(x, x.t()).contiguous();
+}
+
 constexpr int64_t kNonFinite = -1, kNotNormalized = -2;
 
 // Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
@@ -174,6 +216,11 @@ int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int
       !(lateint::pool_max_sqnorm(doc_row(in, d, p), in.dt, n, in.dim) <= lateint::kPoolMaxSqNorm))
     return kNotNormalized;
   lab.resize(n);
+  if (gram_distances(in) && lateint::pool_target(n, in.pool_factor) < n) {
+    const at::Tensor g = doc_gram(in, d, p, n);
+    return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
+                                lab.data(), scratch, isa, g.data_ptr<float>(), g.stride(0));
+  }
   return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
                               lab.data(), scratch, isa);
 }
@@ -257,7 +304,8 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
                    if (nc == n)
                      std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
                    else
-                     lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, dst, scratch);
+                     lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, in.means,
+                                             in.torch_width, dst, scratch);
                  });
 }
 
@@ -318,12 +366,13 @@ std::vector<at::Tensor> pool_list_t(const char* op, const PoolInputs& in, bool n
 
 std::tuple<at::Tensor, at::Tensor> token_pool_labels_cpu(const at::Tensor& doc_tokens,
                                                          const at::Tensor& doc_offsets,
-                                                         int64_t pool_factor,
+                                                         double pool_factor,
                                                          int64_t protected_tokens,
-                                                         c10::string_view distance) {
+                                                         c10::string_view distance,
+                                                         c10::string_view variant) {
   const char* op = "token_pool_labels";
   PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor,
-                          protected_tokens, distance);
+                          protected_tokens, distance, variant);
   at::Tensor rows = at::empty({doc_tokens.size(0)}, doc_offsets.options());
   at::Tensor new_off = at::empty({in.nd + 1}, doc_offsets.options());
   compute_labels(op, in, rows.data_ptr<int64_t>(), new_off.data_ptr<int64_t>());
@@ -344,11 +393,12 @@ auto with_dtype(DType dt, const char* op, const Fn& fn) {
 
 std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
                                                   const at::Tensor& doc_offsets,
-                                                  int64_t pool_factor, int64_t protected_tokens,
-                                                  bool normalize, c10::string_view distance) {
+                                                  double pool_factor, int64_t protected_tokens,
+                                                  bool normalize, c10::string_view distance,
+                                                  c10::string_view variant) {
   const char* op = "token_pool";
   const PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
-                                distance);
+                                distance, variant);
   return with_dtype(in.dt, op, [&](auto t) {
     return pool_packed_t<decltype(t)>(op, in, normalize);
   });
@@ -356,22 +406,25 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
 
 // PyLate's list of documents in, a list out: the documents token_pool gives for the packed
 // list, without copying the input into one tensor first.
-std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, int64_t pool_factor,
+std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, double pool_factor,
                                             int64_t protected_tokens, bool normalize,
-                                            c10::string_view distance) {
+                                            c10::string_view distance, c10::string_view variant) {
   const char* op = "token_pool_list";
-  const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance);
+  const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance, variant);
   return with_dtype(in.dt, op, [&](auto t) {
     return pool_list_t<decltype(t)>(op, in, normalize);
   });
 }
 
 // Testing hook: the distance matrix pool_labels clusters, for one document x [n, dim].
-at::Tensor pool_distances_cpu(const at::Tensor& x, c10::string_view distance) {
+at::Tensor pool_distances_cpu(const at::Tensor& x, c10::string_view distance, c10::string_view variant) {
   const char* op = "_pool_distances";
   LK_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1, op,
            "`x` must be [n, dim] with n, dim >= 1, got ", x.sizes());
-  const PoolDistance dist = distance_of(distance, op);
+  PoolInputs in;
+  in.dist = distance_of(distance, op);
+  apply_variant(variant, op, in);
+  const PoolDistance dist = in.dist;
   const DType dt = dtype_of(x, op, "x", true);
   const at::Tensor xc = x.contiguous();
   const int64_t n = x.size(0), ld = (n + 7) / 8 * 8;

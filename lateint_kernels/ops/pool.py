@@ -35,26 +35,34 @@ from ..reference import pool as _ref
 # _token_pool_finish: the GPU path's host step, the per-document cut of NN-chain merge lists
 # made on the device (merges_x/y int32 [n_docs, W], merges_d float64 [n_docs, W]) ->
 # token_pool_labels' output.
+# variant: whose clustering and means ("pylate"; "sentence-transformers": the cosine distance
+# clamped to [0, 2]; "colpali": linkage on the rows of the cosine distance matrix, means
+# summed as torch sums a gathered cluster); the public functions add each library's
+# normalization on top. pool_factor is a number (sentence-transformers takes fractions):
+# max(1, n // pool_factor) clusters with Python's floor division.
 SCHEMAS = {
-    "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, int protected_tokens, "
-                  "bool normalize, str distance) -> (Tensor, Tensor)",
-    "token_pool_labels": "(Tensor doc_tokens, Tensor doc_offsets, int pool_factor, "
-                         "int protected_tokens, str distance) -> (Tensor, Tensor)",
-    "token_pool_list": "(Tensor[] docs, int pool_factor, int protected_tokens, bool normalize, "
-                       "str distance) -> Tensor[]",
+    "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, float pool_factor, int protected_tokens, "
+                  "bool normalize, str distance, str variant=\"pylate\") -> (Tensor, Tensor)",
+    "token_pool_labels": "(Tensor doc_tokens, Tensor doc_offsets, float pool_factor, "
+                         "int protected_tokens, str distance, str variant=\"pylate\") -> (Tensor, Tensor)",
+    "token_pool_list": "(Tensor[] docs, float pool_factor, int protected_tokens, bool normalize, "
+                       "str distance, str variant=\"pylate\") -> Tensor[]",
 }
 _FINISH_SCHEMA = ("(Tensor merges_x, Tensor merges_y, Tensor merges_d, Tensor doc_offsets, int pool_factor, "
                   "int protected_tokens) -> (Tensor, Tensor)")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _DISTANCES = ("cosine", "euclidean")
+VARIANTS = ("pylate", "sentence-transformers", "colpali")
 
 
-def _pool_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
-    return _ref.token_pool_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance)
+def _pool_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
+    return _ref.token_pool_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance,
+                               variant=variant)
 
 
-def _labels_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
-    return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+def _labels_ref_op(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant="pylate"):
+    return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance,
+                                      variant=variant)
 
 
 def _split_owned(tokens, offsets):
@@ -63,10 +71,10 @@ def _split_owned(tokens, offsets):
     return [t.clone() for t in torch.split(tokens, (offsets[1:] - offsets[:-1]).tolist(), dim=0)]
 
 
-def _pool_list_ref_op(docs, pool_factor, protected_tokens, normalize, distance):
+def _pool_list_ref_op(docs, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
     packed = pack_list(docs)
     return _split_owned(*_ref.token_pool_ref(packed.tokens, packed.offsets, pool_factor, protected_tokens,
-                                             normalize, distance))
+                                             normalize, distance, variant=variant))
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,24 +106,34 @@ except Exception:  # triton missing or broken: host round trip below
     _TRITON_POOL = None
 
 
-def _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
-    if _TRITON_POOL is not None and NATIVE_LOADED:
-        return _TRITON_POOL.token_pool_labels_triton(doc_tokens, doc_offsets, pool_factor,
+def _on_device(variant, pool_factor) -> bool:
+    """Whether the device kernels serve this call: PyLate's variant with an integral factor
+    (the others are clustered and averaged on the host by the CPU kernel)."""
+    return variant == "pylate" and float(pool_factor).is_integer()
+
+
+def _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant="pylate"):
+    if _TRITON_POOL is not None and NATIVE_LOADED and _on_device(variant, pool_factor):
+        return _TRITON_POOL.token_pool_labels_triton(doc_tokens, doc_offsets, int(pool_factor),
                                                      protected_tokens, distance)
     rows, off = torch.ops.lateint_kernels.token_pool_labels(doc_tokens.cpu(), doc_offsets.cpu(), pool_factor,
-                                                            protected_tokens, distance)
+                                                            protected_tokens, distance, variant)
     return rows.to(doc_tokens.device), off.to(doc_tokens.device)
 
 
-def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
+def _pool_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
+    if not _on_device(variant, pool_factor):
+        out, off = torch.ops.lateint_kernels.token_pool(doc_tokens.cpu(), doc_offsets.cpu(), pool_factor,
+                                                        protected_tokens, normalize, distance, variant)
+        return out.to(doc_tokens.device), off.to(doc_tokens.device)
     rows, off = _labels_cuda(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
     return _segment_mean(doc_tokens, rows, off, doc_offsets, protected_tokens, normalize), off
 
 
-def _pool_list_cuda(docs, pool_factor, protected_tokens, normalize, distance):
+def _pool_list_cuda(docs, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
     packed = pack_list(docs)
     return _split_owned(*_pool_cuda(packed.tokens, packed.offsets, pool_factor, protected_tokens, normalize,
-                                    distance))
+                                    distance, variant))
 
 
 _CUDA_WHICH = "triton" if _TRITON_POOL is not None and NATIVE_LOADED else "cpp" if NATIVE_LOADED else "reference"
@@ -130,7 +148,7 @@ _registry.mark_non_differentiable("_token_pool_finish")
 # ---------------------------------------------------------------------------------------
 # Fake kernels: the number of pooled rows depends on the data.
 @torch.library.register_fake(f"{_registry.NS}::token_pool")
-def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance):
+def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
     torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
     torch._check(doc_offsets.dim() == 1, lambda: "`doc_offsets` must be 1-D [n_docs + 1]")
     n_out = torch.library.get_ctx().new_dynamic_size()
@@ -139,7 +157,7 @@ def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distanc
 
 
 @torch.library.register_fake(f"{_registry.NS}::token_pool_list")
-def _(docs, pool_factor, protected_tokens, normalize, distance):
+def _(docs, pool_factor, protected_tokens, normalize, distance, variant="pylate"):
     torch._check(len(docs) >= 1, lambda: "`docs` must hold at least one document")
     torch._check(docs[0].dim() == 2, lambda: "`docs[0]` must be 2-D [L, dim]")
     ctx = torch.library.get_ctx()
@@ -152,7 +170,7 @@ def _(docs, pool_factor, protected_tokens, normalize, distance):
 
 
 @torch.library.register_fake(f"{_registry.NS}::token_pool_labels")
-def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant="pylate"):
     torch._check(doc_tokens.dim() == 2, lambda: "`doc_tokens` must be 2-D [total_tokens, dim]")
     torch._check(doc_offsets.dim() == 1, lambda: "`doc_offsets` must be 1-D [n_docs + 1]")
     return doc_offsets.new_empty(doc_tokens.shape[0]), torch.empty_like(doc_offsets)
@@ -160,16 +178,27 @@ def _(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
 
 # ---------------------------------------------------------------------------------------
 # Public API
-def _validate_scalars(op, pool_factor, protected_tokens, distance):
-    if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or not 1 <= pool_factor < 2 ** 63:
+def _validate_scalars(op, pool_factor, protected_tokens, distance, variant="pylate"):
+    if variant not in VARIANTS:
+        raise ValueError(f"{op}: `variant` must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    if variant == "sentence-transformers":
+        if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, float)) or not 1 <= pool_factor < 2 ** 63:
+            raise ValueError(f"{op}: `pool_factor` must be a number >= 1 (and < 2^63), got {pool_factor!r}")
+    elif isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or not 1 <= pool_factor < 2 ** 63:
         raise ValueError(f"{op}: `pool_factor` must be an integer >= 1 (and < 2^63), got {pool_factor!r}")
     if isinstance(protected_tokens, bool) or not isinstance(protected_tokens, int) or not 0 <= protected_tokens < 2 ** 63:
         raise ValueError(f"{op}: `protected_tokens` must be an integer >= 0 (and < 2^63), got {protected_tokens!r}")
     if distance not in _DISTANCES:
         raise ValueError(f'{op}: `distance` must be "cosine" or "euclidean", got {distance!r}')
+    if variant != "pylate" and distance != "cosine":
+        raise ValueError(f'{op}: `distance` must be "cosine" with variant {variant!r} (that library\'s only '
+                         f'distance), got {distance!r}')
+    if variant == "colpali" and protected_tokens != 0:
+        raise ValueError(f"{op}: `protected_tokens` must be 0 with variant 'colpali' (colpali-engine protects no "
+                         f"token), got {protected_tokens!r}")
 
 
-def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distance):
+def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant="pylate"):
     if not isinstance(doc_tokens, torch.Tensor) or doc_tokens.dim() != 2:
         raise ValueError(f"{op}: `doc_tokens` must be a 2-D tensor [total_tokens, dim], got "
                          f"{tuple(doc_tokens.shape) if isinstance(doc_tokens, torch.Tensor) else type(doc_tokens).__name__}")
@@ -183,7 +212,7 @@ def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distan
         raise ValueError(f"{op}: `doc_offsets` must hold n_docs + 1 >= 1 entries (it starts with 0)")
     if doc_offsets.device != doc_tokens.device:
         raise ValueError(f"{op}: `doc_offsets` must be on {doc_tokens.device} like `doc_tokens`, got {doc_offsets.device}")
-    _validate_scalars(op, pool_factor, protected_tokens, distance)
+    _validate_scalars(op, pool_factor, protected_tokens, distance, variant)
     if torch.compiler.is_compiling():
         return
     if doc_tokens.device.type == "cpu" and NATIVE_LOADED and not _forced_reference():
@@ -193,7 +222,7 @@ def _validate(op, doc_tokens, doc_offsets, pool_factor, protected_tokens, distan
     raise_bad_offsets(op, doc_offsets, doc_tokens.shape[0], flags[:3])
     if flags[3]:
         raise ValueError(f"{op}: `doc_tokens` contains NaN or Inf")
-    if distance == "cosine":
+    if distance == "cosine" and variant == "pylate":
         bad = _first_unnormalized_doc(doc_tokens, doc_offsets, pool_factor, protected_tokens)
         if bad >= 0:
             raise ValueError(_unnormalized_message(op, "doc_tokens", bad))
@@ -228,61 +257,130 @@ def _first_unnormalized_doc(doc_tokens, doc_offsets, pool_factor: int, protected
     return int(doc_of[bad][0]) if bool(bad.any()) else -1
 
 
-def token_pool(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int, *,
-               protected_tokens: int = 1, normalize: bool = False,
-               distance: str = "cosine") -> Tuple[torch.Tensor, torch.Tensor]:
+def _defaults(variant, protected_tokens, normalize):
+    """(protected_tokens, normalize) with each variant's defaults filled in: PyLate protects
+    one token and leaves the means as they are; sentence-transformers protects one token and
+    L2-normalizes every output row (its HierarchicalTokenPooling default); colpali-engine
+    protects none and always normalizes the means."""
+    if protected_tokens is None:
+        protected_tokens = 0 if variant == "colpali" else 1
+    if normalize is None:
+        normalize = variant != "pylate"
+    if variant == "colpali" and normalize is not True:
+        raise ValueError("token_pool: variant 'colpali' always L2-normalizes its means; `normalize` must be True "
+                         f"or None, got {normalize!r}")
+    return protected_tokens, normalize
+
+
+def _l2_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.nn.functional.normalize over the last dim, in float32 for half inputs (as both
+    sentence-transformers and colpali-engine do), in the input dtype otherwise."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def _colpali_short_doc(lens: torch.Tensor, pool_factor) -> int:
+    """The first document colpali-engine refuses (fewer than two tokens, pooled), or -1."""
+    if pool_factor == 1 or lens.numel() == 0:
+        return -1
+    short = (lens < 2).nonzero()
+    return int(short[0]) if short.numel() else -1
+
+
+def _pool_packed(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance, variant):
+    """The kernel (or the reference) plus the variant's own steps around it."""
+    if variant == "colpali":
+        bad = _colpali_short_doc(doc_offsets[1:] - doc_offsets[:-1], pool_factor)
+        if bad >= 0:
+            raise ValueError(f"token_pool: variant 'colpali': document {bad} has fewer than 2 tokens "
+                             "(colpali-engine's pooler refuses such documents)")
+        if pool_factor == 1:
+            return doc_tokens.clone(), doc_offsets.clone()
+        x = doc_tokens.float()  # colpali-engine clusters and averages in float32
+    else:
+        x = doc_tokens
+    kernel_normalize = normalize if variant == "pylate" else False
+    if _forced_reference():
+        out, off = _ref.token_pool_ref(x, doc_offsets, pool_factor, protected_tokens, kernel_normalize, distance,
+                                       variant=variant)
+    else:
+        out, off = torch.ops.lateint_kernels.token_pool(x, doc_offsets, float(pool_factor), protected_tokens,
+                                                        bool(kernel_normalize), distance, variant)
+    if variant != "pylate" and normalize:
+        out = _l2_rows(out)
+    return out.to(doc_tokens.dtype), off
+
+
+def token_pool(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor, *,
+               protected_tokens: int = None, normalize: bool = None,
+               distance: str = "cosine", variant: str = "pylate") -> Tuple[torch.Tensor, torch.Tensor]:
     """Token pooling of packed documents -> (pooled tokens [T', dim], offsets int64 [n+1]).
 
     Per document, the first `protected_tokens` rows are kept; the other n rows are clustered
     by Ward linkage into max(1, n // pool_factor) clusters and each cluster is replaced by its
-    mean. Defaults reproduce PyLate's `pool_embeddings_hierarchical` (distance 1 - <a, b>,
-    means not re-normalized; same clusters, same row order). A document the cut would not
-    shrink (n <= 1, pool_factor 1) is returned as is. `normalize=True` L2-normalizes the
-    means; `distance="euclidean"` clusters on ||a/|a| - b/|b||| (classic Ward). Output dtype
-    = input dtype; float16/bfloat16 are clustered in float32.
+    mean. `variant` picks whose pooling is reproduced, bit for bit on float32 inputs:
+      "pylate" (default): PyLate's `pool_embeddings_hierarchical` (distance 1 - <a, b>, means
+        not re-normalized unless `normalize=True`; protected_tokens 1). A document the cut
+        would not shrink (n <= 1, pool_factor 1) is returned as is. `distance="euclidean"`
+        clusters on ||a/|a| - b/|b||| (classic Ward) instead.
+      "sentence-transformers": `HierarchicalTokenPooling` of sentence-transformers 6 (the
+        distance clamped to [0, 2]; pool_factor may be fractional; every output row
+        L2-normalized unless `normalize=False`, its `normalize_embeddings`).
+      "colpali": colpali-engine's `HierarchicalTokenPooler` (Ward on the rows of the cosine
+        distance matrix, no protected token, means L2-normalized; pool_factor 1 returns the
+        input; documents of fewer than two tokens are refused, as there).
+    Output dtype = input dtype; float16/bfloat16 are clustered in float32.
     """
-    _validate("token_pool", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
-    if _forced_reference():
-        return _ref.token_pool_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance)
-    return torch.ops.lateint_kernels.token_pool(doc_tokens, doc_offsets, pool_factor, protected_tokens,
-                                                bool(normalize), distance)
+    protected_tokens, normalize = _defaults(variant, protected_tokens, normalize)
+    _validate("token_pool", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant)
+    return _pool_packed(doc_tokens, doc_offsets, pool_factor, protected_tokens, normalize, distance, variant)
 
 
-def token_pool_labels(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int, *,
-                      protected_tokens: int = 1, distance: str = "cosine") -> Tuple[torch.Tensor, torch.Tensor]:
+def token_pool_labels(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor, *,
+                      protected_tokens: int = None, distance: str = "cosine",
+                      variant: str = "pylate") -> Tuple[torch.Tensor, torch.Tensor]:
     """The clustering of `token_pool` alone: (row of token_pool's output each input token
     goes to, int64 [T]; output offsets int64 [n+1])."""
-    _validate("token_pool_labels", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
+    protected_tokens, _ = _defaults(variant, protected_tokens, None)
+    _validate("token_pool_labels", doc_tokens, doc_offsets, pool_factor, protected_tokens, distance, variant)
     if _forced_reference():
-        return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance)
-    return torch.ops.lateint_kernels.token_pool_labels(doc_tokens, doc_offsets, pool_factor,
-                                                       protected_tokens, distance)
+        return _ref.token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens, distance,
+                                          variant=variant)
+    return torch.ops.lateint_kernels.token_pool_labels(doc_tokens, doc_offsets, float(pool_factor),
+                                                       protected_tokens, distance, variant)
 
 
-def token_pool_list(documents: Sequence[torch.Tensor], pool_factor: int, *, protected_tokens: int = 1,
-                    normalize: bool = False, distance: str = "cosine") -> List[torch.Tensor]:
+def token_pool_list(documents: Sequence[torch.Tensor], pool_factor, *, protected_tokens: int = None,
+                    normalize: bool = None, distance: str = "cosine",
+                    variant: str = "pylate") -> List[torch.Tensor]:
     """PyLate's calling convention: a list of [L_i, dim] tensors in, a list of pooled
     [L'_i, dim] tensors out (on the input device; PyLate's own returns CPU tensors), each its
     own allocation as PyLate's are. On CPU the documents are read where they lie (no packed
-    copy)."""
+    copy). `variant` etc. as in `token_pool`."""
     if len(documents) == 0:
         return []
+    protected_tokens, normalize = _defaults(variant, protected_tokens, normalize)
     docs = list(documents)
     for i, t in enumerate(docs):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"token_pool_list: documents[{i}] must be a 2-D tensor [L, dim], got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     native_cpu = docs[0].device.type == "cpu" and NATIVE_LOADED and not _forced_reference()
-    if native_cpu and all(t.device.type == "cpu" for t in docs):
+    if native_cpu and variant != "colpali" and all(t.device.type == "cpu" for t in docs):
         # validation of the scalars as token_pool does; the op checks shapes, dtypes, NaN/Inf
         if docs[0].dtype not in _DTYPES:
             raise TypeError(f"token_pool_list: documents must be float32, float16, bfloat16 or float64, "
                             f"got {docs[0].dtype}")
-        _validate_scalars("token_pool_list", pool_factor, protected_tokens, distance)
-        return list(torch.ops.lateint_kernels.token_pool_list(docs, pool_factor, protected_tokens,
-                                                              bool(normalize), distance))
+        _validate_scalars("token_pool_list", pool_factor, protected_tokens, distance, variant)
+        out = list(torch.ops.lateint_kernels.token_pool_list(docs, float(pool_factor), protected_tokens,
+                                                             bool(normalize and variant == "pylate"), distance,
+                                                             variant))
+        if variant == "sentence-transformers" and normalize:
+            out = [_l2_rows(t) for t in out]
+        return out
     packed = pack_list(docs)
     tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
-                                 normalize=normalize, distance=distance)
+                                 normalize=normalize, distance=distance, variant=variant)
     lens = (offsets[1:] - offsets[:-1]).tolist()
     return list(torch.split(tokens, lens, dim=0))

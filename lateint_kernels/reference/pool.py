@@ -6,14 +6,24 @@ import torch
 __all__ = ["token_pool_ref", "token_pool_labels_ref"]
 
 
-def _pool_distances_condensed(x: torch.Tensor, distance: str):
+def _pool_distances_condensed(x: torch.Tensor, distance: str, variant: str = "pylate"):
     """Condensed float64 distances of the rows of x, computed as the op's contract says:
     cosine = 1 - <a, b> in the input's precision (float32 for float32/16 inputs, as PyLate's
-    torch.mm + numpy does), euclidean = ||a/|a| - b/|b||| in float64."""
+    torch.mm + numpy does), euclidean = ||a/|a| - b/|b||| in float64; variant
+    "sentence-transformers": the float32 cosine clamped to [0, 2]; "colpali": scipy's
+    Euclidean pdist of the rows of the float32 cosine matrix."""
     import numpy as np
 
     n = x.shape[0]
     iu = np.triu_indices(n, k=1)
+    if variant == "sentence-transformers":
+        xx = x.float()
+        return (1 - xx @ xx.T).clamp_(0, 2).numpy()[iu].astype(np.float64)
+    if variant == "colpali":
+        from scipy.spatial.distance import pdist
+
+        xx = x.float()
+        return pdist((1 - xx @ xx.T).numpy(), "euclidean")
     if distance == "cosine":
         xx = x.double() if x.dtype == torch.float64 else x.float()
         return (1 - (xx @ xx.T).numpy())[iu].astype(np.float64)
@@ -44,12 +54,13 @@ def _scipy_hierarchy_module():
                       "in scipy.cluster(.hierarchy)._hierarchy")
 
 
-def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int,
-                          protected_tokens: int = 1, distance: str = "cosine"):
+def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor,
+                          protected_tokens: int = 1, distance: str = "cosine", variant: str = "pylate"):
     """Per-token output row (int64 [T]) and output offsets of token pooling: per document the
     first `protected_tokens` keep a row each, the other n are clustered with scipy's Ward
     linkage into max(1, n // pool_factor) clusters (fcluster maxclust), one row per cluster in
-    scipy's label order; documents the cut would not shrink are kept as they are."""
+    scipy's label order; documents the cut would not shrink are kept as they are. `variant`
+    picks the distance (see _pool_distances_condensed)."""
     import numpy as np
     from scipy.cluster import hierarchy
 
@@ -63,11 +74,11 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
         s, e = off[d], off[d + 1]
         p = min(protected_tokens, e - s)
         n = e - s - p
-        k = max(n // pool_factor, 1)
+        k = max(int(n // pool_factor), 1)
         if k >= n:
             labels, nc = np.arange(n), n
         else:
-            cond = _pool_distances_condensed(x_all[s + p:e], distance)
+            cond = _pool_distances_condensed(x_all[s + p:e], distance, variant)
             Z = hierarchy.linkage(cond, method="ward")
             T = np.zeros(n, dtype=np.intc)
             # fcluster(Z, k, "maxclust") minus its validation, which refuses the negative
@@ -82,13 +93,15 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
     return rows.to(doc_tokens.device), torch.tensor(new_off, dtype=torch.int64, device=doc_tokens.device)
 
 
-def token_pool_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor: int,
-                   protected_tokens: int = 1, normalize: bool = False, distance: str = "cosine"):
+def token_pool_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor,
+                   protected_tokens: int = 1, normalize: bool = False, distance: str = "cosine",
+                   variant: str = "pylate"):
     """Token pooling reference: (pooled tokens in the input dtype, offsets). Cluster means in
     float64; a document that is not pooled is returned as is; normalize=True L2-normalizes
-    the means of pooled documents."""
+    the means of pooled documents. The variants' own normalization of every row is the
+    caller's (lk.token_pool applies it to the kernel's output and to this one alike)."""
     rows, new_off = token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens,
-                                          distance)
+                                          distance, variant)
     x = doc_tokens.double()
     n_out = int(new_off[-1])
     sums = x.new_zeros(n_out, x.shape[1]).index_add_(0, rows, x)
