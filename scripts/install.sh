@@ -21,3 +21,13 @@ if ! command -v cmake >/dev/null; then $PY -m pip install -q cmake; fi
 $PY -m pip install -q --no-build-isolation -e ".[test,train]"
 command -v pyenv >/dev/null && pyenv rehash || true   # put the `lateint` script on PATH
 $PY -c "import lateint_kernels as lk; assert lk.NATIVE_LOADED, lk.NATIVE_ERROR; print('lateint_kernels', lk.__version__, 'cpu isa', lk.cpu_isa())"
+# The adapters' environment: sentence-transformers 6 (PyLate pins 5.3.0, so it cannot live
+# above) and colpali-engine, in a virtual environment that sees this one's packages (torch,
+# this checkout's editable install and its built extension) and shadows sentence-transformers.
+# colpali-engine comes with --no-deps: its torchvision requirement would pull a CUDA torch;
+# the pooler and the scoring need only pillow and peft besides what is here.
+VENV=.venv-st6
+[ -x "$VENV/bin/python" ] || $PY -m venv --system-site-packages "$VENV"
+"$VENV/bin/python" -m pip install -q "sentence-transformers==6.2.0" fastcluster==1.3.0 pillow "peft>=0.18,<0.21"
+"$VENV/bin/python" -m pip install -q --no-deps colpali-engine==0.3.18
+"$VENV/bin/python" -c "import sentence_transformers as s, colpali_engine, lateint_kernels as lk; assert lk.NATIVE_LOADED; print('adapters env: sentence-transformers', s.__version__)"

@@ -1,0 +1,154 @@
+"""colpali-engine drop-in: its multi-vector scoring (score_multi_vector, the late-interaction
+losses) and its HierarchicalTokenPooler on lateint kernels, switched on and off in one line.
+
+    import lateint.colpali as lcp
+    lcp.enable()      # colpali_engine's MaxSim (in-batch and per-query candidates) and
+                      # HierarchicalTokenPooler.pool_embeddings now run on lateint
+    lcp.disable()
+
+Scores: colpali-engine's einsum reference over zero-padded batches (a zero row is padding:
+it scores 0, so a padded page floors every token maximum at 0) is lk.maxsim with PyLate's
+"zero" masking, same scores to float32 rounding, with autograd. Its backend switch is
+honoured: `COLPALI_SCORES_BACKEND=torch` runs colpali-engine's own einsum, "lik" its
+late-interaction-kernels path; "auto" (the default) runs lateint where its kernels take the
+inputs (float32/16/bf16 on CPU or CUDA) and colpali-engine's own code otherwise.
+
+Pooling: `lk.token_pool_list(variant="colpali")` for the whole batch, bit for bit
+colpali-engine's pooled vectors; the cluster-to-token maps of `return_dict=True` are built
+from the kernel's labels (identical wherever scipy's maxclust cut gives the requested
+number of clusters, i.e. barring exact ties).
+
+Supported: colpali-engine 0.3.18 (tested; it installs beside CPU torch with --no-deps plus
+pillow and peft); `enable()` refuses other versions unless `allow_untested=True`.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+
+import lateint_kernels as lk
+
+TESTED = ("0.3.18",)
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ORIGINALS: Dict[str, object] = {}
+_STATE = {"enabled": False}
+
+
+def _maxsim_module():
+    return importlib.import_module("colpali_engine.utils.maxsim")
+
+
+def _pooler_class():
+    from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
+    return HierarchicalTokenPooler
+
+
+def check_version(allow_untested: bool = False) -> str:
+    try:
+        from importlib.metadata import version
+        v = version("colpali-engine")
+    except Exception as e:  # not installed
+        raise ImportError("lateint.colpali needs colpali-engine: pip install --no-deps colpali-engine==0.3.18 "
+                          "pillow 'peft>=0.18,<0.21'") from e
+    if v not in TESTED:
+        if not allow_untested:
+            raise RuntimeError(f"lateint.colpali was tested with colpali-engine {', '.join(TESTED)}; installed: {v}. "
+                               "Pass enable(allow_untested=True) to switch on anyway")
+        warnings.warn(f"lateint.colpali: colpali-engine {v} is untested (tested: {', '.join(TESTED)})", stacklevel=3)
+    return v
+
+
+def _kernel_takes(query, doc) -> bool:
+    return (isinstance(query, torch.Tensor) and isinstance(doc, torch.Tensor) and query.dtype == doc.dtype
+            and query.dtype in _KERNEL_DTYPES and query.device == doc.device
+            and query.device.type in ("cpu", "cuda") and query.shape[-1] == doc.shape[-1] and doc.shape[-2] > 0)
+
+
+def _packed_nonzero(doc: torch.Tensor):
+    """[n, L, d] zero-padded pages -> packed real rows, offsets, and which pages had padding."""
+    p = lk.pack(doc, doc.detach().ne(0).any(dim=-1))
+    return p.tokens, p.offsets, p.padded
+
+
+def maxsim_inbatch(query: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """colpali-engine's in-batch MaxSim: query [B_q, L_q, d] x doc [B_d, L_d, d] -> [B_q, B_d]
+    in the input dtype."""
+    if _maxsim_module()._resolve_backend() != "auto" or not _kernel_takes(query, doc) or doc.dim() != 3:
+        return _ORIGINALS["maxsim_inbatch"](query, doc)
+    tokens, offsets, padded = _packed_nonzero(doc)
+    return lk.maxsim(query, tokens, offsets, mask_mode="zero", doc_padded=padded).to(query.dtype)
+
+
+def maxsim_kd(query: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """colpali-engine's per-query candidates: query [B, L_q, d], doc [B, N, L_d, d] -> [B, N]."""
+    if _maxsim_module()._resolve_backend() != "auto" or not _kernel_takes(query, doc) or doc.dim() != 4:
+        return _ORIGINALS["maxsim_kd"](query, doc)
+    b, n, L, d = doc.shape
+    tokens, offsets, padded = _packed_nonzero(doc.reshape(b * n, L, d))
+    cand = torch.arange(b * n, device=doc.device).view(b, n)
+    return lk.maxsim_candidates(query, tokens, offsets, cand, mask_mode="zero", doc_padded=padded).to(query.dtype)
+
+
+def _pool_embeddings_impl(self, embeddings: List[torch.Tensor], pool_factor: int, num_workers: Optional[int] = None):
+    """HierarchicalTokenPooler's pooling of a list of [L, d] tensors, one kernel call."""
+    if not embeddings or any(not isinstance(e, torch.Tensor) or e.dim() != 2 for e in embeddings):
+        return _ORIGINALS["_pool_embeddings_impl"](self, embeddings, pool_factor=pool_factor, num_workers=num_workers)
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"Invalid number of workers: {num_workers}")
+    for i, e in enumerate(embeddings):
+        if e.size(0) == 1:
+            raise ValueError(f"The input tensor must have more than one token (embeddings[{i}]).")
+    if pool_factor == 1:
+        return list(embeddings), [{0: (torch.arange(e.size(0)),)} for e in embeddings]
+    pooled = lk.token_pool_list(embeddings, pool_factor, variant="colpali")
+    packed = lk.pack_list([e.detach() for e in embeddings])
+    rows, new_off = lk.token_pool_labels(packed.tokens.float(), packed.offsets, pool_factor, variant="colpali")
+    rows, new_off = rows.cpu(), new_off.cpu()
+    maps = []
+    for i, e in enumerate(embeddings):
+        s, t = int(packed.offsets[i]), int(packed.offsets[i + 1])
+        local = rows[s:t] - int(new_off[i])
+        k = max(e.size(0) // pool_factor, 1)
+        maps.append({c: torch.where(local == c) for c in range(k)})
+    return pooled, maps
+
+
+def is_enabled() -> bool:
+    return _STATE["enabled"]
+
+
+def _targets():
+    """(module or class, attribute, replacement): every place colpali-engine looks the
+    functions up."""
+    out = []
+    for modname in ("colpali_engine.utils.maxsim", "colpali_engine.utils.processing_utils",
+                    "colpali_engine.loss.late_interaction_losses"):
+        mod = importlib.import_module(modname)
+        for name, fn in (("maxsim_inbatch", maxsim_inbatch), ("maxsim_kd", maxsim_kd)):
+            if hasattr(mod, name):
+                out.append((mod, name, fn))
+    out.append((_pooler_class(), "_pool_embeddings_impl", _pool_embeddings_impl))
+    return out
+
+
+def enable(*, allow_untested: bool = False) -> None:
+    check_version(allow_untested)
+    if _STATE["enabled"]:
+        disable()
+    mm = _maxsim_module()
+    _ORIGINALS.setdefault("maxsim_inbatch", mm.maxsim_inbatch)
+    _ORIGINALS.setdefault("maxsim_kd", mm.maxsim_kd)
+    _ORIGINALS.setdefault("_pool_embeddings_impl", _pooler_class().__dict__["_pool_embeddings_impl"])
+    for owner, name, fn in _targets():
+        setattr(owner, name, fn)
+    _STATE["enabled"] = True
+
+
+def disable() -> None:
+    if _ORIGINALS:
+        for owner, name, _ in _targets():
+            setattr(owner, name, _ORIGINALS[name])
+    _STATE["enabled"] = False
