@@ -51,8 +51,8 @@ def check_compress(x, centroids, codes, bucket_cutoffs, nbits):
     if centroids.shape[1] != x.shape[1]:
         ck.fail(f"`centroids` has dim {centroids.shape[1]} but `x` has dim {x.shape[1]}")
     ck.tensor(bucket_cutoffs, "bucket_cutoffs", 1, "[2^nbits - 1]", FLOATS)
-    if bucket_cutoffs.shape[0] != (1 << nbits) - 1:
-        ck.fail(f"`bucket_cutoffs` must hold 2^nbits - 1 = {(1 << nbits) - 1} values, got {bucket_cutoffs.shape[0]}")
+    if bucket_cutoffs.shape[0] != (2 ** nbits) - 1:
+        ck.fail(f"`bucket_cutoffs` must hold 2^nbits - 1 = {(2 ** nbits) - 1} values, got {bucket_cutoffs.shape[0]}")
     ck.finite(bucket_cutoffs, "bucket_cutoffs")
     if nbits > 1:
         ck.later((bucket_cutoffs[1:] < bucket_cutoffs[:-1]).any(), "`bucket_cutoffs` must be ascending")
@@ -72,8 +72,8 @@ def _packed_and_weights(ck, packed, bucket_weights, dim, nbits):
     if packed.shape[1] != dim * nbits // 8:
         ck.fail(f"`packed` must have dim * nbits / 8 = {dim * nbits // 8} bytes per row, got {packed.shape[1]}")
     ck.tensor(bucket_weights, "bucket_weights", 1, "[2^nbits]", FLOATS)
-    if bucket_weights.shape[0] != 1 << nbits:
-        ck.fail(f"`bucket_weights` must hold 2^nbits = {1 << nbits} values, got {bucket_weights.shape[0]}")
+    if bucket_weights.shape[0] != 2 ** nbits:
+        ck.fail(f"`bucket_weights` must hold 2^nbits = {2 ** nbits} values, got {bucket_weights.shape[0]}")
     ck.finite(bucket_weights, "bucket_weights")
 
 
@@ -136,8 +136,8 @@ def compress_residuals(x: torch.Tensor, centroids: torch.Tensor, codes: torch.Te
     _check_common(op, centroids, codes, nbits, x.shape[0])
     if x.shape[1] != centroids.shape[1]:
         raise ValueError(f"{op}: `centroids` has dim {centroids.shape[1]} but `x` has dim {x.shape[1]}")
-    if bucket_cutoffs.shape != ((1 << nbits) - 1,):
-        raise ValueError(f"{op}: `bucket_cutoffs` must hold 2^nbits - 1 = {(1 << nbits) - 1} values, "
+    if bucket_cutoffs.shape != ((2 ** nbits) - 1,):
+        raise ValueError(f"{op}: `bucket_cutoffs` must hold 2^nbits - 1 = {(2 ** nbits) - 1} values, "
                          f"got shape {tuple(bucket_cutoffs.shape)}")
     if _forced_reference():
         return _ref.compress_residuals_ref(x, centroids, codes, bucket_cutoffs, nbits)
@@ -154,8 +154,8 @@ def decompress_residuals(codes: torch.Tensor, packed: torch.Tensor, centroids: t
     if packed.shape[1] != centroids.shape[1] * nbits // 8:
         raise ValueError(f"{op}: `packed` must have dim * nbits / 8 = {centroids.shape[1] * nbits // 8} "
                          f"bytes per row, got {packed.shape[1]}")
-    if bucket_weights.shape != (1 << nbits,):
-        raise ValueError(f"{op}: `bucket_weights` must hold 2^nbits = {1 << nbits} values, "
+    if bucket_weights.shape != (2 ** nbits,):
+        raise ValueError(f"{op}: `bucket_weights` must hold 2^nbits = {2 ** nbits} values, "
                          f"got shape {tuple(bucket_weights.shape)}")
     if _forced_reference():
         return _ref.decompress_residuals_ref(codes, packed, centroids, bucket_weights, nbits).float()
