@@ -64,7 +64,11 @@ def _ext_modules():
         raise SystemExit("LATEINT_USE_CUDA=1 but torch has no CUDA or CUDA_HOME is not set")
     debug = os.environ.get("LATEINT_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-Wno-psabi", "-fopenmp"]
+    # torch's headers need C++20 from torch 2.15 on (C++17 before): the standard follows
+    # the installed torch
+    std = "-std=c++20" if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 15) \
+        else "-std=c++17"
+    cxx = opt + [std, "-Wno-psabi", "-fopenmp"]
     # one folder per op family (csrc/<family>/): its torch-free core and its CPU binding
     sources = [p for p in _sources("csrc/*/*.cpp") if not p.startswith(os.path.join("csrc", "tests"))]
     # -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers; without the flag
@@ -78,7 +82,7 @@ def _ext_modules():
         for a in arch.split(";"):
             gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
         ext = CUDAExtension(**kwargs, extra_compile_args={"cxx": cxx + ["-DLATEINT_WITH_CUDA"],
-                                                            "nvcc": opt + ["-std=c++17", "-lineinfo"] + gencode})
+                                                            "nvcc": opt + [std, "-lineinfo"] + gencode})
     else:
         ext = CppExtension(**kwargs, extra_compile_args={"cxx": cxx})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -103,10 +103,14 @@ def test_buckets_match_torch_quantile_and_scale_past_its_limit():
         torch.testing.assert_close(cut, v.quantile(torch.arange(1, m, dtype=torch.float32) / m))
         torch.testing.assert_close(w, v.quantile((torch.arange(m, dtype=torch.float32) + 0.5) / m))
     big = torch.randn((1 << 24) + 7)
-    with pytest.raises(RuntimeError):
-        big.quantile(torch.tensor([0.5]))  # the limit this helper removes
+    try:
+        want = big.quantile(torch.tensor([0.25, 0.5, 0.75]))
+    except RuntimeError:  # torch before 2.15 refuses more than 2^24 values: the limit this helper removes
+        want = None
     cut, w = lk.residual_buckets(big, 2)
     assert cut.shape == (3,) and abs(float(cut[1])) < 1e-2  # the median of N(0, 1)
+    if want is not None:
+        torch.testing.assert_close(cut, want)
 
 
 def _bad():
