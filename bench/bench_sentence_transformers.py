@@ -1,7 +1,8 @@
 """sentence-transformers 6 with lateint's switch off and on, same data, same run: their
 HierarchicalTokenPooling (fastcluster path), MaxSim scoring (util.maxsim over lists, as
 MultiVectorEncoder.similarity calls it) and the cached multi-vector loss's scoring step
-(colbert_scores on a padded in-batch grid, forward and backward).
+(colbert_scores on a padded in-batch grid, forward and backward); then colpali-engine's
+HierarchicalTokenPooler on 16 pages of ~1,030 patches and its score_multi_vector.
 
 Corpus: 2,000 clustered, L2-normalized documents of 64-300 tokens, d=128 (the corpus of
 bench_pool.py); 32 queries of 32 tokens. Pooled outputs are compared document by document
@@ -108,6 +109,42 @@ def main(argv=None):
     lst.disable()
     err = max(float((x - y).abs().max()) for x, y in zip(on, off))
     record("st_cached_loss_scoring", f"in-batch {b}x{b} q{lq} d{ld} fwd+bwd", t_off, t_on, f"max |diff| {err:.1e}")
+
+    # colpali-engine (same environment): its pooler on ColPali-sized pages, its scoring
+    try:
+        import lateint.colpali as lcp
+        from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
+        from colpali_engine.utils.processing_utils import BaseVisualRetrieverProcessor as P
+    except ImportError:
+        lcp = None
+        print("colpali-engine is not installed: its rows are left out")
+    if lcp is not None:
+        n_pages = 2 if args.smoke else 16
+        _, ptok, poff = H.clustered_corpus(n_pages, 1024, 1031, 128, seed=2)
+        pages = list(torch.split(ptok, (poff[1:] - poff[:-1]).tolist()))
+        pooler = HierarchicalTokenPooler()
+        lcp.disable()
+        theirs = pooler.pool_embeddings(pages, pool_factor=3)
+        t_off = H.time_cpu(lambda: pooler.pool_embeddings(pages, pool_factor=3), repeats=1, min_repeats_slow=1)
+        lcp.enable()
+        ours = pooler.pool_embeddings(pages, pool_factor=3)
+        t_on = H.time_cpu(lambda: pooler.pool_embeddings(pages, pool_factor=3), **reps)
+        same = sum(1 for a, b in zip(ours, theirs) if a.shape == b.shape and torch.equal(a, b))
+        label = f"{n_pages} pages 1024-1030 patches d128 pf3"
+        rows.append(H.row("colpali_token_pooling", "lateint", torch.float32, label,
+                          "docs_identical_to_colpali_engine", same / n_pages, "fraction"))
+        record("colpali_token_pooling", label, t_off, t_on, f"bit-identical {same}/{n_pages}")
+        pooled = ours
+        lcp.disable()
+        s_off = P.score_multi_vector(queries, pooled, device="cpu")
+        t_off = H.time_cpu(lambda: P.score_multi_vector(queries, pooled, device="cpu"), **reps)
+        lcp.enable()
+        s_on = P.score_multi_vector(queries, pooled, device="cpu")
+        t_on = H.time_cpu(lambda: P.score_multi_vector(queries, pooled, device="cpu"), **reps)
+        lcp.disable()
+        err = float((s_on - s_off).abs().max())
+        record("colpali_score_multi_vector", f"32 q x 32 tok vs {n_pages} pooled pages", t_off, t_on,
+               f"max |diff| {err:.1e}")
 
     print("\n".join(table))
     if not args.smoke:

@@ -722,41 +722,53 @@ void transpose_into(const T* src, int64_t n, int64_t dim, T* dst, int64_t ldt) {
 }  // namespace
 
 namespace {
-// acc[q][j] += (a_q - m_j)^2 for the R rows of a tile: one step of the row distances of
-// CosineRows (float64, no contraction: this translation unit forbids it).
-LATEINT_MULTIVERSION(Family::Pool, void, rows_sqdiff_step,
-                     (double* __restrict acc, int64_t lda, const double* a, int r, const float* __restrict m,
-                      int64_t j0, int64_t j1),
-                     (acc, lda, a, r, m, j0, j1), {
-  for (int q = 0; q < r; ++q) {
-    const double aq = a[q];
-    double* __restrict row = acc + q * lda;
-    for (int64_t j = j0; j < j1; ++j) {
-      const double d = aq - (double)m[j];
-      row[j] += d * d;
-    }
+// One 4 x 8 tile of the row distances of CosineRows: acc[q][c] = sum_k (M[i_q, k] -
+// M[k, j0 + c])^2 over every k, in k order, float64, no contraction (this translation unit
+// forbids it): the order of scipy pdist's sum for each pair. The 32 sums stay in
+// registers for the whole k loop; rows i_q are M's rows (scalars, one per k), columns
+// come 8 at a time from row k (M is symmetric, so M[j, k] = M[k, j]).
+LATEINT_MULTIVERSION(Family::Pool, void, rows_sq_tile,
+                     (const float* __restrict M, int64_t n, int64_t ldm, const int64_t* rows, int64_t j0,
+                      double* __restrict out),
+                     (M, n, ldm, rows, j0, out), {
+  double acc[4][8] = {};
+  const float* r0 = M + rows[0] * ldm;
+  const float* r1 = M + rows[1] * ldm;
+  const float* r2 = M + rows[2] * ldm;
+  const float* r3 = M + rows[3] * ldm;
+  for (int64_t k = 0; k < n; ++k) {
+    const float* __restrict m = M + k * ldm + j0;
+    double mv[8];
+    for (int c = 0; c < 8; ++c) mv[c] = (double)m[c];
+    const double a[4] = {(double)r0[k], (double)r1[k], (double)r2[k], (double)r3[k]};
+    for (int q = 0; q < 4; ++q)
+      for (int c = 0; c < 8; ++c) {
+        const double d = a[q] - mv[c];
+        acc[q][c] += d * d;
+      }
   }
+  for (int q = 0; q < 4; ++q)
+    for (int c = 0; c < 8; ++c) out[q * 8 + c] = acc[q][c];
 })
 
 // D[i, j] = sqrt(sum_k (M[i, k] - M[j, k])^2) for the symmetric float32 M [n, n] (stride
-// ldm): summed in k order per pair (scipy pdist's order); M[j, k] is read as M[k, j] so the
-// inner loop runs over contiguous j. Tiles of 8 rows keep the accumulators in L2.
+// ldm >= round_up(n, 8), zero past n): tiles of 4 rows x 8 columns over the upper
+// triangle, each summed in k order per pair (scipy pdist's order).
 void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t ld, Isa isa) {
-  constexpr int R = 8;
-  std::vector<double> acc(R * (size_t)ldm);
   (void)isa;
-  for (int64_t i0 = 0; i0 < n; i0 += R) {
-    const int r = (int)std::min<int64_t>(R, n - i0);
-    const int64_t j0 = i0 + 1;
-    std::fill(acc.begin(), acc.end(), 0.0);
-    double a[R];
-    for (int64_t k = 0; k < n; ++k) {
-      for (int q = 0; q < r; ++q) a[q] = (double)M[(i0 + q) * ldm + k];
-      rows_sqdiff_step(acc.data(), ldm, a, r, M + k * ldm, j0, n);
-    }
-    for (int q = 0; q < r; ++q) {
-      const int64_t i = i0 + q;
-      for (int64_t j = i + 1; j < n; ++j) D[i * ld + j] = D[j * ld + i] = std::sqrt(acc[q * ldm + j]);
+  double out[32];
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    int64_t rows[4];
+    for (int q = 0; q < 4; ++q) rows[q] = std::min(i0 + q, n - 1);
+    for (int64_t j0 = (i0 + 1) / 8 * 8; j0 < n; j0 += 8) {
+      rows_sq_tile(M, n, ldm, rows, j0, out);
+      for (int q = 0; q < 4 && i0 + q < n; ++q) {
+        const int64_t i = i0 + q;
+        for (int c = 0; c < 8; ++c) {
+          const int64_t j = j0 + c;
+          if (j > i && j < n) D[i * ld + j] = D[j * ld + i] = std::sqrt(out[q * 8 + c]);
+        }
+      }
     }
   }
 }

@@ -92,10 +92,9 @@ def maxsim_kd(query: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
     return lk.maxsim_candidates(query, tokens, offsets, cand, mask_mode="zero", doc_padded=padded).to(query.dtype)
 
 
-def _pool_embeddings_impl(self, embeddings: List[torch.Tensor], pool_factor: int, num_workers: Optional[int] = None):
-    """HierarchicalTokenPooler's pooling of a list of [L, d] tensors, one kernel call."""
-    if not embeddings or any(not isinstance(e, torch.Tensor) or e.dim() != 2 for e in embeddings):
-        return _ORIGINALS["_pool_embeddings_impl"](self, embeddings, pool_factor=pool_factor, num_workers=num_workers)
+def _pool_lists(embeddings: List[torch.Tensor], pool_factor: int, num_workers: Optional[int], want_maps: bool):
+    """Pooled pages (one kernel call) and, when asked, colpali-engine's cluster-to-token maps
+    (a second call for the labels: the clustering is most of the cost, so only on demand)."""
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"Invalid number of workers: {num_workers}")
     for i, e in enumerate(embeddings):
@@ -104,6 +103,8 @@ def _pool_embeddings_impl(self, embeddings: List[torch.Tensor], pool_factor: int
     if pool_factor == 1:
         return list(embeddings), [{0: (torch.arange(e.size(0)),)} for e in embeddings]
     pooled = lk.token_pool_list(embeddings, pool_factor, variant="colpali")
+    if not want_maps:
+        return pooled, None
     packed = lk.pack_list([e.detach() for e in embeddings])
     rows, new_off = lk.token_pool_labels(packed.tokens.float(), packed.offsets, pool_factor, variant="colpali")
     rows, new_off = rows.cpu(), new_off.cpu()
@@ -114,6 +115,41 @@ def _pool_embeddings_impl(self, embeddings: List[torch.Tensor], pool_factor: int
         k = max(e.size(0) // pool_factor, 1)
         maps.append({c: torch.where(local == c) for c in range(k)})
     return pooled, maps
+
+
+def _takes_list(embeddings) -> bool:
+    return bool(embeddings) and all(isinstance(e, torch.Tensor) and e.dim() == 2 for e in embeddings)
+
+
+def _pool_embeddings_impl(self, embeddings: List[torch.Tensor], pool_factor: int, num_workers: Optional[int] = None):
+    """HierarchicalTokenPooler's pooling of a list of [L, d] tensors, one kernel call (plus
+    one for the cluster maps it also returns)."""
+    if not _takes_list(embeddings):
+        return _ORIGINALS["_pool_embeddings_impl"](self, embeddings, pool_factor=pool_factor, num_workers=num_workers)
+    return _pool_lists(embeddings, pool_factor, num_workers, want_maps=True)
+
+
+def _pool_embeddings(self, embeddings, return_dict: bool = False, padding: bool = False, padding_side: str = "left",
+                     num_workers: Optional[int] = None, **pool_kwargs):
+    """BaseTokenPooler.pool_embeddings for HierarchicalTokenPooler: the cluster maps are
+    computed only for return_dict=True."""
+    original = _ORIGINALS["pool_embeddings"]
+    if set(pool_kwargs) != {"pool_factor"} or (isinstance(embeddings, list) and not embeddings):
+        return original(self, embeddings, return_dict=return_dict, padding=padding, padding_side=padding_side,
+                        num_workers=num_workers, **pool_kwargs)
+    self._validate_embeddings(embeddings)
+    prepared = self._prepare_embeddings(embeddings, padding, padding_side)
+    if not _takes_list(prepared):
+        return original(self, embeddings, return_dict=return_dict, padding=padding, padding_side=padding_side,
+                        num_workers=num_workers, **pool_kwargs)
+    pooled, maps = _pool_lists(prepared, pool_kwargs["pool_factor"], num_workers, want_maps=return_dict)
+    if isinstance(embeddings, torch.Tensor) and embeddings.dim() == 3:
+        pooled = torch.nn.utils.rnn.pad_sequence(pooled, batch_first=True, padding_value=0.0,
+                                                 padding_side=padding_side)
+    if not return_dict:
+        return pooled
+    from colpali_engine.compression.token_pooling.base_token_pooling import TokenPoolingOutput
+    return TokenPoolingOutput(pooled_embeddings=pooled, cluster_id_to_indices=maps)
 
 
 def is_enabled() -> bool:
@@ -131,6 +167,7 @@ def _targets():
             if hasattr(mod, name):
                 out.append((mod, name, fn))
     out.append((_pooler_class(), "_pool_embeddings_impl", _pool_embeddings_impl))
+    out.append((_pooler_class(), "pool_embeddings", _pool_embeddings))
     return out
 
 
@@ -142,6 +179,7 @@ def enable(*, allow_untested: bool = False) -> None:
     _ORIGINALS.setdefault("maxsim_inbatch", mm.maxsim_inbatch)
     _ORIGINALS.setdefault("maxsim_kd", mm.maxsim_kd)
     _ORIGINALS.setdefault("_pool_embeddings_impl", _pooler_class().__dict__["_pool_embeddings_impl"])
+    _ORIGINALS.setdefault("pool_embeddings", _pooler_class().pool_embeddings)
     for owner, name, fn in _targets():
         setattr(owner, name, fn)
     _STATE["enabled"] = True
@@ -150,5 +188,9 @@ def enable(*, allow_untested: bool = False) -> None:
 def disable() -> None:
     if _ORIGINALS:
         for owner, name, _ in _targets():
-            setattr(owner, name, _ORIGINALS[name])
+            if name == "pool_embeddings":  # inherited from BaseTokenPooler: drop the override
+                if name in owner.__dict__:
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, _ORIGINALS[name])
     _STATE["enabled"] = False

@@ -12,7 +12,10 @@ hierarchical token pooling on lateint kernels, switched on and off in one line.
 The switch replaces the two chunk scorers that sentence-transformers' MaxSim functions
 call (`util.similarity._maxsim_score_documents` and `_maxsim_score_pairs`), so chunking,
 padding, masks, MeanMaxSim and the empty-document sentinel stay theirs: same scores to
-float32 rounding, with autograd. Inputs the kernels do not take (float64, other devices,
+float32 rounding, with autograd. `maxsim` / `maxsim_pairwise` themselves are rebound where
+sentence-transformers holds them, so that lists of tensors (what `encode` returns) go to the
+kernel packed, without their padded copy of every document; calls with masks or a device
+still take their path. Inputs the kernels do not take (float64, other devices,
 non-binary masks) run sentence-transformers' own code.
 
 `HierarchicalTokenPooling` here is a subclass of theirs (same arguments, same saved
@@ -28,6 +31,7 @@ Supported: sentence-transformers 6.2.0 (tested); `enable()` refuses other versio
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Dict, List, Optional
 
@@ -76,7 +80,6 @@ def check_version(allow_untested: bool = False) -> str:
 
 
 def _similarity_module():
-    import importlib
     return importlib.import_module("sentence_transformers.util.similarity")
 
 
@@ -92,7 +95,7 @@ _INHERITED = set()  # pooling methods HierarchicalTokenPooling inherits rather t
 def _original(name: str):
     """sentence-transformers' own function or method, as it was before any switch."""
     if name not in _ORIGINALS:
-        if name in ("_maxsim_score_documents", "_maxsim_score_pairs"):
+        if name in ("_maxsim_score_documents", "_maxsim_score_pairs", "maxsim", "maxsim_pairwise"):
             _ORIGINALS[name] = getattr(_similarity_module(), name)
         else:
             cls = _pooling_class()
@@ -153,6 +156,72 @@ def _score_pairs(a, b, a_mask, b_mask):
     if m is not None:
         s = _similarity_module()._fill_empty_document_scores(s, ~m.any(dim=-1))
     return s
+
+
+def _tensor_list(x) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in x)
+
+
+def _lists_for_kernel(a, b, a_mask, b_mask, device) -> bool:
+    """Whether a maxsim call can skip sentence-transformers' padding: lists of 2-D tensors
+    of one kernel dtype and device on both sides, no masks, no device move."""
+    if a_mask is not None or b_mask is not None or device is not None:
+        return False
+    if not (_tensor_list(a) and _tensor_list(b)):
+        return False
+    dt, dev, dim = a[0].dtype, a[0].device, a[0].shape[-1]
+    if dt not in _KERNEL_DTYPES or dev.type not in ("cpu", "cuda"):
+        return False
+    return all(t.dtype == dt and t.device == dev and t.shape[-1] == dim for t in a + b)
+
+
+def _queries_and_docs(a, b):
+    """Padded queries (+ mask when their lengths differ) and the packed documents."""
+    lens = torch.tensor([t.shape[0] for t in a])
+    q = torch.nn.utils.rnn.pad_sequence(a, batch_first=True)
+    qm = None
+    if int(lens.min()) != q.shape[1]:
+        qm = (torch.arange(q.shape[1])[None, :] < lens[:, None]).to(q.device)
+    return q, qm, lk.pack_list(b)
+
+
+def _finish(s, docs, a, length_normalize, pairwise: bool):
+    """sentence-transformers' sentinel for documents without tokens, and MeanMaxSim."""
+    empty = docs.offsets[1:] == docs.offsets[:-1]
+    if bool(empty.any()):
+        s = _similarity_module()._fill_empty_document_scores(s, empty if pairwise else empty[None, :].expand_as(s))
+    if length_normalize:
+        counts = _similarity_module()._query_token_counts(a, None).to(device=s.device, dtype=s.dtype)
+        s = s / (counts if pairwise else counts[:, None])
+    return s
+
+
+def _maxsim(a, b, a_mask=None, b_mask=None, chunk_elements=None, length_normalize=False, device=None):
+    """sentence-transformers' `maxsim`: lists of tensors go to lk.maxsim directly (no padded
+    copy of the documents); everything else to theirs, which scores through the kernel's
+    chunk scorer."""
+    if not _lists_for_kernel(a, b, a_mask, b_mask, device):
+        return _original("maxsim")(a, b, a_mask=a_mask, b_mask=b_mask, chunk_elements=chunk_elements,
+                                   length_normalize=length_normalize, device=device)
+    q, qm, docs = _queries_and_docs(a, b)
+    s = lk.maxsim(q, docs.tokens, docs.offsets, query_mask=qm)
+    return _finish(s, docs, a, length_normalize, pairwise=False)
+
+
+def _maxsim_pairwise(a, b, a_mask=None, b_mask=None, chunk_elements=None, length_normalize=False, device=None):
+    """sentence-transformers' `maxsim_pairwise`, lists of tensors straight to the kernel."""
+    if not _lists_for_kernel(a, b, a_mask, b_mask, device) or len(a) != len(b):
+        return _original("maxsim_pairwise")(a, b, a_mask=a_mask, b_mask=b_mask, chunk_elements=chunk_elements,
+                                            length_normalize=length_normalize, device=device)
+    q, qm, docs = _queries_and_docs(a, b)
+    cand = torch.arange(len(b), device=q.device)[:, None]
+    s = lk.maxsim_candidates(q, docs.tokens, docs.offsets, cand, query_mask=qm)[:, 0]
+    return _finish(s, docs, a, length_normalize, pairwise=True)
+
+
+# modules that hold `maxsim` / `maxsim_pairwise` under their own names
+_MAXSIM_HOLDERS = ("sentence_transformers.util.similarity", "sentence_transformers.util",
+                   "sentence_transformers.multi_vector_encoder", "sentence_transformers.multi_vector_encoder.scoring.colbert")
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,10 +341,15 @@ def enable(*, scores: bool = True, pooling: bool = True, allow_untested: bool = 
         disable()
     sim = _similarity_module()
     if scores:
-        for name in ("_maxsim_score_documents", "_maxsim_score_pairs"):
+        for name in ("_maxsim_score_documents", "_maxsim_score_pairs", "maxsim", "maxsim_pairwise"):
             _original(name)
         sim._maxsim_score_documents = _score_documents
         sim._maxsim_score_pairs = _score_pairs
+        for holder in _MAXSIM_HOLDERS:
+            mod = importlib.import_module(holder)
+            for name, fn in (("maxsim", _maxsim), ("maxsim_pairwise", _maxsim_pairwise)):
+                if getattr(mod, name, None) is _original(name):
+                    setattr(mod, name, fn)
     if pooling:
         cls = _pooling_class()
         for name, fn in (("forward", _forward), ("pool", _pool), ("pool_one", _pool_one)):
@@ -293,6 +367,11 @@ def disable() -> None:
     for name in ("_maxsim_score_documents", "_maxsim_score_pairs"):
         if name in _ORIGINALS:
             setattr(sim, name, _ORIGINALS[name])
+    for holder in _MAXSIM_HOLDERS:
+        mod = importlib.import_module(holder)
+        for name, fn in (("maxsim", _maxsim), ("maxsim_pairwise", _maxsim_pairwise)):
+            if getattr(mod, name, None) is fn:
+                setattr(mod, name, _ORIGINALS[name])
     cls = _pooling_class()
     for name in ("forward", "pool", "pool_one"):
         if name in _INHERITED:

@@ -120,8 +120,10 @@ def test_enable_disable_restore_and_version_gate(monkeypatch):
     before = pu.maxsim_inbatch
     lcp.enable()
     assert pu.maxsim_inbatch is lcp.maxsim_inbatch and lcp.is_enabled()
+    assert "pool_embeddings" in HierarchicalTokenPooler.__dict__
     lcp.disable()
     assert pu.maxsim_inbatch is before and not lcp.is_enabled()
+    assert "pool_embeddings" not in HierarchicalTokenPooler.__dict__  # back to BaseTokenPooler's
     import importlib.metadata as md
     monkeypatch.setattr(md, "version", lambda name: "0.3.17")
     with pytest.raises(RuntimeError, match="tested with colpali-engine 0.3.18"):

@@ -87,6 +87,27 @@ def test_maxsim_pairwise_off_and_on(fn, monkeypatch):
     torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fn", ["maxsim", "mean_maxsim", "maxsim_pairwise", "mean_maxsim_pairwise"])
+def test_lists_with_an_empty_document_and_gradients(fn):
+    """The list fast path: ragged queries, a document without tokens (their sentinel), and
+    gradients into every list entry."""
+    def run():
+        q = [t.clone().requires_grad_() for t in docs(4, seed=14, lo=2, hi=9)]
+        d = docs(4, seed=15)
+        d[1] = torch.zeros(0, 32)
+        d = [t.clone().requires_grad_() for t in d]
+        s = getattr(st.util, fn)(q, d)
+        (s * torch.linspace(-1, 1, s.numel()).view_as(s)).sum().backward()
+        return [s.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in q + d]
+
+    off = run()
+    lst.enable()
+    on = run()
+    assert float(off[0].min()) < -1e3  # the empty document's sentinel is in there
+    for x, y in zip(on, off):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
 def test_padded_with_masks_and_an_empty_document_off_and_on():
     g = torch.Generator().manual_seed(5)
     a = F.normalize(torch.randn(3, 6, 16, generator=g), dim=-1)
@@ -282,6 +303,11 @@ def test_enable_disable_restore_their_functions():
     after = (sim._maxsim_score_documents, sim._maxsim_score_pairs, TheirPooling.forward,
              TheirPooling.__dict__.get("pool"), TheirPooling.pool_one)
     assert before == after and not lst.is_enabled()
+    import importlib
+    for holder in lst._MAXSIM_HOLDERS:
+        mod = importlib.import_module(holder)
+        assert mod.maxsim is sim.maxsim and mod.maxsim_pairwise is sim.maxsim_pairwise
+        assert mod.maxsim is not lst._maxsim
     with lst.enabled(pooling=False):
         assert sim._maxsim_score_documents is lst._score_documents
         assert TheirPooling.forward is before[2]
