@@ -35,6 +35,8 @@ import torch
 
 import lateint_kernels as lk
 
+from ._versions import version_tuple
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED = ((1, 4), (2, 0))     # [1.4, 2.0): PyLate's current module layout (scores.colbert, ...)
@@ -51,19 +53,11 @@ def _import_pylate():
     return pylate
 
 
-def _version(v: str) -> tuple:
-    out = []
-    for part in v.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
 def check_version() -> str:
     """The installed PyLate version, or RuntimeError when it is outside SUPPORTED."""
     pylate = _import_pylate()
     v = getattr(pylate, "__version__", "0")
-    if not (SUPPORTED[0] <= _version(v)[:2] < SUPPORTED[1]):
+    if not (SUPPORTED[0] <= version_tuple(v)[:2] < SUPPORTED[1]):
         raise RuntimeError(f"lateint.pylate supports PyLate >= {'.'.join(map(str, SUPPORTED[0]))} and < "
                            f"{'.'.join(map(str, SUPPORTED[1]))} (modules moved in 1.4); installed: {v}")
     if v not in TESTED:

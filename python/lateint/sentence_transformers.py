@@ -39,17 +39,11 @@ import torch
 
 import lateint_kernels as lk
 
+from ._versions import version_tuple
+
 TESTED = ("6.2.0",)
 SUPPORTED = ((6, 0), (7, 0))
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _version(v: str) -> tuple:
-    out = []
-    for part in v.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
 
 
 def _import_st():
@@ -66,7 +60,7 @@ def check_version(allow_untested: bool = False) -> str:
     """The installed sentence-transformers version; RuntimeError outside 6.x, or when it is
     not a tested version and `allow_untested` is False."""
     v = getattr(_import_st(), "__version__", "0")
-    if not (SUPPORTED[0] <= _version(v)[:2] < SUPPORTED[1]):
+    if not (SUPPORTED[0] <= version_tuple(v)[:2] < SUPPORTED[1]):
         raise RuntimeError(f"lateint.sentence_transformers supports sentence-transformers 6.x (MultiVectorEncoder); "
                            f"installed: {v}")
     if v not in TESTED:

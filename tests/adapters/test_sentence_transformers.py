@@ -256,8 +256,6 @@ def test_pooling_gradients_match_theirs():
 
 
 def test_checkpoint_with_our_pooling_saves_loads_and_encodes_identically(model, tmp_path):
-    from sentence_transformers.base.modules import Normalize  # noqa: F401  (the pipeline's last module type)
-
     modules = [model[i] for i in range(len(model))] + [lst.HierarchicalTokenPooling(pool_factor=2)]
     ours = st.MultiVectorEncoder(modules=modules, device="cpu")
     theirs = st.MultiVectorEncoder(modules=[model[i] for i in range(len(model))] + [TheirPooling(pool_factor=2)],
