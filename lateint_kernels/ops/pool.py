@@ -284,7 +284,7 @@ def _colpali_short_doc(lens: torch.Tensor, pool_factor) -> int:
     """The first document colpali-engine refuses (fewer than two tokens, pooled), or -1."""
     if pool_factor == 1 or lens.numel() == 0:
         return -1
-    short = (lens < 2).nonzero()
+    short = ((lens >= 0) & (lens < 2)).nonzero()  # negative: bad offsets, which the op names
     return int(short[0]) if short.numel() else -1
 
 
