@@ -33,6 +33,7 @@ void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t
 void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2);
 #if defined(__x86_64__) && defined(__GNUC__)
 void cosine_dist_f32_panels(int64_t n, int64_t dim, const float* P, double* D, int64_t ld);
+void cosine_dist_f32_avx2fma(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);
 #endif
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
@@ -774,7 +775,8 @@ void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t l
 }
 // The float32 paths' last steps on D (double(1 - <a, b>) off the diagonal): the clamp of
 // CosineClamped, the row distances of CosineRows (M's diagonal from the Gram matrix G
-// when given, else 1 - <a, a> summed here), then +inf on the diagonal and the padding.
+// when given, else 1 - <a, a> as one FMA chain like the kernels'), then +inf on the
+// diagonal and the padding.
 void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* G, int64_t ldg,
                           PoolDistance dist, double* D, int64_t ld, PoolScratch& s, Isa isa) {
   if (dist == PoolDistance::CosineClamped) {
@@ -792,7 +794,7 @@ void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* 
       if (G != nullptr) {
         dot = G[i * ldg + i];
       } else {
-        for (int64_t k = 0; k < dim; ++k) dot += xf[i * dim + k] * xf[i * dim + k];
+        for (int64_t k = 0; k < dim; ++k) dot = std::fma(xf[i * dim + k], xf[i * dim + k], dot);
       }
       M[i * ldm + i] = 1.0f - dot;
       for (int64_t j = n; j < ldm; ++j) M[i * ldm + j] = 0.0f;
@@ -855,9 +857,9 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
         s.xf[i] = dt == DType::F16 ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
       xf = s.xf.data();
     }
-    // PyLate's distance, float32 1 - cos, written by the Gram kernel itself
-    // AVX-512: the panel kernel; other paths: the portable tile kernel (the same bits
-    // wherever it is compiled with FMA; the tests compare the two).
+    // PyLate's distance, float32 1 - cos, written by the Gram kernel itself: AVX-512 the
+    // panel kernel, AVX2 the 4 x 16 FMA tiles, else the portable tiles; all one FMA chain
+    // per entry, so the same bits (the tests compare them).
 #if defined(__x86_64__) && defined(__GNUC__)
     if (isa >= Isa::Avx512) {
       grow(s.xtf, dim * round_up(n, 32));
@@ -869,7 +871,12 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
       const int64_t ldt2 = round_up(n, 8) + 32;
       grow(s.xtf, dim * ldt2);
       detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, isa >= Isa::Avx2);
-      detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
+#if defined(__x86_64__) && defined(__GNUC__)
+      if (isa >= Isa::Avx2)
+        detail::cosine_dist_f32_avx2fma(n, dim, s.xtf.data(), ldt2, D, ld);
+      else
+#endif
+        detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     }
     finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s, isa);
     return;

@@ -6,6 +6,8 @@
 #include <torch/types.h>
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <cmath>
 #include <limits>
@@ -183,9 +185,53 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
 // PyLate multiplies float32 tokens as they are). torch's matrix product gives the same
 // bits whatever the thread count or the rows' alignment, so the distances, and with them
 // Ward's every merge, are that library's own.
-bool gram_distances(const PoolInputs& in) {
-  return in.dist == PoolDistance::CosineClamped || in.dist == PoolDistance::CosineRows ||
-         (in.dist == PoolDistance::Cosine && in.dt == DType::F32);
+//
+// The kernel's own distance tiles compute each <a, b> as one float32 FMA chain over the
+// dimension, which is what torch.mm's sgemm gives on the machine measured for dims up to
+// 128 and documents of at least kOwnGramMinRows rows (below, MKL takes a small-matrix path
+// with other bits). Where that holds (checked once per dimension and ISA level against
+// at::mm on pseudo-random unit rows, documents of 12, 16, 45 and 301 rows), the tiles serve
+// those documents instead, at half the work (one triangle); torch.mm serves the rest.
+constexpr int64_t kOwnGramMinRows = 12;
+
+bool own_gram_is_torch_mm(int64_t dim, lateint::Isa isa) {
+  static std::mutex mu;
+  static std::map<std::pair<int64_t, int>, bool> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(dim, (int)isa);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  bool same = true;
+  uint64_t state = 0x9E3779B97F4A7C15ull ^ (uint64_t)dim;
+  for (const int64_t n : {kOwnGramMinRows, (int64_t)16, (int64_t)45, (int64_t)301}) {
+    at::Tensor x = at::empty({n, dim}, at::kFloat);
+    float* p = x.data_ptr<float>();
+    for (int64_t i = 0; i < n * dim; ++i) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      p[i] = (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
+    }
+    x = x / x.norm(2, 1, true);
+    const at::Tensor g = at::mm(x, x.t()).contiguous();
+    const int64_t ld = (n + 7) / 8 * 8;
+    lateint::PoolScratch s;
+    s.D.assign(n * ld, 0.0);
+    lateint::pool_distances(x.data_ptr<float>(), DType::F32, n, dim, PoolDistance::Cosine, s.D.data(), ld, s, isa);
+    const float* gp = g.data_ptr<float>();
+    for (int64_t i = 0; i < n && same; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        if (i != j && s.D[i * ld + j] != (double)(1.0f - gp[i * n + j])) {
+          same = false;
+          break;
+        }
+  }
+  known[key] = same;
+  return same;
+}
+
+bool gram_distances(const PoolInputs& in, int64_t n, lateint::Isa isa) {
+  const bool mm_is_theirs = in.dist == PoolDistance::CosineClamped || in.dist == PoolDistance::CosineRows ||
+                            (in.dist == PoolDistance::Cosine && in.dt == DType::F32);
+  return mm_is_theirs && (n < kOwnGramMinRows || !own_gram_is_torch_mm(in.dim, isa));
 }
 
 // torch.mm(x, x.t()) of document d's n poolable rows (from row p) in float32, contiguous.
@@ -216,7 +262,7 @@ int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int
       !(lateint::pool_max_sqnorm(doc_row(in, d, p), in.dt, n, in.dim) <= lateint::kPoolMaxSqNorm))
     return kNotNormalized;
   lab.resize(n);
-  if (gram_distances(in) && lateint::pool_target(n, in.pool_factor) < n) {
+  if (lateint::pool_target(n, in.pool_factor) < n && gram_distances(in, n, isa)) {
     const at::Tensor g = doc_gram(in, d, p, n);
     return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
                                 lab.data(), scratch, isa, g.data_ptr<float>(), g.stride(0));
