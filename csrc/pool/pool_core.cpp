@@ -755,8 +755,7 @@ LATEINT_MULTIVERSION(Family::Pool, void, rows_sq_tile,
 // D[i, j] = sqrt(sum_k (M[i, k] - M[j, k])^2) for the symmetric float32 M [n, n] (stride
 // ldm >= round_up(n, 8), zero past n): tiles of 4 rows x 8 columns over the upper
 // triangle, each summed in k order per pair (scipy pdist's order).
-void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t ld, Isa isa) {
-  (void)isa;
+void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t ld) {
   double out[32];
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
     int64_t rows[4];
@@ -778,7 +777,7 @@ void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t l
 // when given, else 1 - <a, a> as one FMA chain like the kernels'), then +inf on the
 // diagonal and the padding.
 void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* G, int64_t ldg,
-                          PoolDistance dist, double* D, int64_t ld, PoolScratch& s, Isa isa) {
+                          PoolDistance dist, double* D, int64_t ld, PoolScratch& s) {
   if (dist == PoolDistance::CosineClamped) {
     for (int64_t i = 0; i < n; ++i) {
       double* row = D + i * ld;
@@ -799,7 +798,7 @@ void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* 
       M[i * ldm + i] = 1.0f - dot;
       for (int64_t j = n; j < ldm; ++j) M[i * ldm + j] = 0.0f;
     }
-    rows_euclidean(M, n, ldm, D, ld, isa);
+    rows_euclidean(M, n, ldm, D, ld);
   }
   for (int64_t i = 0; i < n; ++i) {
     double* row = D + i * ld;
@@ -810,10 +809,10 @@ void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* 
 }  // namespace
 
 void pool_distances_from_gram(const float* G, int64_t n, int64_t ldg, PoolDistance dist, double* D,
-                              int64_t ld, PoolScratch& s, Isa isa) {
+                              int64_t ld, PoolScratch& s) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) D[i * ld + j] = (double)(1.0f - G[i * ldg + j]);
-  finish_f32_distances(nullptr, n, 0, G, ldg, dist, D, ld, s, isa);
+  finish_f32_distances(nullptr, n, 0, G, ldg, dist, D, ld, s);
 }
 
 void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistance dist,
@@ -878,7 +877,7 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
 #endif
         detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
     }
-    finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s, isa);
+    finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s);
     return;
   }
   // float64 paths: upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.
@@ -923,7 +922,7 @@ int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, double pool
   }
   const int64_t ld = row_stride(n);
   grow(s.D, n * ld);
-  if (gram != nullptr) pool_distances_from_gram(gram, n, ldg, dist, s.D.data(), ld, s, isa);
+  if (gram != nullptr) pool_distances_from_gram(gram, n, ldg, dist, s.D.data(), ld, s);
   else pool_distances(x, dt, n, dim, dist, s.D.data(), ld, s, isa);
   grow(s.mx, n);
   grow(s.my, n);

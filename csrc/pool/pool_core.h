@@ -121,7 +121,7 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
 // The cosine distances (Cosine, CosineClamped, CosineRows) from a float32 Gram matrix G
 // [n, n] (stride ldg) computed elsewhere: 1 - G in float32, then as pool_distances.
 void pool_distances_from_gram(const float* G, int64_t n, int64_t ldg, PoolDistance dist, double* D,
-                              int64_t ld, PoolScratch& s, Isa isa);
+                              int64_t ld, PoolScratch& s);
 
 // Clusters one document's poolable tokens: labels[i] in 0..nc-1 (the order of the pooled
 // rows, PyLate's), returns nc. n_clusters = max(1, n // pool_factor); n < 2 or

@@ -228,19 +228,21 @@ bool own_gram_is_torch_mm(int64_t dim, lateint::Isa isa) {
   return same;
 }
 
-bool gram_distances(const PoolInputs& in, int64_t n, lateint::Isa isa) {
+// Documents with fewer poolable rows than this take their distances from torch.mm: 0 when
+// the kernel's distances are the reproduced library's anyway (float16/bfloat16/float64
+// PyLate-variant inputs, the Euclidean distance), kOwnGramMinRows where the kernel's
+// tiles give torch.mm's bits, every document otherwise. Decided once per op call.
+int64_t mm_below(const PoolInputs& in, lateint::Isa isa) {
   const bool mm_is_theirs = in.dist == PoolDistance::CosineClamped || in.dist == PoolDistance::CosineRows ||
                             (in.dist == PoolDistance::Cosine && in.dt == DType::F32);
-  return mm_is_theirs && (n < kOwnGramMinRows || !own_gram_is_torch_mm(in.dim, isa));
+  if (!mm_is_theirs) return 0;
+  return own_gram_is_torch_mm(in.dim, isa) ? kOwnGramMinRows : std::numeric_limits<int64_t>::max();
 }
 
 // torch.mm(x, x.t()) of document d's n poolable rows (from row p) in float32, contiguous.
 at::Tensor doc_gram(const PoolInputs& in, int64_t d, int64_t p, int64_t n) {
-  const at::ScalarType st = in.dt == DType::F32 ? at::kFloat : in.dt == DType::F64 ? at::kDouble
-                            : in.dt == DType::F16 ? at::kHalf : at::kBFloat16;
-  at::Tensor x = at::from_blob(const_cast<void*>(doc_row(in, d, p)), {n, in.dim},
-                               at::TensorOptions().dtype(st));
-  if (st != at::kFloat) x = x.to(at::kFloat);
+  at::Tensor x = at::from_blob(const_cast<void*>(doc_row(in, d, p)), {n, in.dim}, in.opts);
+  if (x.scalar_type() != at::kFloat) x = x.to(at::kFloat);
   return at::mm(x, x.t()).contiguous();
 }
 
@@ -251,8 +253,9 @@ constexpr int64_t kNonFinite = -1, kNotNormalized = -2;
 // kNonFinite when the document holds NaN or Inf, kNotNormalized when the cosine distance
 // would cluster tokens that are not L2-normalized. p = min(protected_tokens, length).
 // Document `next` (the caller's next one, or -1) is brought into cache while d clusters.
+// Documents of fewer than `mm_rows` poolable rows take their distances from torch.mm.
 int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int32_t>& lab,
-                  lateint::PoolScratch& scratch, lateint::Isa isa) {
+                  lateint::PoolScratch& scratch, lateint::Isa isa, int64_t mm_rows) {
   scratch.prefetch = next >= 0 ? doc_row(in, next, 0) : nullptr;
   scratch.prefetch_bytes = next >= 0 ? (in.o[next + 1] - in.o[next]) * in.dim * in.esz : 0;
   const int64_t len = in.o[d + 1] - in.o[d];
@@ -262,7 +265,7 @@ int64_t label_doc(const PoolInputs& in, int64_t d, int64_t next, std::vector<int
       !(lateint::pool_max_sqnorm(doc_row(in, d, p), in.dt, n, in.dim) <= lateint::kPoolMaxSqNorm))
     return kNotNormalized;
   lab.resize(n);
-  if (lateint::pool_target(n, in.pool_factor) < n && gram_distances(in, n, isa)) {
+  if (n < mm_rows && lateint::pool_target(n, in.pool_factor) < n) {
     const at::Tensor g = doc_gram(in, d, p, n);
     return lateint::pool_labels(doc_row(in, d, p), in.dt, n, in.dim, in.pool_factor, in.dist,
                                 lab.data(), scratch, isa, g.data_ptr<float>(), g.stride(0));
@@ -300,12 +303,13 @@ struct DocRefusal {
 template <typename F>
 void label_each_doc(const char* op, const PoolInputs& in, int64_t* count, const F& on_doc) {
   const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
+  const int64_t mm_rows = mm_below(in, isa);
   DocRefusal refused;
   for_each_doc(in.nd, [&](int64_t b, int64_t e) {
     thread_local lateint::PoolScratch scratch;
     std::vector<int32_t> lab;
     for (int64_t d = b; d < e; ++d) {
-      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa);
+      const int64_t nc = label_doc(in, d, d + 1 < e ? d + 1 : -1, lab, scratch, isa, mm_rows);
       if (nc < 0) {
         refused.note(d, nc);
         count[d] = 0;
