@@ -14,6 +14,17 @@ def clustered(n: int, dim: int, *, n_topics: int = 16, noise: float = 0.35, gene
     return torch.nn.functional.normalize(x, dim=-1)
 
 
+def clustered_docs(n: int, dim: int, lo: int, hi: int, *, seed: int = 0, dtype=torch.float32):
+    """n normalized documents of random lengths in [lo, hi), a list of [L, dim] tensors, each
+    drawn around topics of its own (one per ~5 tokens), as the adapters' inputs come."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(lo, hi, (), generator=g))
+        out.append(clustered(length, dim, n_topics=max(1, length // 5), generator=g).to(dtype))
+    return out
+
+
 def corpus(lengths, dim: int = 128, *, nq: int = 2, lq: int = 32, seed: int = 0,
            dtype=torch.float32, n_topics: int = 16):
     """(queries [nq, lq, dim], tokens [T, dim], offsets [nd+1]) sharing topic centres."""

@@ -3,6 +3,7 @@ HierarchicalTokenPooler bit for bit (lists, padded batches, the cluster maps),
 score_multi_vector and ColbertLoss scores and gradients. Runs where colpali-engine is
 installed (the adapters' environment, .venv-st6); elsewhere it skips, unless
 LATEINT_REQUIRE_COLPALI=1 makes the absence a failure."""
+import functools
 import os
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import lateint_kernels as lk
+
+from _data import clustered_docs
 
 if os.environ.get("LATEINT_REQUIRE_COLPALI") == "1":
     import colpali_engine  # noqa: F401
@@ -30,15 +33,7 @@ def _switched_off_after():
     lcp.disable()
 
 
-def pages(n, dim=32, lo=2, hi=60, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        L = int(torch.randint(lo, hi, (), generator=g))
-        c = torch.randn(max(1, L // 4), dim, generator=g)
-        x = c[torch.randint(0, c.shape[0], (L,), generator=g)] + 0.4 * torch.randn(L, dim, generator=g)
-        out.append(F.normalize(x, dim=-1).to(dtype))
-    return out
+pages = functools.partial(clustered_docs, dim=32, lo=2, hi=60)
 
 
 @pytest.mark.parametrize("pool_factor", [1, 2, 3])

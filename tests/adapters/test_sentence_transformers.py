@@ -6,6 +6,7 @@ switched, our subclass, a saved checkpoint), and the version gate.
 Runs in the adapters' environment (scripts/install.sh makes .venv-st6, where
 sentence-transformers 6 lives apart from PyLate's 5.3.0); elsewhere it skips, unless
 LATEINT_REQUIRE_ST6=1 makes the absence a failure."""
+import functools
 import os
 
 import pytest
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import lateint_kernels as lk
+
+from _data import clustered_docs
 
 st = pytest.importorskip("sentence_transformers")
 if not st.__version__.startswith("6."):
@@ -36,16 +39,7 @@ def _switched_off_after():
     lst.disable()
 
 
-def docs(n, dim=32, lo=1, hi=40, seed=0):
-    """Clustered, normalized documents of random lengths."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        L = int(torch.randint(lo, hi, (), generator=g))
-        c = torch.randn(max(1, L // 5), dim, generator=g)
-        x = c[torch.randint(0, c.shape[0], (L,), generator=g)] + 0.5 * torch.randn(L, dim, generator=g)
-        out.append(F.normalize(x, dim=-1))
-    return out
+docs = functools.partial(clustered_docs, dim=32, lo=1, hi=40)
 
 
 class Spy:
@@ -64,26 +58,18 @@ class Spy:
 
 # ---------------------------------------------------------------------------------------
 # scores
-@pytest.mark.parametrize("fn", ["maxsim", "mean_maxsim"])
-def test_maxsim_lists_off_and_on(fn, monkeypatch):
-    q, d = docs(5, seed=1, lo=2, hi=12), docs(9, seed=2)
+@pytest.mark.parametrize("fn, kernel", [("maxsim", "maxsim"), ("mean_maxsim", "maxsim"),
+                                        ("maxsim_pairwise", "maxsim_candidates"),
+                                        ("mean_maxsim_pairwise", "maxsim_candidates")])
+def test_maxsim_lists_off_and_on(fn, kernel, monkeypatch):
+    pairwise = fn.endswith("pairwise")
+    q, d = docs(7 if pairwise else 5, seed=1, lo=2, hi=12), docs(7 if pairwise else 9, seed=2)
     off = getattr(st.util, fn)(q, d)
-    spy = Spy(monkeypatch, "maxsim")
+    spy = Spy(monkeypatch, kernel)
     lst.enable()
     on = getattr(st.util, fn)(q, d)
     assert spy.n >= 1
     assert on.dtype == off.dtype == torch.float32 and on.shape == off.shape
-    torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("fn", ["maxsim_pairwise", "mean_maxsim_pairwise"])
-def test_maxsim_pairwise_off_and_on(fn, monkeypatch):
-    q, d = docs(7, seed=3, lo=2, hi=12), docs(7, seed=4)
-    off = getattr(st.util, fn)(q, d)
-    spy = Spy(monkeypatch, "maxsim_candidates")
-    lst.enable()
-    on = getattr(st.util, fn)(q, d)
-    assert spy.n >= 1
     torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
 
 
