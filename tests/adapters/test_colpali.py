@@ -1,8 +1,9 @@
 """lateint.colpali against colpali-engine 0.3.18's own calls with the switch off and on:
 HierarchicalTokenPooler bit for bit (lists, padded batches, the cluster maps),
 score_multi_vector and ColbertLoss scores and gradients. Runs where colpali-engine is
-installed (the adapters' environment, .venv-st6); elsewhere it skips, unless
-LATEINT_REQUIRE_COLPALI=1 makes the absence a failure."""
+installed (the adapters' environment, .venv-st6); elsewhere it skips.
+tests/test_adapters_env.py runs it there with LATEINT_ADAPTERS_ENV=1, which makes a
+missing colpali-engine a failure instead of a skip."""
 import functools
 import os
 
@@ -14,7 +15,7 @@ import lateint_kernels as lk
 
 from _data import clustered_docs
 
-if os.environ.get("LATEINT_REQUIRE_COLPALI") == "1":
+if os.environ.get("LATEINT_ADAPTERS_ENV") == "1":
     import colpali_engine  # noqa: F401
 else:
     pytest.importorskip("colpali_engine", reason="colpali-engine lives in the adapters' environment (.venv-st6)")

@@ -4,8 +4,9 @@ the cached multi-vector loss), HierarchicalTokenPooling bit for bit (their class
 switched, our subclass, a saved checkpoint), and the version gate.
 
 Runs in the adapters' environment (scripts/install.sh makes .venv-st6, where
-sentence-transformers 6 lives apart from PyLate's 5.3.0); elsewhere it skips, unless
-LATEINT_REQUIRE_ST6=1 makes the absence a failure."""
+sentence-transformers 6 lives apart from PyLate's 5.3.0); elsewhere it skips.
+tests/test_adapters_env.py runs it there with LATEINT_ADAPTERS_ENV=1, which makes a
+missing or wrong sentence-transformers a failure instead of a skip."""
 import functools
 import os
 
@@ -17,10 +18,13 @@ import lateint_kernels as lk
 
 from _data import clustered_docs
 
-st = pytest.importorskip("sentence_transformers")
+if os.environ.get("LATEINT_ADAPTERS_ENV") == "1":
+    import sentence_transformers as st
+else:
+    st = pytest.importorskip("sentence_transformers")
 if not st.__version__.startswith("6."):
-    if os.environ.get("LATEINT_REQUIRE_ST6") == "1":
-        raise RuntimeError(f"LATEINT_REQUIRE_ST6=1 but sentence-transformers is {st.__version__}")
+    if os.environ.get("LATEINT_ADAPTERS_ENV") == "1":
+        raise RuntimeError(f"LATEINT_ADAPTERS_ENV=1 but sentence-transformers is {st.__version__}")
     pytest.skip(f"sentence-transformers {st.__version__} here; these tests run in .venv-st6 (6.2.0)",
                 allow_module_level=True)
 
