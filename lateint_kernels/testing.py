@@ -39,6 +39,10 @@ SCHEMAS = {
     "ward_linkage": "(Tensor dist) -> Tensor",
     "fcluster_maxclust": "(Tensor Z, int max_nc) -> Tensor",
     "pool_distances": "(Tensor x, str distance, str variant=\"pylate\") -> Tensor",
+    # The variants' row normalization: x [n, dim] float32 normalized per row, and whether the
+    # kernel's own summation served it (it does where it reproduces torch's norm bit for bit
+    # for this dim; torch's ops otherwise).
+    "l2_rows": "(Tensor x) -> (Tensor, bool)",
 }
 
 

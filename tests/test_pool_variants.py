@@ -85,6 +85,52 @@ def test_sentence_transformers_variant_options(normalize, protected):
         assert torch.equal(a, st_formula(d, 2, protected, normalize))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim", [7, 130])
+def test_sentence_transformers_list_rows_normalized_as_torch(dtype, dim):
+    """Every output row (protected, pooled, and documents left as they are) normalized as
+    their F.normalize gives it (in float32 for half types), for dims with a tail past
+    torch's vector width. Half-type means are the kernel's float32 sums rounded once (not
+    sentence-transformers' half-precision scatter_add), so for those the normalization is
+    checked on the kernel's own unnormalized output."""
+    tokens, off = docs_packed([1, 4, 60, 200, 333], dim, seed=dim, dtype=dtype)
+    docs = split(tokens, off)
+    got = lk.token_pool_list(docs, 2.5, variant="sentence-transformers")
+    packed, packed_off = lk.token_pool(tokens, off, 2.5, variant="sentence-transformers")
+    raw = lk.token_pool_list(docs, 2.5, variant="sentence-transformers", normalize=False)
+    for a, b, r, d in zip(got, split(packed, packed_off), raw, docs):
+        if dtype in (torch.float16, torch.bfloat16):
+            want = F.normalize(r.float(), dim=-1).to(dtype)
+        else:
+            want = st_formula(d, 2.5)
+        assert a.dtype == dtype and torch.equal(a, want) and torch.equal(b, want)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_kernel_row_norm_is_torch_normalize(level):
+    """The row normalization the variants end with, on rows of varied scales and dims on
+    both sides of torch's vector width: bit for bit torch.nn.functional.normalize, whether
+    the kernel's own summation served the dim or torch's ops did."""
+    import lateint_kernels.testing as lkt
+
+    if lk.cpu_isa(level) != level:
+        lk.cpu_isa("best")
+        pytest.skip(f"this CPU has no {level} path")
+    try:
+        g = torch.Generator().manual_seed(1234)
+        own = {}
+        for dim in (1, 3, 7, 8, 9, 16, 17, 33, 48, 100, 128, 130, 384, 768):
+            scale = torch.pow(2.0, torch.randint(-8, 9, (3000, 1), generator=g).float())
+            x = torch.randn(3000, dim, generator=g) * scale
+            x[::7] = F.normalize(x[::7], dim=-1)  # unit rows, as pooled means of unit tokens nearly are
+            x[5] = 0.0  # a zero row: the 1e-12 floor
+            out, own[dim] = lkt.ops.l2_rows(x)
+            assert torch.equal(out, F.normalize(x, dim=-1)), (dim, own[dim])
+    finally:
+        lk.cpu_isa("best")
+    print("dims served by the kernel's own summation:", [d for d, o in own.items() if o])
+
+
 @pytest.mark.parametrize("pool_factor", [2, 3, 4])
 @pytest.mark.parametrize("dim", [3, 64, 130])
 def test_colpali_variant_bit_identical_to_formula(pool_factor, dim):

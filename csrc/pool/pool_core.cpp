@@ -68,6 +68,86 @@ bool pool_all_finite(const void* x, DType dt, int64_t count) {
 
 namespace {
 
+// Sum of squares of one float32 row in `how`'s order (see TorchRowNorm), then sqrtf.
+template <bool VF, bool TF>
+float row_norm_portable(const float* r, int64_t dim, int width) {
+  float acc[16] = {};
+  const int64_t main = dim - dim % width;
+  for (int64_t d = 0; d < main; d += width)
+    for (int l = 0; l < width; ++l) {
+      const float v = r[d + l];
+      acc[l] = VF ? std::fma(v, v, acc[l]) : acc[l] + v * v;
+    }
+  float s = acc[0];
+  for (int l = 1; l < width; ++l) s = s + acc[l];
+  for (int64_t d = main; d < dim; ++d) s = TF ? std::fma(r[d], r[d], s) : s + r[d] * r[d];
+  return std::sqrt(s);
+}
+
+#ifdef LATEINT_POOL_X86
+// The same with the lanes in AVX registers: one 8-lane accumulator per 8 of torch's lanes.
+template <bool VF, bool TF, int W>
+__attribute__((target("avx2,fma"))) float row_norm_avx2(const float* r, int64_t dim) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  const int64_t main = dim - dim % W;
+  for (int64_t d = 0; d < main; d += W) {
+    const __m256 v0 = _mm256_loadu_ps(r + d);
+    a0 = VF ? _mm256_fmadd_ps(v0, v0, a0) : _mm256_add_ps(a0, _mm256_mul_ps(v0, v0));
+    if (W == 16) {
+      const __m256 v1 = _mm256_loadu_ps(r + d + 8);
+      a1 = VF ? _mm256_fmadd_ps(v1, v1, a1) : _mm256_add_ps(a1, _mm256_mul_ps(v1, v1));
+    }
+  }
+  alignas(32) float b[16];
+  _mm256_store_ps(b, a0);
+  _mm256_store_ps(b + 8, a1);
+  float s = b[0];
+  for (int l = 1; l < W; ++l) s = s + b[l];
+  for (int64_t d = main; d < dim; ++d) s = TF ? __builtin_fmaf(r[d], r[d], s) : s + r[d] * r[d];
+  return std::sqrt(s);
+}
+
+template <bool VF, bool TF>
+__attribute__((target("avx2,fma"))) void l2_rows_avx2(float* x, int64_t n, int64_t dim, int width) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = x + i * dim;
+    const float nrm = width == 16 ? row_norm_avx2<VF, TF, 16>(r, dim) : row_norm_avx2<VF, TF, 8>(r, dim);
+    const float den = std::max(nrm, 1e-12f);
+    for (int64_t k = 0; k < dim; ++k) r[k] = r[k] / den;
+  }
+}
+#endif
+
+template <bool VF, bool TF>
+void l2_rows_portable(float* x, int64_t n, int64_t dim, int width) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = x + i * dim;
+    const float den = std::max(row_norm_portable<VF, TF>(r, dim, width), 1e-12f);
+    for (int64_t k = 0; k < dim; ++k) r[k] = r[k] / den;
+  }
+}
+
+template <bool VF, bool TF>
+void l2_rows_any(float* x, int64_t n, int64_t dim, int width, Isa isa) {
+#ifdef LATEINT_POOL_X86
+  if (isa >= Isa::Avx2 && (width == 8 || width == 16)) return l2_rows_avx2<VF, TF>(x, n, dim, width);
+#endif
+  (void)isa;
+  l2_rows_portable<VF, TF>(x, n, dim, width);
+}
+
+}  // namespace
+
+void l2_rows_like_torch(float* x, int64_t n, int64_t dim, TorchRowNorm how, Isa isa) {
+  if (how.vec_fma)
+    return how.tail_fma ? l2_rows_any<true, true>(x, n, dim, how.width, isa)
+                        : l2_rows_any<true, false>(x, n, dim, how.width, isa);
+  return how.tail_fma ? l2_rows_any<false, true>(x, n, dim, how.width, isa)
+                      : l2_rows_any<false, false>(x, n, dim, how.width, isa);
+}
+
+namespace {
+
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

@@ -142,6 +142,20 @@ int64_t pool_labels(const void* x, DType dt, int64_t n, int64_t dim, double pool
 void pool_doc_means(const void* x, DType dt, int64_t len, int64_t p, const int32_t* lab, int64_t nc,
                     int64_t dim, bool normalize, PoolMeans means, int width, void* dst, PoolScratch& s);
 
+// How torch's CPU norm kernel sums the squares of a float32 row (torch.nn.functional.
+// normalize over the last dim): `width` lanes (its vector width, 8 or 16) over the row in
+// steps of width, each step a multiply then an add (one FMA when vec_fma), the lanes added
+// in lane order, the rest of the row squared and added one value at a time (fused when
+// tail_fma), then sqrtf. The binding checks which of these torch is on the machine.
+struct TorchRowNorm {
+  int width = 8;
+  bool vec_fma = false, tail_fma = false;
+};
+
+// x [n, dim] float32 normalized in place as torch.nn.functional.normalize(x, dim=-1)
+// computes it when `how` is torch's summation: each row divided by max(norm, 1e-12).
+void l2_rows_like_torch(float* x, int64_t n, int64_t dim, TorchRowNorm how, Isa isa);
+
 bool pool_all_finite(const void* x, DType dt, int64_t count);
 
 // The largest squared L2 norm among the n rows of x [n, dim] (NaN if any is NaN, +inf on

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <map>
+#include <tuple>
 #include <mutex>
 #include <cstring>
 #include <cmath>
@@ -35,6 +36,11 @@ struct PoolInputs {
   PoolDistance dist = PoolDistance::Cosine;
   lateint::PoolMeans means = lateint::PoolMeans::Sequential;
   int torch_width = 8;  // floats per vector of torch's CPU kernels (cascade means)
+  bool pylate = true;   // PyLate's variant: `normalize` L2-normalizes the means only
+  bool l2_rows = false; // every output row L2-normalized as torch.nn.functional.normalize
+  // l2_rows: the kernel's own summation when it is torch's (row_norm_own), else torch's ops
+  bool row_norm_own = false;
+  lateint::TorchRowNorm row_norm;
   double pool_factor = 1;
   int64_t nd = 0, dim = 0, esz = 4, protect = 0;
   const char* name = "doc_tokens";  // the argument holding the tokens, for error messages
@@ -47,6 +53,13 @@ PoolDistance distance_of(c10::string_view d, const char* op) {
               std::string(d), "\"");
 }
 
+// Floats per vector in torch's CPU kernels (the width of its Vectorized<float> at the
+// capability it dispatched to).
+int torch_vector_width() {
+  static const int width = at::get_cpu_capability() == "AVX512" ? 16 : 8;
+  return width;
+}
+
 // The library whose pooling is reproduced: its distance (from `distance`, the PyLate
 // variant's choice) and how its means sum.
 void apply_variant(c10::string_view variant, const char* op, PoolInputs& in) {
@@ -56,10 +69,10 @@ void apply_variant(c10::string_view variant, const char* op, PoolInputs& in) {
               std::string(variant), "\"");
   TORCH_CHECK(in.dist == PoolDistance::Cosine, op, ": `distance` must be \"cosine\" with variant \"",
               std::string(variant), "\" (that library's only distance)");
+  in.pylate = false;
   in.dist = st ? PoolDistance::CosineClamped : PoolDistance::CosineRows;
   in.means = st ? lateint::PoolMeans::Sequential : lateint::PoolMeans::Cascade;
-  static const int width = at::get_cpu_capability() == "AVX512" ? 16 : 8;
-  in.torch_width = width;
+  in.torch_width = torch_vector_width();
 }
 
 void prepare_scalars(const char* op, double pool_factor, int64_t protected_tokens,
@@ -246,6 +259,96 @@ at::Tensor doc_gram(const PoolInputs& in, int64_t d, int64_t p, int64_t n) {
   return at::mm(x, x.t()).contiguous();
 }
 
+// torch.nn.functional.normalize(x, dim=-1) as torch computes it: x / max(||x||, eps), the
+// norm from its CPU reduction kernel (at::linalg_vector_norm, which Tensor.norm calls).
+void l2_rows_torch(at::Tensor x) {
+  at::Tensor f = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
+  f = f / at::linalg_vector_norm(f, 2, at::IntArrayRef{-1}, true).clamp_min(1e-12);
+  x.copy_(f);
+}
+
+// Which summation of lateint::TorchRowNorm torch's own float32 row norm is, for rows of
+// `dim` values: found once per dimension against torch on 4,096 pseudo-random rows of
+// varied scales. Only the choices that matter for `dim` are tried (the FMA of the vector
+// steps when dim >= width, of the tail when width does not divide dim), and one is used
+// only when it alone agrees with torch on every row (the output rows of
+// sentence-transformers and colpali-engine are exactly torch.nn.functional.normalize's).
+// False otherwise; the rows then go through torch's own ops.
+bool own_row_norm_is_torch(int64_t dim, int width, lateint::Isa isa, lateint::TorchRowNorm* how) {
+  static std::mutex mu;
+  static std::map<std::tuple<int64_t, int, int>, std::pair<bool, lateint::TorchRowNorm>> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(dim, width, (int)isa);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    constexpr int64_t rows = 4096;
+    at::Tensor x = at::empty({rows, dim}, at::kFloat);
+    float* p = x.data_ptr<float>();
+    uint64_t state = 0xD1B54A32D192ED03ull ^ (uint64_t)dim;
+    for (int64_t i = 0; i < rows; ++i) {
+      const float scale = std::ldexp(1.0f, (int)(i % 9) - 4);
+      for (int64_t k = 0; k < dim; ++k) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        p[i * dim + k] = scale * (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
+      }
+    }
+    at::Tensor want = x.clone();
+    l2_rows_torch(want);
+    std::pair<bool, lateint::TorchRowNorm> found{false, {}};
+    int matches = 0;
+    for (const bool vf : {false, true}) {
+      if (vf && dim < width) break;
+      for (const bool tf : {false, true}) {
+        if (tf && dim % width == 0) break;
+        lateint::TorchRowNorm c;
+        c.width = width;
+        c.vec_fma = vf;
+        c.tail_fma = tf;
+        at::Tensor got = x.clone();
+        lateint::l2_rows_like_torch(got.data_ptr<float>(), rows, dim, c, isa);
+        if (std::memcmp(got.data_ptr<float>(), want.data_ptr<float>(), rows * dim * sizeof(float)) == 0) {
+          found.second = c;
+          ++matches;
+        }
+      }
+    }
+    found.first = matches == 1;
+    it = known.emplace(key, found).first;
+  }
+  *how = it->second.second;
+  return it->second.first;
+}
+
+// The rows_l2 setting of an op call: `normalize` of a variant other than PyLate's
+// normalizes every output row.
+void decide_rows_l2(PoolInputs& in, bool normalize) {
+  in.l2_rows = normalize && !in.pylate;
+  if (in.l2_rows && in.dt != DType::F64)
+    in.row_norm_own = own_row_norm_is_torch(in.dim, in.torch_width, lateint::isa_for(lateint::Family::Pool),
+                                            &in.row_norm);
+}
+
+// Document rows dst [count, dim] of T normalized in place as torch.nn.functional.normalize
+// does (in float32 for half types, as both libraries cast before it).
+template <typename T>
+void l2_rows_doc(const PoolInputs& in, T* dst, int64_t count, std::vector<float>& buf) {
+  if (count == 0) return;
+  const int64_t dim = in.dim;
+  if (!in.row_norm_own) {
+    l2_rows_torch(at::from_blob(dst, {count, dim}, in.opts));
+    return;
+  }
+  const lateint::Isa isa = lateint::isa_for(lateint::Family::Pool);
+  if constexpr (std::is_same<T, float>::value) {
+    lateint::l2_rows_like_torch(dst, count, dim, in.row_norm, isa);
+  } else {
+    buf.resize(count * dim);
+    for (int64_t i = 0; i < count * dim; ++i) buf[i] = static_cast<float>(dst[i]);
+    lateint::l2_rows_like_torch(buf.data(), count, dim, in.row_norm, isa);
+    for (int64_t i = 0; i < count * dim; ++i) dst[i] = static_cast<T>(buf[i]);
+  }
+}
+
 constexpr int64_t kNonFinite = -1, kNotNormalized = -2;
 
 // Document d's clustering: lab[i] (resized to its n poolable tokens) is the cluster of
@@ -345,6 +448,7 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
                int64_t* count) {
   const int64_t* o = in.o;
   const int64_t dim = in.dim;
+  const bool means_l2 = normalize && in.pylate;
   label_each_doc(op, in, count,
                  [&](int64_t d, int64_t nc, const std::vector<int32_t>& lab, lateint::PoolScratch& scratch) {
                    const int64_t len = o[d + 1] - o[d], p = std::min(in.protect, len), n = len - p;
@@ -354,8 +458,12 @@ void pool_docs(const char* op, const PoolInputs& in, bool normalize, const Dst& 
                    if (nc == n)
                      std::copy(x, x + len * dim, dst);  // not pooled: the rows as they are
                    else
-                     lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, normalize, in.means,
+                     lateint::pool_doc_means(x, in.dt, len, p, lab.data(), nc, dim, means_l2, in.means,
                                              in.torch_width, dst, scratch);
+                   if (in.l2_rows) {
+                     thread_local std::vector<float> buf;
+                     l2_rows_doc<T>(in, dst, count[d], buf);
+                   }
                  });
 }
 
@@ -447,8 +555,9 @@ std::tuple<at::Tensor, at::Tensor> token_pool_cpu(const at::Tensor& doc_tokens,
                                                   bool normalize, c10::string_view distance,
                                                   c10::string_view variant) {
   const char* op = "token_pool";
-  const PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
-                                distance, variant);
+  PoolInputs in = prepare(op, doc_tokens, doc_offsets, pool_factor, protected_tokens,
+                          distance, variant);
+  decide_rows_l2(in, normalize);
   return with_dtype(in.dt, op, [&](auto t) {
     return pool_packed_t<decltype(t)>(op, in, normalize);
   });
@@ -460,7 +569,8 @@ std::vector<at::Tensor> token_pool_list_cpu(at::TensorList docs, double pool_fac
                                             int64_t protected_tokens, bool normalize,
                                             c10::string_view distance, c10::string_view variant) {
   const char* op = "token_pool_list";
-  const PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance, variant);
+  PoolInputs in = prepare_list(op, docs, pool_factor, protected_tokens, distance, variant);
+  decide_rows_l2(in, normalize);
   return with_dtype(in.dt, op, [&](auto t) {
     return pool_list_t<decltype(t)>(op, in, normalize);
   });
@@ -641,6 +751,24 @@ std::tuple<at::Tensor, at::Tensor> token_pool_finish_cpu(const at::Tensor& merge
   return {rows, new_off};
 }
 
+// Testing hook: x [n, dim] float32 normalized per row by the kernel's own summation when
+// it is torch's for this dimension (the second output true), else by torch's ops.
+std::tuple<at::Tensor, bool> l2_rows_cpu(const at::Tensor& x) {
+  const char* op = "l2_rows";
+  LK_CHECK_DIM(x, 2, op, "x", "[n, dim]");
+  LK_CHECK_DTYPE(x, at::kFloat, op, "x");
+  PoolInputs in;
+  in.dim = x.size(1);
+  in.opts = x.options();
+  in.pylate = false;
+  in.torch_width = torch_vector_width();
+  decide_rows_l2(in, true);
+  at::Tensor out = x.contiguous().clone();
+  std::vector<float> buf;
+  l2_rows_doc<float>(in, out.data_ptr<float>(), out.size(0), buf);
+  return {out, in.row_norm_own};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) {
@@ -655,4 +783,5 @@ TORCH_LIBRARY_IMPL(lateint_testing, CPU, m) {
   m.impl("ward_linkage", &ward_linkage_cpu);
   m.impl("pool_distances", &pool_distances_cpu);
   m.impl("fcluster_maxclust", &fcluster_maxclust_cpu);
+  m.impl("l2_rows", &l2_rows_cpu);
 }

@@ -27,7 +27,7 @@ from ..reference import pool as _ref
 # Per document, the tokens after the first `protected_tokens` are clustered by Ward linkage
 # into max(1, n // pool_factor) clusters (scipy's linkage + fcluster maxclust, bit-exact on
 # the same distances) and each cluster replaced by its mean. distance "cosine" = 1 - <a, b>
-# (PyLate), "euclidean" = ||a/|a| - b/|b|||. normalize L2-normalizes the means.
+# (PyLate), "euclidean" = ||a/|a| - b/|b|||.
 # token_pool -> (pooled tokens [T', dim] in the input dtype, offsets int64 [n_docs + 1]);
 # token_pool_labels: the clustering alone, each input token's (global) row in token_pool's
 # output, int64 [T], and the output offsets; token_pool_list: PyLate's list of [L_i, dim]
@@ -37,8 +37,9 @@ from ..reference import pool as _ref
 # token_pool_labels' output.
 # variant: whose clustering and means ("pylate"; "sentence-transformers": the cosine distance
 # clamped to [0, 2]; "colpali": linkage on the rows of the cosine distance matrix, means
-# summed as torch sums a gathered cluster); the public functions add each library's
-# normalization on top. pool_factor is a number (sentence-transformers takes fractions):
+# summed as torch sums a gathered cluster). normalize: with "pylate", the means only; with
+# the others, every output row as torch.nn.functional.normalize(x, dim=-1) gives it (in
+# float32 for half types), their libraries' normalization of the pooled output. pool_factor is a number (sentence-transformers takes fractions):
 # max(1, n // pool_factor) clusters with Python's floor division.
 SCHEMAS = {
     "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, float pool_factor, int protected_tokens, "
@@ -272,14 +273,6 @@ def _defaults(variant, protected_tokens, normalize):
     return protected_tokens, normalize
 
 
-def _l2_rows(x: torch.Tensor) -> torch.Tensor:
-    """torch.nn.functional.normalize over the last dim, in float32 for half inputs (as both
-    sentence-transformers and colpali-engine do), in the input dtype otherwise."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return torch.nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
 def _colpali_short_doc(lens: torch.Tensor, pool_factor) -> int:
     """The first document colpali-engine refuses (fewer than two tokens, pooled), or -1."""
     if pool_factor == 1 or lens.numel() == 0:
@@ -300,15 +293,12 @@ def _pool_packed(doc_tokens, doc_offsets, pool_factor, protected_tokens, normali
         x = doc_tokens.float()  # colpali-engine clusters and averages in float32
     else:
         x = doc_tokens
-    kernel_normalize = normalize if variant == "pylate" else False
     if _forced_reference():
-        out, off = _ref.token_pool_ref(x, doc_offsets, pool_factor, protected_tokens, kernel_normalize, distance,
+        out, off = _ref.token_pool_ref(x, doc_offsets, pool_factor, protected_tokens, normalize, distance,
                                        variant=variant)
     else:
         out, off = torch.ops.lateint_kernels.token_pool(x, doc_offsets, float(pool_factor), protected_tokens,
-                                                        bool(kernel_normalize), distance, variant)
-    if variant != "pylate" and normalize:
-        out = _l2_rows(out)
+                                                        bool(normalize), distance, variant)
     return out.to(doc_tokens.dtype), off
 
 
@@ -373,12 +363,8 @@ def token_pool_list(documents: Sequence[torch.Tensor], pool_factor, *, protected
             raise TypeError(f"token_pool_list: documents must be float32, float16, bfloat16 or float64, "
                             f"got {docs[0].dtype}")
         _validate_scalars("token_pool_list", pool_factor, protected_tokens, distance, variant)
-        out = list(torch.ops.lateint_kernels.token_pool_list(docs, float(pool_factor), protected_tokens,
-                                                             bool(normalize and variant == "pylate"), distance,
-                                                             variant))
-        if variant == "sentence-transformers" and normalize:
-            out = [_l2_rows(t) for t in out]
-        return out
+        return list(torch.ops.lateint_kernels.token_pool_list(docs, float(pool_factor), protected_tokens,
+                                                              bool(normalize), distance, variant))
     packed = pack_list(docs)
     tokens, offsets = token_pool(packed.tokens, packed.offsets, pool_factor, protected_tokens=protected_tokens,
                                  normalize=normalize, distance=distance, variant=variant)

@@ -93,13 +93,21 @@ def token_pool_labels_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, p
     return rows.to(doc_tokens.device), torch.tensor(new_off, dtype=torch.int64, device=doc_tokens.device)
 
 
+def l2_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.nn.functional.normalize over the last dim, in float32 for half inputs (as both
+    sentence-transformers and colpali-engine do), in the input dtype otherwise."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
 def token_pool_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_factor,
                    protected_tokens: int = 1, normalize: bool = False, distance: str = "cosine",
                    variant: str = "pylate"):
     """Token pooling reference: (pooled tokens in the input dtype, offsets). Cluster means in
-    float64; a document that is not pooled is returned as is; normalize=True L2-normalizes
-    the means of pooled documents. The variants' own normalization of every row is the
-    caller's (lk.token_pool applies it to the kernel's output and to this one alike)."""
+    float64; a document that is not pooled is returned as is. normalize=True: with PyLate's
+    variant, L2-normalizes the means of pooled documents; with the others, every output row,
+    as `l2_rows` (their libraries' torch.nn.functional.normalize of the pooled output)."""
     rows, new_off = token_pool_labels_ref(doc_tokens, doc_offsets, pool_factor, protected_tokens,
                                           distance, variant)
     x = doc_tokens.double()
@@ -108,6 +116,8 @@ def token_pool_ref(doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, pool_fac
     cnt = torch.zeros(n_out, dtype=torch.float64, device=x.device).index_add_(
         0, rows, torch.ones_like(rows, dtype=torch.float64))
     out = sums / cnt.clamp_min(1)[:, None]
+    if normalize and variant != "pylate":
+        return l2_rows(out.to(doc_tokens.dtype)), new_off
     if normalize:
         lens_in = (doc_offsets[1:] - doc_offsets[:-1]).cpu()
         lens_out = (new_off[1:] - new_off[:-1]).cpu()
