@@ -28,12 +28,13 @@ namespace lateint {
 namespace detail {
 void gram_upper_f64(const double* X, int64_t n, int64_t dim, const double* Xt, int64_t ldt,
                     double* G, int64_t ldg);
-void cosine_dist_f32(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);
+void cosine_dist_f32(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld, bool clamp);
 void transpose_f32(const float* src, int64_t n, int64_t dim, float* dst, int64_t ldt, bool avx2);
 void pack_b16_f32(const float* src, int64_t n, int64_t dim, float* P, bool avx2);
 #if defined(__x86_64__) && defined(__GNUC__)
-void cosine_dist_f32_panels(int64_t n, int64_t dim, const float* P, double* D, int64_t ld);
-void cosine_dist_f32_avx2fma(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld);
+void cosine_dist_f32_panels(int64_t n, int64_t dim, const float* P, double* D, int64_t ld, bool clamp);
+void cosine_dist_f32_avx2fma(int64_t n, int64_t dim, const float* Xt, int64_t ldt, double* D, int64_t ld,
+                             bool clamp);
 #endif
 bool all_finite_u32(const uint32_t* v, int64_t n);
 bool all_finite_u16(const uint16_t* v, int64_t n, uint16_t exp_mask);
@@ -853,12 +854,12 @@ void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t l
   }
 }
 // The float32 paths' last steps on D (double(1 - <a, b>) off the diagonal): the clamp of
-// CosineClamped, the row distances of CosineRows (M's diagonal from the Gram matrix G
+// CosineClamped (unless the tiles `clamped` already), the row distances of CosineRows (M's diagonal from the Gram matrix G
 // when given, else 1 - <a, a> as one FMA chain like the kernels'), then +inf on the
 // diagonal and the padding.
 void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* G, int64_t ldg,
-                          PoolDistance dist, double* D, int64_t ld, PoolScratch& s) {
-  if (dist == PoolDistance::CosineClamped) {
+                          PoolDistance dist, double* D, int64_t ld, PoolScratch& s, bool clamped) {
+  if (dist == PoolDistance::CosineClamped && !clamped) {
     for (int64_t i = 0; i < n; ++i) {
       double* row = D + i * ld;
       for (int64_t j = 0; j < n; ++j) row[j] = std::min(std::max(row[j], 0.0), 2.0);
@@ -892,7 +893,7 @@ void pool_distances_from_gram(const float* G, int64_t n, int64_t ldg, PoolDistan
                               int64_t ld, PoolScratch& s) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) D[i * ld + j] = (double)(1.0f - G[i * ldg + j]);
-  finish_f32_distances(nullptr, n, 0, G, ldg, dist, D, ld, s);
+  finish_f32_distances(nullptr, n, 0, G, ldg, dist, D, ld, s, /*clamped=*/false);
 }
 
 void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistance dist,
@@ -936,14 +937,15 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
         s.xf[i] = dt == DType::F16 ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
       xf = s.xf.data();
     }
-    // PyLate's distance, float32 1 - cos, written by the Gram kernel itself: AVX-512 the
-    // panel kernel, AVX2 the 4 x 16 FMA tiles, else the portable tiles; all one FMA chain
-    // per entry, so the same bits (the tests compare them).
+    // PyLate's distance, float32 1 - cos (clamped to [0, 2] for CosineClamped), written by
+    // the Gram kernel itself: AVX-512 the panel kernel, AVX2 the 4 x 16 FMA tiles, else the
+    // portable tiles; all one FMA chain per entry, so the same bits (the tests compare them).
+    const bool clamp = dist == PoolDistance::CosineClamped;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (isa >= Isa::Avx512) {
       grow(s.xtf, dim * round_up(n, 32));
       detail::pack_b16_f32(xf, n, dim, s.xtf.data(), true);
-      detail::cosine_dist_f32_panels(n, dim, s.xtf.data(), D, ld);
+      detail::cosine_dist_f32_panels(n, dim, s.xtf.data(), D, ld, clamp);
     } else
 #endif
     {
@@ -952,12 +954,12 @@ void pool_distances(const void* x, DType dt, int64_t n, int64_t dim, PoolDistanc
       detail::transpose_f32(xf, n, dim, s.xtf.data(), ldt2, isa >= Isa::Avx2);
 #if defined(__x86_64__) && defined(__GNUC__)
       if (isa >= Isa::Avx2)
-        detail::cosine_dist_f32_avx2fma(n, dim, s.xtf.data(), ldt2, D, ld);
+        detail::cosine_dist_f32_avx2fma(n, dim, s.xtf.data(), ldt2, D, ld, clamp);
       else
 #endif
-        detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld);
+        detail::cosine_dist_f32(n, dim, s.xtf.data(), ldt2, D, ld, clamp);
     }
-    finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s);
+    finish_f32_distances(xf, n, dim, nullptr, 0, dist, D, ld, s, /*clamped=*/true);
     return;
   }
   // float64 paths: upper triangle row by row (contiguous), then mirrored in 16 x 16 tiles.

@@ -55,16 +55,24 @@ LATEINT_MULTIVERSION(::lateint::Family::Pool, void, gram_upper_f64,
   gram_upper_impl<double, 16>(X, n, dim, Xt, ldt, G, ldg);
 })
 
+// 1 - <a, b> in float32, clamped to [0, 2] when `clamp` (sentence-transformers' distance).
+static inline float dist_of(float dot, bool clamp) {
+  const float d = 1.0f - dot;
+  return clamp ? std::min(std::max(d, 0.0f), 2.0f) : d;
+}
+
 // Cosine distances of one document straight from the register tiles (no Gram matrix):
-// D[i, j] = D[j, i] = double(1.0f - <X[i], X[j]>) for i < j < n, each <,> one float32
+// D[i, j] = D[j, i] = double(1.0f - <X[i], X[j]>) for i < j < n (clamped to [0, 2] when
+// `clamp`), each <,> one float32
 // FMA chain over k = 0..dim-1 (as torch.mm's sgemm computes it for dim <= 128 on the
 // machines measured; the binding checks that per dimension), tiles of 8 rows x 32
 // columns starting on the diagonal, both operands read from Xt = X transposed ([dim, ldt],
 // ldt >= round_up(n, 8) + 32, zero past n): a tile's 8 row values at one k share a line.
 // Each tile's mirror goes to 32 rows of D, 8 contiguous doubles (one cache line) apiece.
 LATEINT_MULTIVERSION(::lateint::Family::Pool, void, cosine_dist_f32,
-                     (int64_t n, int64_t dim, const float* __restrict Xt, int64_t ldt, double* __restrict D, int64_t ld),
-                     (n, dim, Xt, ldt, D, ld), {
+                     (int64_t n, int64_t dim, const float* __restrict Xt, int64_t ldt, double* __restrict D, int64_t ld,
+                      bool clamp),
+                     (n, dim, Xt, ldt, D, ld, clamp), {
   constexpr int R = 8, W = 32;
   for (int64_t i0 = 0; i0 < n; i0 += R) {
     for (int64_t j0 = i0; j0 < n; j0 += W) {
@@ -79,7 +87,7 @@ LATEINT_MULTIVERSION(::lateint::Family::Pool, void, cosine_dist_f32,
       }
       double v[R][W];
       for (int q = 0; q < R; ++q)
-        for (int c = 0; c < W; ++c) v[q][c] = (double)(1.0f - acc[q][c]);
+        for (int c = 0; c < W; ++c) v[q][c] = (double)dist_of(acc[q][c], clamp);
       if (j0 >= i0 + R && j0 + W <= n && i0 + R <= n) {  // interior tile: no bounds
         for (int q = 0; q < R; ++q)
           for (int c = 0; c < W; ++c) D[(i0 + q) * ld + j0 + c] = v[q][c];
@@ -157,7 +165,7 @@ __attribute__((target("avx512f"))) static inline void transpose8x8_pd(__m512d r[
 template <bool HALF>
 __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
     int64_t n, int64_t dim, const float* __restrict t0p, const float* __restrict rp, int64_t i0,
-    int64_t j0, double* __restrict D, int64_t ld) {
+    int64_t j0, double* __restrict D, int64_t ld, bool clamp) {
   constexpr int NW = HALF ? 1 : 2;
   __m512 acc[8][2];
   for (int q = 0; q < 8; ++q)
@@ -174,7 +182,7 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
       if (!HALF) acc[q][1] = _mm512_fmadd_ps(a, t1, acc[q][1]);
     }
   }
-  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 one = _mm512_set1_ps(1.0f), lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(2.0f);
   const bool interior = i0 >= j0 + 16 * NW && i0 + 8 <= n;
   for (int h = 0; h < 2 * NW; ++h) {
     const int64_t jb = j0 + 8 * h;
@@ -184,7 +192,9 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
     // through the stores and the transpose instead of going through the stack.
     __m512d vh[8];
     for (int q = 0; q < 8; ++q) {
-      const __m512d d = _mm512_castps_pd(_mm512_sub_ps(one, acc[q][h >> 1]));
+      __m512 dq = _mm512_sub_ps(one, acc[q][h >> 1]);
+      if (clamp) dq = _mm512_min_ps(_mm512_max_ps(dq, lo), hi);
+      const __m512d d = _mm512_castps_pd(dq);
       const __m256 half = _mm256_castpd_ps((h & 1) ? _mm512_extractf64x4_pd(d, 1)
                                                     : _mm512_castpd512_pd256(d));
       vh[q] = _mm512_cvtps_pd(half);
@@ -223,29 +233,31 @@ __attribute__((target("avx512f"), always_inline)) inline void dist_tile(
 // Each tile writes its rows with masked stores and its mirror through 8 x 8 transposes.
 __attribute__((target("avx512f"))) void cosine_dist_f32_panels(int64_t n, int64_t dim,
                                                                const float* __restrict P,
-                                                               double* __restrict D, int64_t ld) {
+                                                               double* __restrict D, int64_t ld,
+                                                               bool clamp) {
   const int64_t bs = dim * 16;  // floats per 16-row block
   for (int64_t j0 = 0; j0 < n; j0 += 32) {
     const float* tp = P + (j0 / 16) * bs;
     for (int64_t i0 = j0; i0 < n; i0 += 8) {
       const float* rp = P + (i0 / 16) * bs + i0 % 16;
       if (i0 < j0 + 16 || j0 + 16 >= n)
-        dist_tile<true>(n, dim, tp, rp, i0, j0, D, ld);
+        dist_tile<true>(n, dim, tp, rp, i0, j0, D, ld, clamp);
       else
-        dist_tile<false>(n, dim, tp, rp, i0, j0, D, ld);
+        dist_tile<false>(n, dim, tp, rp, i0, j0, D, ld, clamp);
     }
   }
 }
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// cosine_dist_f32 for AVX2 + FMA, the same bits (one FMA chain per entry, k in order):
+// cosine_dist_f32 for AVX2 + FMA, the same bits (one FMA chain per entry, k in order, the
+// same clamp):
 // tiles of R rows x 8C columns (4 x 16 here: 8 accumulators fill the FMA pipes); columns from
 // the transposed rows (Xt [dim, ldt], ldt >= round_up(n, 8C) + R, zero past n), the R
 // rows' values broadcast from the same line. Tiles start at the column block holding the
 // diagonal, so only the upper triangle is computed; each entry is written twice, the
 // mirror as R contiguous doubles per column.
-template <int R, int C>
+template <int R, int C, bool CLAMP>
 __attribute__((target("avx2,fma"), always_inline)) inline void cosine_tiles_avx2fma(
     int64_t n, int64_t dim, const float* __restrict Xt, int64_t ldt, double* __restrict D, int64_t ld) {
   constexpr int W = 8 * C;
@@ -264,13 +276,18 @@ __attribute__((target("avx2,fma"), always_inline)) inline void cosine_tiles_avx2
           for (int c = 0; c < C; ++c) acc[q][c] = _mm256_fmadd_ps(a, t[c], acc[q][c]);
         }
       }
+      const __m256 one = _mm256_set1_ps(1.0f), lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(2.0f);
       for (int q = 0; q < R; ++q)
-        for (int c = 0; c < C; ++c) _mm256_store_ps(v[q] + 8 * c, acc[q][c]);
+        for (int c = 0; c < C; ++c) {
+          __m256 d = _mm256_sub_ps(one, acc[q][c]);
+          if (CLAMP) d = _mm256_min_ps(_mm256_max_ps(d, lo), hi);
+          _mm256_store_ps(v[q] + 8 * c, d);
+        }
       if (j0 >= i0 + R && j0 + W <= n && i0 + R <= n) {  // off the diagonal: rows, then the mirror
         for (int q = 0; q < R; ++q)
-          for (int c = 0; c < W; ++c) D[(i0 + q) * ld + j0 + c] = (double)(1.0f - v[q][c]);
+          for (int c = 0; c < W; ++c) D[(i0 + q) * ld + j0 + c] = (double)v[q][c];
         for (int c = 0; c < W; ++c)
-          for (int q = 0; q < R; ++q) D[(j0 + c) * ld + i0 + q] = (double)(1.0f - v[q][c]);
+          for (int q = 0; q < R; ++q) D[(j0 + c) * ld + i0 + q] = (double)v[q][c];
         continue;
       }
       for (int q = 0; q < R && i0 + q < n; ++q) {
@@ -278,7 +295,7 @@ __attribute__((target("avx2,fma"), always_inline)) inline void cosine_tiles_avx2
         for (int c = 0; c < W; ++c) {
           const int64_t j = j0 + c;
           if (j <= i || j >= n) continue;
-          const double d = (double)(1.0f - v[q][c]);
+          const double d = (double)v[q][c];
           D[i * ld + j] = d;
           D[j * ld + i] = d;
         }
@@ -289,8 +306,9 @@ __attribute__((target("avx2,fma"), always_inline)) inline void cosine_tiles_avx2
 
 __attribute__((target("avx2,fma"))) void cosine_dist_f32_avx2fma(int64_t n, int64_t dim,
                                                                  const float* __restrict Xt, int64_t ldt,
-                                                                 double* __restrict D, int64_t ld) {
-  cosine_tiles_avx2fma<4, 2>(n, dim, Xt, ldt, D, ld);
+                                                                 double* __restrict D, int64_t ld, bool clamp) {
+  if (clamp) cosine_tiles_avx2fma<4, 2, true>(n, dim, Xt, ldt, D, ld);
+  else cosine_tiles_avx2fma<4, 2, false>(n, dim, Xt, ldt, D, ld);
 }
 #endif
 
