@@ -338,13 +338,16 @@ __attribute__((target("avx2"))) int32_t argmin_avx2(const double* row, const dou
   return (int32_t)first;
 }
 
-__attribute__((target("avx2"))) void ward_update_avx2(double* __restrict ry,
-                                                      const double* __restrict rx, double dxy,
-                                                      double nx, double ny,
-                                                      const double* __restrict size,
-                                                      const double* __restrict inv, int64_t n,
-                                                      int64_t y) {
+// ward_update and mirror_column in one pass: each updated value goes to row y and, from
+// the register, to column y (every row below n, as mirror_column's portable loop).
+__attribute__((target("avx2"))) void ward_update_mirror_avx2(double* __restrict D, int64_t ld,
+                                                             double* __restrict ry,
+                                                             const double* __restrict rx, double dxy,
+                                                             double nx, double ny,
+                                                             const double* __restrict size, int64_t n,
+                                                             int64_t y) {
   const int64_t np = round_up(n, 4);
+  double* __restrict col = D + y;
   const __m256d vnx = _mm256_set1_pd(nx), vny = _mm256_set1_pd(ny), vnxy = _mm256_set1_pd(nx + ny);
   const __m256d vdxy = _mm256_set1_pd(dxy), zero = _mm256_setzero_pd();
   for (int64_t i = 0; i < np; i += 4) {
@@ -356,18 +359,26 @@ __attribute__((target("avx2"))) void ward_update_avx2(double* __restrict ry,
       std::memset(&sel[y - i], 0xff, sizeof(double));
       keep = _mm256_or_pd(keep, _mm256_load_pd(sel));
     }
-    // t gathered for the updated lanes only: y's lane would index nx + ny + size[y], up to
-    // 2n, past the table of n + 1 reciprocals
-    const __m256d upd = _mm256_andnot_pd(keep, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)));
-    const __m256d t = _mm256_mask_i32gather_pd(zero, inv, _mm256_cvttpd_epi32(_mm256_add_pd(vnxy, ni)), upd, 8);
+    // t divided out: the table's value (a gather from it is slower on the AVX2 machines
+    // measured); kept lanes compute garbage that the blend below drops
+    const __m256d t = _mm256_div_pd(_mm256_set1_pd(1.0), _mm256_add_pd(vnxy, ni));
     const __m256d dxi = _mm256_loadu_pd(rx + i), dyi = _mm256_loadu_pd(ry + i);
     __m256d a = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vnx), t), dxi), dxi);
     __m256d b = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(ni, vny), t), dyi), dyi);
     __m256d c = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(ni, t), vdxy), vdxy);
     __m256d r = _mm256_sub_pd(_mm256_add_pd(a, b), c);
     r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(r, zero, _CMP_LT_OQ));
-    const __m256d out = _mm256_sqrt_pd(r);
-    _mm256_storeu_pd(ry + i, _mm256_blendv_pd(out, dyi, keep));
+    const __m256d out = _mm256_blendv_pd(_mm256_sqrt_pd(r), dyi, keep);
+    _mm256_storeu_pd(ry + i, out);
+    if (i + 4 <= n) {
+      const __m128d lo = _mm256_castpd256_pd128(out), hi = _mm256_extractf128_pd(out, 1);
+      _mm_storel_pd(col + (i + 0) * ld, lo);
+      _mm_storeh_pd(col + (i + 1) * ld, lo);
+      _mm_storel_pd(col + (i + 2) * ld, hi);
+      _mm_storeh_pd(col + (i + 3) * ld, hi);
+    } else {
+      for (int64_t l = i; l < n; ++l) col[l * ld] = ry[l];
+    }
   }
 }
 #endif
@@ -381,16 +392,6 @@ int32_t row_argmin(const double* row, const double* size, int64_t n, Isa isa, do
   return argmin_scalar(row, size, n, m);
 }
 
-void ward_update(double* ry, const double* rx, double dxy, double nx, double ny,
-                 const double* size, const double* inv, int64_t n, int64_t y, Isa isa) {
-#ifdef LATEINT_POOL_X86
-  if (isa >= Isa::Avx512) return ward_update_avx512(ry, rx, dxy, nx, ny, size, inv, n, y);
-  if (isa == Isa::Avx2) return ward_update_avx2(ry, rx, dxy, nx, ny, size, inv, n, y);
-#endif
-  (void)isa;
-  ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
-}
-
 // Mirror row y into column y (the matrix stays symmetric).
 void mirror_column(double* D, int64_t ld, int64_t y, const double* ry, const double* size,
                    int64_t n, Isa isa) {
@@ -402,6 +403,18 @@ void mirror_column(double* D, int64_t ld, int64_t y, const double* ry, const dou
   // Branch-free: rows of dead clusters are never read again, so writing them too is
   // harmless (ry[y] stays +inf; scans skip dead columns).
   for (int64_t i = 0; i < n; ++i) D[i * ld + y] = ry[i];
+}
+
+// The Ward update of row y (= D + y * ld) from row x, then row y mirrored into column y.
+void ward_update(double* D, int64_t ld, double* ry, const double* rx, double dxy, double nx, double ny,
+                 const double* size, const double* inv, int64_t n, int64_t y, Isa isa) {
+#ifdef LATEINT_POOL_X86
+  if (isa == Isa::Avx2) return ward_update_mirror_avx2(D, ld, ry, rx, dxy, nx, ny, size, n, y);
+  if (isa >= Isa::Avx512) ward_update_avx512(ry, rx, dxy, nx, ny, size, inv, n, y);
+  else
+#endif
+    ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
+  mirror_column(D, ld, y, ry, size, n, isa);
 }
 
 }  // namespace
@@ -518,8 +531,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
     size[y] = nx + ny;
     --active;
     double* ry = D + y * ld;
-    ward_update(ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
-    mirror_column(D, ld, y, ry, size, m, isa);
+    ward_update(D, ld, ry, D + x * ld, cur, nx, ny, size, inv, m, y, isa);
   }
 }
 
