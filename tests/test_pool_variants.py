@@ -88,22 +88,19 @@ def test_sentence_transformers_variant_options(normalize, protected):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("dim", [7, 130])
 def test_sentence_transformers_list_rows_normalized_as_torch(dtype, dim):
-    """Every output row (protected, pooled, and documents left as they are) normalized as
-    their F.normalize gives it (in float32 for half types), for dims with a tail past
-    torch's vector width. Half-type means are the kernel's float32 sums rounded once (not
-    sentence-transformers' half-precision scatter_add), so for those the normalization is
-    checked on the kernel's own unnormalized output."""
+    """Every output row (protected, pooled, and documents left as they are) as their
+    formula gives it in every dtype: half-type sums rounded to the dtype before the division
+    (their scatter_add into a half tensor), every row normalized by F.normalize (in float32
+    for half types), for dims with a tail past torch's vector width."""
     tokens, off = docs_packed([1, 4, 60, 200, 333], dim, seed=dim, dtype=dtype)
     docs = split(tokens, off)
     got = lk.token_pool_list(docs, 2.5, variant="sentence-transformers")
     packed, packed_off = lk.token_pool(tokens, off, 2.5, variant="sentence-transformers")
     raw = lk.token_pool_list(docs, 2.5, variant="sentence-transformers", normalize=False)
     for a, b, r, d in zip(got, split(packed, packed_off), raw, docs):
-        if dtype in (torch.float16, torch.bfloat16):
-            want = F.normalize(r.float(), dim=-1).to(dtype)
-        else:
-            want = st_formula(d, 2.5)
+        want = st_formula(d, 2.5)
         assert a.dtype == dtype and torch.equal(a, want) and torch.equal(b, want)
+        assert torch.equal(r, st_formula(d, 2.5, normalize=False))
 
 
 @pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])

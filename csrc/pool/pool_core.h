@@ -43,7 +43,12 @@ enum class PoolDistance : int { Cosine = 0, Euclidean = 1, CosineClamped = 2, Co
 //           per column for blocks of four of torch's vectors, four interleaved such sums for
 //           the other columns. The vector width (8 or 16 floats) is the one torch's CPU
 //           kernels run with on this machine.
-enum class PoolMeans : int { Sequential = 0, Cascade = 1 };
+//   SequentialRounded: Sequential, with each sum rounded to the rows' type before the
+//           division (sentence-transformers' scatter_add into a tensor of the input dtype,
+//           which torch accumulates in float32 for half types and rounds once, then divides
+//           the half-precision sums by the counts); the same as Sequential for float32 and
+//           float64 rows.
+enum class PoolMeans : int { Sequential = 0, Cascade = 1, SequentialRounded = 2 };
 
 // Cache-line aligned storage for the arrays the kernels read with 64-byte vector loads (a
 // std::vector's buffer is only 16-byte aligned: every such load would straddle two lines).

@@ -71,7 +71,7 @@ void apply_variant(c10::string_view variant, const char* op, PoolInputs& in) {
               std::string(variant), "\" (that library's only distance)");
   in.pylate = false;
   in.dist = st ? PoolDistance::CosineClamped : PoolDistance::CosineRows;
-  in.means = st ? lateint::PoolMeans::Sequential : lateint::PoolMeans::Cascade;
+  in.means = st ? lateint::PoolMeans::SequentialRounded : lateint::PoolMeans::Cascade;
   in.torch_width = torch_vector_width();
 }
 

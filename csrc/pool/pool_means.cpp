@@ -204,6 +204,8 @@ void doc_means(const typename Rows<D>::T* x, int64_t len, int64_t p, const int32
         continue;
       }
     }
+    if (means == PoolMeans::SequentialRounded && !std::is_same<T, Acc>::value)
+      for (int64_t k = 0; k < dim; ++k) a[k] = R::load(R::store(a[k]));
     for (int64_t k = 0; k < dim; ++k) a[k] = a[k] / count;
     if (normalize) {
       double ss = 0;

@@ -226,9 +226,10 @@ def _pool_docs(module, docs: List[torch.Tensor]) -> List[torch.Tensor]:
     if not docs:
         return []
     pf, protect, norm = module.pool_factor, module.num_protected_tokens, module.normalize_embeddings
-    if not any(d.requires_grad for d in docs) or not torch.is_grad_enabled():
-        return lk.token_pool_list([d.detach() for d in docs], pf, protected_tokens=protect, normalize=norm,
-                                  variant="sentence-transformers")
+    needs_grad = any(d.requires_grad for d in docs)
+    if not needs_grad or not torch.is_grad_enabled():
+        return lk.token_pool_list([d.detach() for d in docs] if needs_grad else docs, pf, protected_tokens=protect,
+                                  normalize=norm, variant="sentence-transformers")
     return [_pool_with_grad(d, pf, protect, norm) for d in docs]
 
 

@@ -215,6 +215,22 @@ def test_their_pooling_class_switched_is_bit_identical(pool_factor, monkeypatch)
     assert len(on) == len(off) and all(torch.equal(x, y) for x, y in zip(on, off))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim", [7, 130])
+def test_their_pooling_class_switched_other_dtypes(dtype, dim, monkeypatch):
+    """Half types (their half-precision sums, then F.normalize in float32), float64, and
+    dims with a tail past torch's vector width: bit for bit."""
+    d = [t.to(dtype) for t in docs(40, dim=dim, lo=1, hi=90, seed=dim)]
+    pooling = TheirPooling(pool_factor=2)
+    off = pooling.pool(d)
+    spy = Spy(monkeypatch, "token_pool_list")
+    lst.enable()
+    on = pooling.pool(d)
+    assert spy.n == 1
+    assert all(x.dtype == dtype for x in on)
+    assert len(on) == len(off) and all(torch.equal(x, y) for x, y in zip(on, off))
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_our_subclass_on_padded_input(side):
     d = docs(12, dim=16, lo=2, hi=30, seed=12)
