@@ -18,7 +18,7 @@ SRC=$PWD
 ROOT=${LATEINT_MATRIX_DIR:-$HOME/.cache/lateint/torch-matrix}
 VERSIONS=("$@")
 [ ${#VERSIONS[@]} -eq 0 ] && VERSIONS=(2.11.0 2.13.0 2.15.0)
-OP_TESTS="tests/test_maxsim.py tests/test_pool.py tests/test_codec.py tests/test_kmeans.py tests/test_plaid.py tests/test_isa_layer.py"
+OP_TESTS="tests/test_maxsim.py tests/test_pool.py tests/test_pool_variants.py tests/test_codec.py tests/test_kmeans.py tests/test_plaid.py tests/test_isa_layer.py"
 mkdir -p "$ROOT"
 : > "$ROOT/summary.txt"
 NO_CONSTRAINTS="$ROOT/no-constraints.txt"   # an empty constraints file: lifts a machine-wide cap
