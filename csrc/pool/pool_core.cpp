@@ -339,15 +339,16 @@ __attribute__((target("avx2"))) int32_t argmin_avx2(const double* row, const dou
 }
 
 // ward_update and mirror_column in one pass: each updated value goes to row y and, from
-// the register, to column y (every row below n, as mirror_column's portable loop).
-__attribute__((target("avx2"))) void ward_update_mirror_avx2(double* __restrict D, int64_t ld,
-                                                             double* __restrict ry,
+// the register, to column y (every row below n, as mirror_column's portable loop). Row y
+// and column y share the entry (y, y), written twice with the same value, so neither
+// pointer is restrict.
+__attribute__((target("avx2"))) void ward_update_mirror_avx2(double* D, int64_t ld, double* ry,
                                                              const double* __restrict rx, double dxy,
                                                              double nx, double ny,
                                                              const double* __restrict size, int64_t n,
                                                              int64_t y) {
   const int64_t np = round_up(n, 4);
-  double* __restrict col = D + y;
+  double* col = D + y;
   const __m256d vnx = _mm256_set1_pd(nx), vny = _mm256_set1_pd(ny), vnxy = _mm256_set1_pd(nx + ny);
   const __m256d vdxy = _mm256_set1_pd(dxy), zero = _mm256_setzero_pd();
   for (int64_t i = 0; i < np; i += 4) {
@@ -866,9 +867,9 @@ void rows_euclidean(const float* M, int64_t n, int64_t ldm, double* D, int64_t l
   }
 }
 // The float32 paths' last steps on D (double(1 - <a, b>) off the diagonal): the clamp of
-// CosineClamped (unless the tiles `clamped` already), the row distances of CosineRows (M's diagonal from the Gram matrix G
-// when given, else 1 - <a, a> as one FMA chain like the kernels'), then +inf on the
-// diagonal and the padding.
+// CosineClamped (unless the tiles `clamped` already), the row distances of CosineRows (M's
+// diagonal from the Gram matrix G when given, else 1 - <a, a> as one FMA chain like the
+// kernels'), then +inf on the diagonal and the padding.
 void finish_f32_distances(const float* xf, int64_t n, int64_t dim, const float* G, int64_t ldg,
                           PoolDistance dist, double* D, int64_t ld, PoolScratch& s, bool clamped) {
   if (dist == PoolDistance::CosineClamped && !clamped) {

@@ -39,8 +39,9 @@ from ..reference import pool as _ref
 # clamped to [0, 2]; "colpali": linkage on the rows of the cosine distance matrix, means
 # summed as torch sums a gathered cluster). normalize: with "pylate", the means only; with
 # the others, every output row as torch.nn.functional.normalize(x, dim=-1) gives it (in
-# float32 for half types), their libraries' normalization of the pooled output. pool_factor is a number (sentence-transformers takes fractions):
-# max(1, n // pool_factor) clusters with Python's floor division.
+# float32 for half types), their libraries' normalization of the pooled output.
+# pool_factor is a number (sentence-transformers takes fractions): max(1, n // pool_factor)
+# clusters with Python's floor division.
 SCHEMAS = {
     "token_pool": "(Tensor doc_tokens, Tensor doc_offsets, float pool_factor, int protected_tokens, "
                   "bool normalize, str distance, str variant=\"pylate\") -> (Tensor, Tensor)",
