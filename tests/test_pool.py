@@ -411,6 +411,37 @@ def test_distance_kernels_bit_identical_across_isa_paths(dim):
         lk.cpu_isa("best")
 
 
+@NATIVE
+@pytest.mark.parametrize("dim", [128, 37])
+def test_float64_gram_paths_bit_identical_across_isa_levels(dim):
+    """The float64 Gram behind distance="euclidean" and float64 cosine inputs: the AVX2
+    level's 4 x 8 register tiles and the baseline level's generic loop give the same bits
+    (no FMA in either), at lengths around the 4 / 8 / 16 tile edges, with every entry
+    written, and the distances match float64 formulas."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    if lk.cpu_isa("avx2") != "avx2":
+        lk.cpu_isa("best")
+        pytest.skip("this CPU has no AVX2 path")
+    try:
+        for n in list(range(1, 34)) + [63, 64, 65, 127, 128, 129, 200]:
+            x = torch.randn(n, dim, generator=g) * 1.5
+            out = {}
+            for isa in ("avx2", "scalar"):
+                lk.cpu_isa(isa)
+                out[isa] = (lkt.ops.pool_distances(x, "euclidean"), lkt.ops.pool_distances(x.double(), "cosine"))
+            for a, b in zip(out["avx2"], out["scalar"]):
+                assert not torch.isnan(a).any() and torch.equal(a, b), (seed, n)
+            xn = torch.nn.functional.normalize(x.double(), dim=-1)
+            eye = torch.eye(n, dtype=torch.bool)
+            want_eu = torch.cdist(xn, xn)
+            want_cos = 1.0 - x.double() @ x.double().T
+            torch.testing.assert_close(out["avx2"][0][~eye], want_eu[~eye], rtol=0, atol=1e-7)
+            torch.testing.assert_close(out["avx2"][1][~eye], want_cos[~eye], rtol=0, atol=1e-12)
+    finally:
+        lk.cpu_isa("best")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_cluster_in_float32(dtype):
     tokens, off = docs_packed([20, 50, 3], 32, seed=5, dtype=dtype)
