@@ -193,6 +193,13 @@ void rows_to_global(const int64_t* o, int64_t nd, const int64_t* count, int64_t*
   });
 }
 
+// The probes' inputs: a uniform value in [-0.5, 0.5) from a 64-bit LCG stepped in place
+// (deterministic, so a probe's verdict does not depend on the run).
+float probe_uniform(uint64_t& state) {
+  state = state * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
+}
+
 // Whether the cosine distances come from torch.mm, as the reproduced library computes
 // them: x x^T in float32 (sentence-transformers and colpali-engine cast to float32 first;
 // PyLate multiplies float32 tokens as they are). torch's matrix product gives the same
@@ -219,10 +226,7 @@ bool own_gram_is_torch_mm(int64_t dim, lateint::Isa isa) {
   for (const int64_t n : {kOwnGramMinRows, (int64_t)16, (int64_t)45, (int64_t)301}) {
     at::Tensor x = at::empty({n, dim}, at::kFloat);
     float* p = x.data_ptr<float>();
-    for (int64_t i = 0; i < n * dim; ++i) {
-      state = state * 6364136223846793005ull + 1442695040888963407ull;
-      p[i] = (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
-    }
+    for (int64_t i = 0; i < n * dim; ++i) p[i] = probe_uniform(state);
     x = x / x.norm(2, 1, true);
     const at::Tensor g = at::mm(x, x.t()).contiguous();
     const int64_t ld = (n + 7) / 8 * 8;
@@ -287,10 +291,7 @@ bool own_row_norm_is_torch(int64_t dim, int width, lateint::Isa isa, lateint::To
     uint64_t state = 0xD1B54A32D192ED03ull ^ (uint64_t)dim;
     for (int64_t i = 0; i < rows; ++i) {
       const float scale = std::ldexp(1.0f, (int)(i % 9) - 4);
-      for (int64_t k = 0; k < dim; ++k) {
-        state = state * 6364136223846793005ull + 1442695040888963407ull;
-        p[i * dim + k] = scale * (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
-      }
+      for (int64_t k = 0; k < dim; ++k) p[i * dim + k] = scale * probe_uniform(state);
     }
     at::Tensor want = x.clone();
     l2_rows_torch(want);
