@@ -38,16 +38,14 @@ pages = functools.partial(clustered_docs, dim=32, lo=2, hi=60)
 
 
 @pytest.mark.parametrize("pool_factor", [1, 2, 3])
-def test_pooler_lists_bit_identical_with_cluster_maps(pool_factor, monkeypatch):
+def test_pooler_lists_bit_identical_with_cluster_maps(pool_factor, spy):
     p = pages(40, seed=pool_factor)
     pooler = HierarchicalTokenPooler()
     off = pooler.pool_embeddings(p, pool_factor=pool_factor, return_dict=True)
-    calls = []
-    orig = lk.token_pool_list
-    monkeypatch.setattr(lk, "token_pool_list", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    calls = spy("token_pool_list")
     lcp.enable()
     on = pooler.pool_embeddings(p, pool_factor=pool_factor, return_dict=True)
-    assert len(calls) == (0 if pool_factor == 1 else 1)
+    assert calls.n == (0 if pool_factor == 1 else 1)
     assert all(torch.equal(a, b) for a, b in zip(on.pooled_embeddings, off.pooled_embeddings))
     for m_on, m_off in zip(on.cluster_id_to_indices, off.cluster_id_to_indices):
         assert m_on.keys() == m_off.keys()
@@ -71,20 +69,18 @@ def test_pooler_refuses_one_token_pages_like_theirs():
         HierarchicalTokenPooler().pool_embeddings(p, pool_factor=2)
 
 
-def test_score_multi_vector_and_backend_switch(monkeypatch):
+def test_score_multi_vector_and_backend_switch(monkeypatch, spy):
     qs, ps = pages(5, seed=2, lo=3, hi=12), pages(9, seed=3, lo=20, hi=80)
     off = BaseVisualRetrieverProcessor.score_multi_vector(qs, ps, batch_size=4, device="cpu")
-    calls = []
-    orig = lk.maxsim
-    monkeypatch.setattr(lk, "maxsim", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    calls = spy("maxsim")
     lcp.enable()
     on = BaseVisualRetrieverProcessor.score_multi_vector(qs, ps, batch_size=4, device="cpu")
-    assert calls and on.dtype == torch.float32
+    assert calls.n and on.dtype == torch.float32
     torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
-    calls.clear()
+    calls.n = 0
     monkeypatch.setenv("COLPALI_SCORES_BACKEND", "torch")  # their reference, as asked
     again = BaseVisualRetrieverProcessor.score_multi_vector(qs, ps, batch_size=4, device="cpu")
-    assert not calls and torch.equal(again, off)
+    assert not calls.n and torch.equal(again, off)
 
 
 def test_colbert_loss_and_gradients_off_and_on():

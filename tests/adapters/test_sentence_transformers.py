@@ -46,33 +46,19 @@ def _switched_off_after():
 docs = functools.partial(clustered_docs, dim=32, lo=1, hi=40)
 
 
-class Spy:
-    """Counts calls of a lateint_kernels function (the switch must reach the kernels)."""
-
-    def __init__(self, monkeypatch, name):
-        self.n = 0
-        orig = getattr(lk, name)
-
-        def wrapped(*a, **k):
-            self.n += 1
-            return orig(*a, **k)
-
-        monkeypatch.setattr(lk, name, wrapped)
-
-
 # ---------------------------------------------------------------------------------------
 # scores
 @pytest.mark.parametrize("fn, kernel", [("maxsim", "maxsim"), ("mean_maxsim", "maxsim"),
                                         ("maxsim_pairwise", "maxsim_candidates"),
                                         ("mean_maxsim_pairwise", "maxsim_candidates")])
-def test_maxsim_lists_off_and_on(fn, kernel, monkeypatch):
+def test_maxsim_lists_off_and_on(fn, kernel, spy):
     pairwise = fn.endswith("pairwise")
     q, d = docs(7 if pairwise else 5, seed=1, lo=2, hi=12), docs(7 if pairwise else 9, seed=2)
     off = getattr(st.util, fn)(q, d)
-    spy = Spy(monkeypatch, kernel)
+    calls = spy(kernel)
     lst.enable()
     on = getattr(st.util, fn)(q, d)
-    assert spy.n >= 1
+    assert calls.n >= 1
     assert on.dtype == off.dtype == torch.float32 and on.shape == off.shape
     torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5)
 
@@ -177,7 +163,7 @@ def test_model_similarity_off_and_on(model):
     torch.testing.assert_close(on_p, off_p, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_loss_and_gradients_off_and_on(model, monkeypatch):
+def test_cached_loss_and_gradients_off_and_on(model, spy):
     from sentence_transformers.multi_vector_encoder.losses import CachedMultiVectorMultipleNegativesRankingLoss
 
     loss_fn = CachedMultiVectorMultipleNegativesRankingLoss(model, mini_batch_size=2)
@@ -191,10 +177,10 @@ def test_cached_loss_and_gradients_off_and_on(model, monkeypatch):
         return loss.detach(), grads
 
     off_loss, off_grads = run()
-    spy = Spy(monkeypatch, "maxsim")
+    calls = spy("maxsim")
     lst.enable()
     on_loss, on_grads = run()
-    assert spy.n >= 1
+    assert calls.n >= 1
     torch.testing.assert_close(on_loss, off_loss, rtol=1e-5, atol=1e-6)
     assert off_grads.keys() == on_grads.keys() and len(off_grads) > 10
     for name in off_grads:
@@ -204,29 +190,29 @@ def test_cached_loss_and_gradients_off_and_on(model, monkeypatch):
 # ---------------------------------------------------------------------------------------
 # token pooling
 @pytest.mark.parametrize("pool_factor", [2, 3, 1.5])
-def test_their_pooling_class_switched_is_bit_identical(pool_factor, monkeypatch):
+def test_their_pooling_class_switched_is_bit_identical(pool_factor, spy):
     d = docs(60, dim=48, lo=1, hi=90, seed=11)
     pooling = TheirPooling(pool_factor=pool_factor)
     off = pooling.pool(d)
-    spy = Spy(monkeypatch, "token_pool_list")
+    calls = spy("token_pool_list")
     lst.enable()
     on = pooling.pool(d)
-    assert spy.n == 1  # one call for the whole batch
+    assert calls.n == 1  # one call for the whole batch
     assert len(on) == len(off) and all(torch.equal(x, y) for x, y in zip(on, off))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("dim", [7, 130])
-def test_their_pooling_class_switched_other_dtypes(dtype, dim, monkeypatch):
+def test_their_pooling_class_switched_other_dtypes(dtype, dim, spy):
     """Half types (their half-precision sums, then F.normalize in float32), float64, and
     dims with a tail past torch's vector width: bit for bit."""
     d = [t.to(dtype) for t in docs(40, dim=dim, lo=1, hi=90, seed=dim)]
     pooling = TheirPooling(pool_factor=2)
     off = pooling.pool(d)
-    spy = Spy(monkeypatch, "token_pool_list")
+    calls = spy("token_pool_list")
     lst.enable()
     on = pooling.pool(d)
-    assert spy.n == 1
+    assert calls.n == 1
     assert all(x.dtype == dtype for x in on)
     assert len(on) == len(off) and all(torch.equal(x, y) for x, y in zip(on, off))
 
