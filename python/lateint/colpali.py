@@ -24,12 +24,13 @@ pillow and peft); `enable()` refuses other versions unless `allow_untested=True`
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Dict, List, Optional
 
 import torch
 
 import lateint_kernels as lk
+
+from ._versions import require_tested
 
 TESTED = ("0.3.18",)
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,11 +54,7 @@ def check_version(allow_untested: bool = False) -> str:
     except Exception as e:  # not installed
         raise ImportError("lateint.colpali needs colpali-engine: pip install --no-deps colpali-engine==0.3.18 "
                           "pillow 'peft>=0.18,<0.21'") from e
-    if v not in TESTED:
-        if not allow_untested:
-            raise RuntimeError(f"lateint.colpali was tested with colpali-engine {', '.join(TESTED)}; installed: {v}. "
-                               "Pass enable(allow_untested=True) to switch on anyway")
-        warnings.warn(f"lateint.colpali: colpali-engine {v} is untested (tested: {', '.join(TESTED)})", stacklevel=3)
+    require_tested("lateint.colpali", "colpali-engine", v, TESTED, allow_untested)
     return v
 
 

@@ -32,14 +32,13 @@ Supported: sentence-transformers 6.2.0 (tested); `enable()` refuses other versio
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Dict, List, Optional
 
 import torch
 
 import lateint_kernels as lk
 
-from ._versions import version_tuple
+from ._versions import require_tested, version_tuple
 
 TESTED = ("6.2.0",)
 SUPPORTED = ((6, 0), (7, 0))
@@ -63,13 +62,7 @@ def check_version(allow_untested: bool = False) -> str:
     if not (SUPPORTED[0] <= version_tuple(v)[:2] < SUPPORTED[1]):
         raise RuntimeError(f"lateint.sentence_transformers supports sentence-transformers 6.x (MultiVectorEncoder); "
                            f"installed: {v}")
-    if v not in TESTED:
-        if not allow_untested:
-            raise RuntimeError(f"lateint.sentence_transformers was tested with sentence-transformers "
-                               f"{', '.join(TESTED)}; installed: {v}. Pass enable(allow_untested=True) to switch "
-                               "on anyway")
-        warnings.warn(f"lateint.sentence_transformers: sentence-transformers {v} is untested (tested: "
-                      f"{', '.join(TESTED)})", stacklevel=3)
+    require_tested("lateint.sentence_transformers", "sentence-transformers", v, TESTED, allow_untested)
     return v
 
 
