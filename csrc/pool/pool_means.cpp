@@ -86,6 +86,17 @@ int ceil_log2(int64_t m) {
   return l;
 }
 
+// out[k] = parts[0][k] + parts[1][k] + ... + parts[count - 1][k], added in that order
+// (parts: `count` rows of w values).
+template <typename Acc>
+void add_up(const Acc* parts, int count, int64_t w, Acc* out) {
+  for (int64_t k = 0; k < w; ++k) {
+    Acc v = parts[k];
+    for (int j = 1; j < count; ++j) v += parts[j * w + k];
+    out[k] = v;
+  }
+}
+
 // The cascade over `m` rows (rows[i * step], column range [c0, c1)) into out[0..c1 - c0):
 // level 0 takes each row; after every full chunk of 2^L rows it is added into level 1 and
 // cleared, and level j into j + 1 when the row count is a multiple of 2^(jL) (up to
@@ -114,11 +125,7 @@ void cascade_columns(const T* const* rows, int64_t m, int64_t step, int64_t c0, 
     }
   }
   for (; i < m; ++i) add(i);
-  for (int64_t k = 0; k < w; ++k) {
-    Acc v = lv[k];
-    for (int j = 1; j < kLevels; ++j) v += lv[j * w + k];
-    out[k] = v;
-  }
+  add_up(lv.data(), kLevels, w, out);
 }
 
 // Four interleaved cascades (rows k, k + 4, ... for k < 4), the rows past the last full
@@ -130,11 +137,7 @@ void interleaved_columns(const T* const* rows, int64_t m, int64_t c0, int64_t c1
   part.assign(4 * w, Acc(0));
   for (int k = 0; k < 4; ++k) cascade_columns<T, Acc, D>(rows + k, groups, 4, c0, c1, part.data() + k * w, lv);
   for (int64_t r = groups * 4; r < m; ++r) add_any<D>(part.data(), rows[r] + c0, w);
-  for (int64_t k = 0; k < w; ++k) {
-    Acc v = part[k];
-    for (int q = 1; q < 4; ++q) v += part[q * w + k];
-    out[k] = v;
-  }
+  add_up(part.data(), 4, w, out);
 }
 
 // Cluster sums as torch sums dim 0 of the cluster's rows gathered in token order (one
