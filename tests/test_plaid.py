@@ -10,6 +10,15 @@ from lateint_kernels import reference as ref
 from _data import clustered
 
 
+def laid_out(scores, layout):
+    """The same scores [nq, lq, k] token-major (contiguous) or code-major (each centroid's
+    lq scores adjacent, as centroid_scores returns them on the CPU): the CPU kernels read
+    both, by different paths."""
+    if layout == "token":
+        return scores.contiguous()
+    return scores.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def problem(nq=3, lq=8, k=50, nd=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     dim = 32
@@ -32,10 +41,12 @@ def problem(nq=3, lq=8, k=50, nd=40, seed=0):
     return scores, mask, codes, off, ivf_off, ivf_docs, nd
 
 
+@pytest.mark.parametrize("layout", ["token", "code"])
 @pytest.mark.parametrize("ncells", [1, 2, 4, 100])
 @pytest.mark.parametrize("masked", [False, True])
-def test_ivf_candidates(ncells, masked):
+def test_ivf_candidates(ncells, masked, layout):
     scores, mask, codes, off, ivf_off, ivf_docs, nd = problem(seed=int(torch.randint(0, 2**31 - 1, ())))
+    scores = laid_out(scores, layout)
     m = mask if masked else None
     got = lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, ncells, query_mask=m)
     want = ref.ivf_candidates_ref(scores, m, ivf_off, ivf_docs, nd, ncells)
@@ -44,15 +55,18 @@ def test_ivf_candidates(ncells, masked):
         assert set(got[0][got[0] >= 0].tolist()) == set(torch.unique(ivf_docs).tolist())
 
 
-@pytest.mark.parametrize("isa", ["avx2", "best"])
-@pytest.mark.parametrize("ncells", [1, 3, 16])
-def test_ivf_candidates_many_ties_both_scans(isa, ncells):
-    """The best cells of a token are found 16 scores at a time with AVX-512 (a block that
-    cannot beat the current m-th best is skipped), one by one otherwise: both must pick the
+@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "best"])
+@pytest.mark.parametrize("ncells", [1, 3, 16, 17])
+def test_ivf_candidates_many_ties_both_scans(isa, ncells, layout):
+    """Token-major scores: a token's best cells are found 16 scores at a time with AVX-512
+    (a block that cannot beat the current m-th best is skipped), one by one otherwise.
+    Code-major: one pass over the rows for every token, a row that beats no token's m-th
+    best skipped (ncells > 16: each token's column gathered and sorted). All must pick the
     reference's cells when scores tie massively (rounded to 0.1) and k is off a multiple of 16."""
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     nq, lq, k, nd = 4, 9, 1000 + int(torch.randint(1, 16, (), generator=g)), 300
-    scores = (torch.randn(nq, lq, k, generator=g) * 3).round() / 10
+    scores = laid_out((torch.randn(nq, lq, k, generator=g) * 3).round() / 10, layout)
     codes = torch.randint(0, k, (5000,), generator=g, dtype=torch.int32)
     doc_of = torch.randint(0, nd, (5000,), generator=g).sort().values
     pairs = torch.unique(torch.stack([codes.long(), doc_of], 1), dim=0)
@@ -77,10 +91,12 @@ def test_ivf_ties_go_to_the_lower_centroid():
     assert lk.ivf_candidates(scores, ivf_off, ivf_docs, 4, 1).tolist() == [[1]]
 
 
+@pytest.mark.parametrize("layout", ["token", "code"])
 @pytest.mark.parametrize("threshold", [float("-inf"), 0.3, 0.6, 2.0])
 @pytest.mark.parametrize("masked", [False, True])
-def test_approx_scores(threshold, masked):
+def test_approx_scores(threshold, masked, layout):
     scores, mask, codes, off, ivf_off, ivf_docs, nd = problem(seed=int(torch.randint(0, 2**31 - 1, ())))
+    scores = laid_out(scores, layout)
     m = mask if masked else None
     cand = lk.ivf_candidates(scores, ivf_off, ivf_docs, nd, 3, query_mask=m)
     cand = torch.cat([cand, torch.full((cand.shape[0], 2), -1), torch.zeros(cand.shape[0], 1, dtype=torch.int64)], 1)
@@ -91,14 +107,16 @@ def test_approx_scores(threshold, masked):
     assert torch.isneginf(got[cand < 0]).all()
 
 
+@pytest.mark.parametrize("layout", ["token", "code"])
 @pytest.mark.parametrize("threshold", [float("-inf"), 0.3])
-def test_approx_scores_many_centroids_and_queries(threshold):
+def test_approx_scores_many_centroids_and_queries(threshold, layout):
     """Large k: the per-query table is built in blocks of 2,048 centroids (k = 4,133 ends
     in a partial block and a partial 64-wide tile), and the queries go in chunks bounded
-    to ~16 MB of tables (lq = 64: 15 queries per chunk, so 17 queries take two chunks)."""
+    to ~16 MB of tables (lq = 64: 15 queries per chunk, so 17 queries take two chunks);
+    code-major scores are pruned in blocks of 2,048 rows."""
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     nq, lq, k, nd = 17, 64, 4133, 300
-    scores = (torch.randn(nq, lq, k, generator=g) * 0.3).float()
+    scores = laid_out((torch.randn(nq, lq, k, generator=g) * 0.3).float(), layout)
     mask = torch.rand(nq, lq, generator=g) > 0.3
     mask[3] = False  # a query with every token masked
     lens = torch.randint(0, 40, (nd,), generator=g)
@@ -140,6 +158,80 @@ def test_approx_scores_register_transpose_is_bit_identical(lq):
         assert torch.equal(a, b)
     want = ref.approx_scores_ref(scores, mask, codes, off, cand, 0.5)
     torch.testing.assert_close(got["best"][3].double(), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("lq", [5, 8, 32, 40])
+@pytest.mark.parametrize("isa", ["scalar", "best"])
+def test_approx_scores_code_major_is_bit_identical_to_the_table(lq, isa):
+    """Code-major scores are read in place (pruned centroids read a -inf row, or, when
+    fewer than 1 in 16 survive, are skipped by a branch); token-major ones go through the
+    transposed table. Same scores bit for bit, with masks (a query fully masked), pruning
+    from none to nearly all, validate on and off, and lq off a multiple of 8."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    nq, k, nd = 4, 700 + int(torch.randint(0, 16, (), generator=g)), 120
+    scores = (torch.randn(nq, lq, k, generator=g) * 0.3).float()
+    mask = torch.rand(nq, lq, generator=g) > 0.25
+    mask[2] = False
+    lens = torch.randint(0, 40, (nd,), generator=g)
+    off = torch.zeros(nd + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(lens, 0)
+    codes = torch.randint(0, k, (int(off[-1]),), generator=g, dtype=torch.int32)
+    cand = torch.randint(-1, nd, (nq, 50), generator=g)
+    cm = laid_out(scores, "code")
+    kept = scores.amax(1).ge(0.9).float().mean().item()
+    assert 0 < kept < 1 / 16  # the threshold 0.9 takes the sparse path
+    before = lk.cpu_isa()
+    try:
+        lk.cpu_isa(isa)
+        for t in (float("-inf"), 0.0, 0.5, 0.9, 9.0):
+            for m in (None, mask):
+                for validate in (True, False):
+                    want = lk.approx_scores(scores, codes, off, cand, threshold=t, query_mask=m, validate=validate)
+                    got = lk.approx_scores(cm, codes, off, cand, threshold=t, query_mask=m, validate=validate)
+                    assert torch.equal(got, want), (t, m is None, validate)
+    finally:
+        lk.cpu_isa(before)
+    torch.testing.assert_close(got.double(), ref.approx_scores_ref(scores, mask, codes, off, cand, 9.0),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threshold", [float("-inf"), 0.5])
+def test_approx_scores_code_major_refuses_nan_in_unmasked_tokens(threshold):
+    scores, mask, codes, off, ivf_off, ivf_docs, nd = problem()
+    scores = laid_out(scores, "code")
+    mask[1, 2], mask[1, 3] = False, True
+    cand = torch.zeros(3, 1, dtype=torch.int64)
+    masked_nan = scores.clone()
+    masked_nan[1, 2, 7] = float("nan")  # in a masked token: not read
+    assert not masked_nan.is_contiguous() and masked_nan.stride(1) == 1
+    lk.approx_scores(masked_nan, codes, off, cand, threshold=threshold, query_mask=mask)
+    bad = scores.clone()
+    bad[1, 3, 7] = float("nan")
+    with pytest.raises(RuntimeError, match="scores"):
+        lk.approx_scores(bad, codes, off, cand, threshold=threshold, query_mask=mask)
+
+
+def test_centroid_scores_layout_blocks_and_workspace(monkeypatch):
+    """On the CPU the scores come code-major, computed in blocks of centroids (a block size
+    of 7 here, so k = 30 ends in a partial block), optionally into a caller's workspace."""
+    from lateint_kernels.ops import plaid as lkp
+
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    q = torch.randn(3, 5, 16, generator=g, dtype=torch.float64).to(torch.bfloat16)
+    c = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=-1)
+    want = q.double() @ c.double().T
+    monkeypatch.setattr(lkp, "_CENTROID_BLOCK", 7)
+    s = lk.centroid_scores(q, c)
+    assert s.dtype == torch.float32 and s.shape == (3, 5, 30) and s.stride() == (150, 1, 5)
+    torch.testing.assert_close(s.double(), want, rtol=0, atol=1e-5)
+    ws = torch.full((500,), float("nan"))
+    s2 = lk.centroid_scores(q, c, workspace=ws)
+    assert s2.data_ptr() == ws.data_ptr() and torch.equal(s2, s)
+    assert torch.isnan(ws[450:]).all()  # past the scores: untouched
+    with pytest.raises(ValueError, match="workspace"):
+        lk.centroid_scores(q, c, workspace=torch.empty(449))
+    with pytest.raises(ValueError, match="workspace"):
+        lk.centroid_scores(q, c, workspace=torch.empty(450, dtype=torch.float64))
 
 
 def test_approx_scores_without_pruning_is_maxsim_of_the_centroids():
@@ -294,17 +386,18 @@ def test_final_stage_scorers_compile():
 
 # ---------------------------------------------------------------------------------------
 # lut_maxsim: the final stage in the compressed domain (unnormalized reconstructions)
+@pytest.mark.parametrize("layout", ["token", "code"])
 @pytest.mark.parametrize("nbits", [1, 2, 4, 8])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("lq", [6, 32, 37])
-def test_lut_maxsim(nbits, masked, lq):
+def test_lut_maxsim(nbits, masked, lq, layout):
     q, mask, codes, packed, off, c, w, cand = compressed(nbits, int(torch.randint(0, 2**31 - 1, ())))
     g = torch.Generator().manual_seed(lq)
     if lq != q.shape[1]:  # query lengths hitting the fixed-width (16/32/48/64) and generic paths
         q = torch.nn.functional.normalize(torch.randn(4, lq, q.shape[2], generator=g), dim=-1)
         mask = torch.rand(4, lq, generator=g) > 0.25
     m = mask if masked else None
-    s = lk.centroid_scores(q, c)
+    s = laid_out(lk.centroid_scores(q, c), layout)
     got = lk.lut_maxsim(q, s, codes, packed, off, w, nbits, cand, query_mask=m)
     want = ref.lut_maxsim_ref(q.double(), m, s.double(), codes, packed, off, w.double(), nbits, cand)
     assert got.dtype == torch.float32 and got.shape == cand.shape

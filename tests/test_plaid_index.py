@@ -293,6 +293,43 @@ def test_concurrent_searches_match_serial(corpus, index):
         assert torch.equal(a_ids, b_ids) and torch.equal(a_sc, b_sc)
 
 
+def test_search_reuses_its_scores_workspace(corpus, index):
+    """A thread's searches write the centroid scores into one buffer, grown to the largest
+    batch and reused by smaller ones: results as one query at a time, batch by batch."""
+    import threading
+
+    from lateint import plaid
+
+    q, _, _ = corpus
+    one = [index.search(q[i:i + 1], 10) for i in range(6)]
+
+    def batches():
+        plaid._WORKSPACE.scores = None
+        got = []
+        for a, b in ((0, 5), (5, 6), (0, 2), (2, 6)):
+            got.append(index.search(q[a:b], 10))
+            if a == 0 and b == 5:
+                ptr = plaid._WORKSPACE.scores.data_ptr()
+        assert plaid._WORKSPACE.scores.data_ptr() == ptr  # no new buffer after the largest batch
+        ids = torch.cat([g[0] for g in got[2:]])
+        sc = torch.cat([g[1] for g in got[2:]])
+        assert torch.equal(torch.cat([g[0] for g in got[:2]]), ids) and torch.equal(
+            torch.cat([g[1] for g in got[:2]]), sc)
+        assert torch.equal(ids, torch.cat([o[0] for o in one])) and torch.equal(sc, torch.cat([o[1] for o in one]))
+
+    batches()
+    done = []
+
+    def in_thread():  # another thread: its own buffer, same answers
+        batches()
+        done.append(True)
+
+    th = threading.Thread(target=in_thread)
+    th.start()
+    th.join()
+    assert done == [True]
+
+
 def test_build_progress_bar(corpus, capsys):
     _, tokens, off = corpus
     PLAIDIndex.build(tokens[: int(off[50])], off[:51], nbits=2, n_centroids=16, kmeans_niter=2,

@@ -22,15 +22,54 @@ LATEINT_MULTIVERSION(::lateint::Family::Plaid, void, max_into,
 
 // The m <= 16 best centroids of one query token: one scan keeping them (score descending,
 // lower index first on ties: a later centroid must score strictly higher to displace one),
-// as partial_sort would pick. Returns how many (min(m, k)); top[0] is the best.
-inline void top_insert(const float* s, int64_t c, int64_t m, int64_t* have, int32_t* top) {
-  if (*have == m && !(s[c] > s[top[m - 1]])) return;
+// as partial_sort would pick. Centroid c's score is s[c * st]. Returns how many
+// (min(m, k)); top[0] is the best.
+inline void top_insert(const float* s, int64_t st, int64_t c, int64_t m, int64_t* have, int32_t* top) {
+  if (*have == m && !(s[c * st] > s[top[m - 1] * st])) return;
   int64_t j = *have < m ? (*have)++ : m - 1;
-  while (j > 0 && s[c] > s[top[j - 1]]) {
+  while (j > 0 && s[c * st] > s[top[j - 1] * st]) {
     top[j] = top[j - 1];
     --j;
   }
   top[j] = (int32_t)c;
+}
+
+// Whether one of row[i] beats thr[i] (the early-out test of the code-major cell scan).
+LATEINT_MULTIVERSION(::lateint::Family::Plaid, bool, row_beats,
+                     (const float* __restrict row, const float* __restrict thr, int64_t n), (row, thr, n), {
+  uint32_t any = 0;
+  for (int64_t i = 0; i < n; ++i) any |= (uint32_t)(row[i] > thr[i]);
+  return any != 0;
+})
+
+// The m <= 16 best cells of every unmasked token of code-major scores (centroid c's row of
+// lq scores at s + c * sc), marked in cell: the scan top_insert does per token, run over
+// the rows once. Once a token holds m cells, a row can only change its list when it beats
+// the token's m-th best score, so a row beating none of them is skipped with one test.
+void cells_code_major(const float* s, int64_t sc, const uint8_t* qmask, int64_t lq, int64_t k, int64_t m,
+                      uint8_t* cell) {
+  std::vector<int32_t> top((size_t)std::max<int64_t>(lq, 1) * 16);
+  std::vector<int64_t> have((size_t)std::max<int64_t>(lq, 1), 0);
+  std::vector<float> thr((size_t)std::max<int64_t>(lq, 1), std::numeric_limits<float>::infinity());
+  const int64_t fill = std::min(m, k);  // every row is taken while a list is short
+  for (int64_t c = 0; c < fill; ++c)
+    for (int64_t i = 0; i < lq; ++i)
+      if (!qmask || qmask[i]) top_insert(s + i, sc, c, m, &have[i], &top[i * 16]);
+  if (fill == m)
+    for (int64_t i = 0; i < lq; ++i)
+      if (!qmask || qmask[i]) thr[i] = s[top[i * 16 + m - 1] * sc + i];
+  for (int64_t c = fill; c < k; ++c) {
+    const float* row = s + c * sc;
+    if (!row_beats(row, thr.data(), lq)) continue;
+    for (int64_t i = 0; i < lq; ++i) {
+      if (!(row[i] > thr[i])) continue;  // masked tokens: thr +inf
+      top_insert(s + i, sc, c, m, &have[i], &top[i * 16]);
+      thr[i] = s[top[i * 16 + m - 1] * sc + i];
+    }
+  }
+  for (int64_t i = 0; i < lq; ++i)
+    if (!qmask || qmask[i])
+      for (int64_t j = 0; j < have[i]; ++j) cell[top[i * 16 + j]] = 1;
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -43,9 +82,9 @@ __attribute__((target("avx512f"))) int64_t top_cells_avx512(const float* s, int6
       const __mmask16 up = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + c), _mm512_set1_ps(s[top[m - 1]]), _CMP_GT_OQ);
       if (!up) continue;
     }
-    for (int64_t l = 0; l < 16; ++l) top_insert(s, c + l, m, &have, top);
+    for (int64_t l = 0; l < 16; ++l) top_insert(s, 1, c + l, m, &have, top);
   }
-  for (; c < k; ++c) top_insert(s, c, m, &have, top);
+  for (; c < k; ++c) top_insert(s, 1, c, m, &have, top);
   return have;
 }
 #endif
@@ -55,13 +94,13 @@ int64_t top_cells(const float* s, int64_t k, int64_t m, int32_t* top) {
   if ((int)isa_for(Family::Plaid) >= (int)Isa::Avx512) return top_cells_avx512(s, k, m, top);  // capped at the CPU's
 #endif
   int64_t have = 0;
-  for (int64_t c = 0; c < k; ++c) top_insert(s, c, m, &have, top);
+  for (int64_t c = 0; c < k; ++c) top_insert(s, 1, c, m, &have, top);
   return have;
 }
 
 }  // namespace
 
-bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
+bool ivf_candidates_query(const float* scores, int64_t si, int64_t sc, const uint8_t* qmask, int64_t lq, int64_t k,
                           const int64_t* ivf_offsets, const int64_t* ivf_docs, int64_t nd,
                           int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
                           std::vector<int32_t>* order) {
@@ -70,20 +109,29 @@ bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq,
   order->resize(k);
   std::vector<uint8_t> cell(k, 0);
   const int64_t m = std::min(ncells, k);
-  for (int64_t i = 0; i < lq; ++i) {
-    if (qmask && !qmask[i]) continue;
-    const float* s = scores + i * k;
-    if (m <= 16) {
-      int32_t top[16];
-      const int64_t have = top_cells(s, k, m, top);
-      for (int64_t j = 0; j < have; ++j) cell[top[j]] = 1;
-      continue;
+  if (sc != 1 && m <= 16) {
+    cells_code_major(scores, sc, qmask, lq, k, m, cell.data());
+  } else {
+    std::vector<float> column(sc != 1 ? k : 0);
+    for (int64_t i = 0; i < lq; ++i) {
+      if (qmask && !qmask[i]) continue;
+      const float* s = scores + i * si;
+      if (sc != 1) {  // one token's scores gathered from the code-major rows
+        for (int64_t c = 0; c < k; ++c) column[c] = s[c * sc];
+        s = column.data();
+      }
+      if (m <= 16) {
+        int32_t top[16];
+        const int64_t have = top_cells(s, k, m, top);
+        for (int64_t j = 0; j < have; ++j) cell[top[j]] = 1;
+        continue;
+      }
+      std::iota(order->begin(), order->end(), 0);
+      std::partial_sort(order->begin(), order->begin() + m, order->end(), [&](int32_t a, int32_t b) {
+        return s[a] > s[b] || (s[a] == s[b] && a < b);
+      });
+      for (int64_t j = 0; j < m; ++j) cell[(*order)[j]] = 1;
     }
-    std::iota(order->begin(), order->end(), 0);
-    std::partial_sort(order->begin(), order->begin() + m, order->end(), [&](int32_t a, int32_t b) {
-      return s[a] > s[b] || (s[a] == s[b] && a < b);
-    });
-    for (int64_t j = 0; j < m; ++j) cell[(*order)[j]] = 1;
   }
   for (int64_t c = 0; c < k; ++c) {
     if (!cell[c]) continue;
@@ -236,6 +284,109 @@ bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int
     }
     float s = 0.f;
     for (int64_t i = 0; i < lq; ++i) s += best[i] == ninf ? 0.f : best[i];
+    out[c] = s;
+  }
+  return true;
+}
+
+namespace {
+
+// max over the used (use[i] != 0) entries of row[0, n), -inf if none; *nan set when one of
+// them is NaN.
+float used_row_max_scalar(const float* row, const uint32_t* use, int64_t n, bool* nan) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!use[i]) continue;
+    if (row[i] != row[i]) *nan = true;
+    mx = row[i] > mx ? row[i] : mx;
+  }
+  return mx;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target("avx2"))) float used_row_max_avx2(const float* row, const uint32_t* use, int64_t n,
+                                                         bool* nan) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 mx = ninf, bad = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)(use + i)));
+    const __m256 v = _mm256_loadu_ps(row + i);
+    bad = _mm256_or_ps(bad, _mm256_and_ps(on, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    mx = _mm256_max_ps(_mm256_blendv_ps(ninf, v, on), mx);  // NaN lanes keep mx
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+  if (_mm256_movemask_ps(bad)) *nan = true;
+  const float tail = used_row_max_scalar(row + i, use + i, n - i, nan);
+  const float head = _mm_cvtss_f32(m4);
+  return tail > head ? tail : head;
+}
+#endif
+
+}  // namespace
+
+bool approx_keep_rows(const float* scores, int64_t sc, const uint32_t* use, int64_t lq, int64_t c0, int64_t c1,
+                      double threshold, uint8_t* keep, int64_t* kept) {
+  bool nan = false;
+  int64_t n = 0;
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+  if ((int)isa_for(Family::Plaid) >= (int)Isa::Avx2) {
+    for (int64_t c = c0; c < c1; ++c) {
+      keep[c] = (double)used_row_max_avx2(scores + c * sc, use, lq, &nan) >= threshold;
+      n += keep[c];
+    }
+    *kept = n;
+    return !nan;
+  }
+#endif
+  for (int64_t c = c0; c < c1; ++c) {
+    keep[c] = (double)used_row_max_scalar(scores + c * sc, use, lq, &nan) >= threshold;
+    n += keep[c];
+  }
+  *kept = n;
+  return !nan;
+}
+
+bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
+                            const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
+                            const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
+  sparse = sparse && keep;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> best(std::max<int64_t>(lq, 1));
+  for (int64_t c = 0; c < ncand; ++c) {
+    const int64_t d = cand[c];
+    if (d < 0) {
+      out[c] = ninf;
+      continue;
+    }
+    std::fill(best.begin(), best.end(), ninf);
+    const int64_t t1 = doc_offsets[d + 1];
+    if (sparse) {  // few centroids kept: a well-predicted branch skips the others
+      for (int64_t t = doc_offsets[d]; t < t1; ++t) {
+        const int32_t code = codes[t];
+        if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
+        if (keep[code]) max_into(best.data(), scores + (int64_t)code * sc, lq);
+      }
+    } else {
+      for (int64_t t = doc_offsets[d]; t < t1; ++t) {
+        if (t + 8 < t1) {
+          const int32_t ahead = codes[t + 8];
+          if ((uint64_t)(int64_t)ahead < (uint64_t)k)
+            for (int64_t o = 0; o < lq; o += 16) __builtin_prefetch(scores + (int64_t)ahead * sc + o);
+        }
+        const int32_t code = codes[t];
+        if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
+        // a pruned centroid reads the -inf row (a select, not a branch, which would mispredict
+        // when many survive; max with -inf leaves best as it is)
+        const float* row = (!keep || keep[code]) ? scores + (int64_t)code * sc : ninf_row;
+        max_into(best.data(), row, lq);
+      }
+    }
+    float s = 0.f;
+    for (int64_t i = 0; i < lq; ++i)
+      if (use[i]) s += best[i] == ninf ? 0.f : best[i];
     out[c] = s;
   }
   return true;

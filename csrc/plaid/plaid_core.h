@@ -6,10 +6,12 @@
 namespace lateint {
 
 // IVF candidates of one query: the union of the documents listed under the `ncells`
-// highest-scoring centroids of each (unmasked) query token. scores: [lq, k] of this query;
-// ivf: CSR centroid -> document ids. Writes the sorted unique document ids to out.
-// Ties between centroid scores go to the lower centroid id.
-bool ivf_candidates_query(const float* scores, const uint8_t* qmask, int64_t lq, int64_t k,
+// highest-scoring centroids of each (unmasked) query token. scores: this query's [lq, k]
+// scores, token i's score for centroid c at scores[i * si + c * sc] (token-major: si = k,
+// sc = 1; code-major: si = 1, each centroid's lq scores one row of stride sc); ivf: CSR
+// centroid -> document ids. Writes the sorted unique document ids to out. Ties between
+// centroid scores go to the lower centroid id.
+bool ivf_candidates_query(const float* scores, int64_t si, int64_t sc, const uint8_t* qmask, int64_t lq, int64_t k,
                           const int64_t* ivf_offsets, const int64_t* ivf_docs, int64_t nd,
                           int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
                           std::vector<int32_t>* order);
@@ -34,6 +36,20 @@ bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int
 bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
                          const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
 
+// The same on code-major scores, read in place (no table): centroid c's lq scores are the
+// row scores + c * sc. use[i] != 0 for the unmasked tokens. approx_keep_rows sets keep[c]
+// for c in [c0, c1): the row's maximum over the used tokens (-inf when none) >= threshold,
+// counts the kept rows in *kept, and returns false when one of the used scores is NaN.
+// approx_scores_query_cm reads ninf_row (lq times -inf) in place of the rows of centroids
+// with !keep[c] (keep null: none pruned), or with `sparse` (for few kept centroids) skips
+// them, and sums the used tokens' maxima in token order, so that it returns what
+// approx_scores_query returns on the table of the same scores.
+bool approx_keep_rows(const float* scores, int64_t sc, const uint32_t* use, int64_t lq, int64_t c0, int64_t c1,
+                      double threshold, uint8_t* keep, int64_t* kept);
+bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
+                            const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
+                            const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
+
 }  // namespace lateint
 
 namespace lateint {
@@ -48,9 +64,11 @@ namespace lateint {
 void lut_build(const float* q, const uint8_t* qmask, int64_t lq, int64_t LQ, int64_t dim,
                const float* byte_table, int nbits, float* lut);
 
-// The query's centroid scores [lq, k] transposed to scores_t [k][LQ] (padding rows 0), so
-// a token's centroid term for all query tokens is one contiguous row.
-void lut_scores_transpose(const float* scores, int64_t lq, int64_t LQ, int64_t k, float* scores_t);
+// The query's centroid scores [lq, k] (token i, centroid c at scores[i * si + c * sc])
+// transposed to scores_t [k][LQ] (padding rows 0), so a token's centroid term for all query
+// tokens is one contiguous row.
+void lut_scores_transpose(const float* scores, int64_t si, int64_t sc, int64_t lq, int64_t LQ, int64_t k,
+                          float* scores_t);
 
 // One document of n tokens: sum over the unmasked query tokens i < lq of the max over its
 // tokens of scores_t[codes[t] * LQ + i] + sum_b lut[(b * 256 + packed[t][b]) * LQ + i]

@@ -26,6 +26,30 @@ void check_scores(const at::Tensor& s, const std::optional<at::Tensor>& qmask, c
   }
 }
 
+// The layout the kernels read `scores` [nq, lq, k] in: token-major (contiguous, token i's
+// scores one row of k) or code-major (stride(1) == 1: centroid c's lq scores adjacent, at
+// stride(2) from the next centroid's, as centroid_scores lays them out on the CPU), read in
+// place; any other strides are copied to token-major.
+struct ScoreLayout {
+  at::Tensor s;
+  bool code_major = false;
+  int64_t sq = 0, si = 0, sc = 0;  // element strides of query, token, centroid
+};
+
+ScoreLayout score_layout(const at::Tensor& scores) {
+  ScoreLayout l;
+  if (!scores.is_contiguous() && scores.stride(1) == 1 && scores.size(1) > 1) {
+    l.s = scores;
+    l.code_major = true;
+  } else {
+    l.s = scores.contiguous();
+  }
+  l.sq = l.s.stride(0);
+  l.si = l.s.stride(1);
+  l.sc = l.s.stride(2);
+  return l;
+}
+
 at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& query_mask,
                               const at::Tensor& ivf_offsets, const at::Tensor& ivf_docs,
                               int64_t n_docs, int64_t ncells, bool validate) {
@@ -41,7 +65,7 @@ at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::
   const at::Tensor off = ivf_offsets.contiguous(), docs = ivf_docs.contiguous();
   check_offsets(off, docs.size(0), op, "ivf_offsets", validate);
   const int64_t* dp = docs.data_ptr<int64_t>();
-  const at::Tensor s = scores.contiguous();
+  const ScoreLayout sl = score_layout(scores);
   at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
   std::vector<std::vector<int64_t>> per(nq);
   std::atomic<bool> docs_ok{true};  // the lists visited are checked as they are read
@@ -49,7 +73,7 @@ at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::
     std::vector<uint8_t> seen;
     std::vector<int32_t> order;
     for (int64_t q = b; q < e; ++q)
-      if (!lateint::ivf_candidates_query(s.data_ptr<float>() + q * lq * k,
+      if (!lateint::ivf_candidates_query(sl.s.data_ptr<float>() + q * sl.sq, sl.si, sl.sc,
                                          qm.defined() ? (const uint8_t*)qm.data_ptr<bool>() + q * lq : nullptr,
                                          lq, k, off.data_ptr<int64_t>(), dp, n_docs, ncells, &per[q],
                                          &seen, &order))
@@ -65,6 +89,18 @@ at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::
   int64_t* o = out.data_ptr<int64_t>();
   for (int64_t q = 0; q < nq; ++q) std::copy(per[q].begin(), per[q].end(), o + q * width);
   return out;
+}
+
+// Raises naming the first code out of [0, k) among the candidates' tokens.
+void report_bad_codes(const char* op, const int64_t* ca, int64_t n, const at::Tensor& off, const int32_t* cp,
+                      int64_t k) {
+  const int64_t* o = off.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (ca[i] < 0) continue;
+    for (int64_t t = o[ca[i]]; t < o[ca[i] + 1]; ++t)
+      LK_CHECK(cp[t] >= 0 && cp[t] < k, op, "`codes` must hold centroid ids in [0, ", k, "); codes[", t,
+               "] = ", cp[t]);
+  }
 }
 
 at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& query_mask,
@@ -90,9 +126,59 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
   for (int64_t i = 0; i < nq * nc; ++i)
     LK_CHECK(ca[i] >= -1 && ca[i] < nd, op, "`candidates` must hold document ids in [0, ", nd,
              ") or -1; got ", ca[i]);
-  const at::Tensor s = scores.contiguous();
   at::Tensor qm = query_mask.has_value() ? query_mask->contiguous() : at::Tensor();
   at::Tensor out = at::empty({nq, nc}, scores.options());
+  const ScoreLayout sl = score_layout(scores);
+  if (sl.code_major) {
+    // Read in place: per query, which centroids survive the pruning (a pass over the rows,
+    // which also finds NaN; skipped when nothing is pruned and validate is off), then
+    // (query, block of candidates) items.
+    const float* sp = sl.s.data_ptr<float>();
+    const bool prune = threshold != -std::numeric_limits<double>::infinity();
+    std::vector<uint32_t> use((size_t)std::max<int64_t>(nq * lq, 1), 0xFFFFFFFFu);
+    if (qm.defined())
+      for (int64_t i = 0; i < nq * lq; ++i) use[i] = qm.data_ptr<bool>()[i] ? 0xFFFFFFFFu : 0u;
+    std::vector<uint8_t> keep(prune || validate ? (size_t)(nq * k) : 0);
+    const int64_t kb = 2048, nkb = (k + kb - 1) / kb;
+    std::vector<int64_t> kept(keep.empty() ? 0 : (size_t)(nq * nkb), 0);
+    if (!keep.empty()) {
+      std::atomic<bool> finite{true};
+      at::parallel_for(0, nq * nkb, 1, [&](int64_t b, int64_t e) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t q = it / nkb, c0 = (it % nkb) * kb, c1 = std::min(k, c0 + kb);
+          if (!lateint::approx_keep_rows(sp + q * sl.sq, sl.sc, use.data() + q * lq, lq, c0, c1, threshold,
+                                         keep.data() + q * k, &kept[it]))
+            finite = false;
+        }
+      });
+      LK_CHECK(finite.load(), op, "`scores` contains NaN (in an unmasked query token; are the queries finite?)");
+    }
+    // per query: skip pruned centroids by a branch when fewer than 1 in 16 survive
+    std::vector<uint8_t> sparse((size_t)std::max<int64_t>(nq, 1), 0);
+    if (prune)
+      for (int64_t q = 0; q < nq; ++q) {
+        int64_t n = 0;
+        for (int64_t j = 0; j < nkb; ++j) n += kept[q * nkb + j];
+        sparse[q] = n * 16 < k;
+      }
+    const std::vector<float> ninf_row((size_t)std::max<int64_t>(lq, 1), -std::numeric_limits<float>::infinity());
+    const int64_t cb = 64, nb = (nc + cb - 1) / cb;
+    std::atomic<bool> codes_ok{true};
+    at::parallel_for(0, nq * nb, 1, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t q = it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
+        if (!lateint::approx_scores_query_cm(sp + q * sl.sq, sl.sc, lq, k, use.data() + q * lq,
+                                             prune ? keep.data() + q * k : nullptr, sparse[q] != 0,
+                                             ninf_row.data(), cp,
+                                             off.data_ptr<int64_t>(), ca + q * nc + c0, c1 - c0,
+                                             out.data_ptr<float>() + q * nc + c0))
+          codes_ok = false;
+      }
+    });
+    if (!codes_ok) report_bad_codes(op, ca, nq * nc, off, cp, k);
+    return out;
+  }
+  const at::Tensor& s = sl.s;
   // Queries in chunks (bounded memory): per query, its unmasked scores transposed to
   // [k, lq'] (one centroid = one row) with the pruned centroids' rows set to -inf, built
   // in (query, block of centroids) items; then (query, block of candidates) items, so that
@@ -139,15 +225,7 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
       }
     });
   }
-  if (!codes_ok) {
-    for (int64_t i = 0; i < nq * nc; ++i) {
-      if (ca[i] < 0) continue;
-      const int64_t* o = off.data_ptr<int64_t>();
-      for (int64_t t = o[ca[i]]; t < o[ca[i] + 1]; ++t)
-        LK_CHECK(cp[t] >= 0 && cp[t] < k, op, "`codes` must hold centroid ids in [0, ", k, "); codes[", t,
-                 "] = ", cp[t]);
-    }
-  }
+  if (!codes_ok) report_bad_codes(op, ca, nq * nc, off, cp, k);
   return out;
 }
 

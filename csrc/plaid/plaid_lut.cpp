@@ -136,11 +136,16 @@ void lut_build(const float* q, const uint8_t* qmask, int64_t lq, int64_t LQ, int
   build_dispatch(qt.data(), LQ, dim * nbits / 8, byte_table, nbits, lut);
 }
 
-void lut_scores_transpose(const float* scores, int64_t lq, int64_t LQ, int64_t k, float* scores_t) {
+void lut_scores_transpose(const float* scores, int64_t si, int64_t sc, int64_t lq, int64_t LQ, int64_t k,
+                          float* scores_t) {
   for (int64_t c = 0; c < k; ++c)
     for (int64_t i = lq; i < LQ; ++i) scores_t[c * LQ + i] = 0.f;
+  if (si == 1) {  // code-major: row copies
+    for (int64_t c = 0; c < k; ++c) std::copy(scores + c * sc, scores + c * sc + lq, scores_t + c * LQ);
+    return;
+  }
   for (int64_t i = 0; i < lq; ++i)
-    for (int64_t c = 0; c < k; ++c) scores_t[c * LQ + i] = scores[i * k + c];
+    for (int64_t c = 0; c < k; ++c) scores_t[c * LQ + i] = scores[i * si + c * sc];
 }
 
 float lut_score_doc(const float* lut, const float* scores_t, const uint8_t* qmask, int64_t lq, int64_t LQ,

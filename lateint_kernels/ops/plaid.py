@@ -11,8 +11,8 @@ tests/test_plaid.py and test_plaid_triton.py; bench/bench_plaid.py (the index) a
 bench/bench_plaid_scorers.py. CUDA: Triton kernels for `approx_scores` and
 `decompress_maxsim`, device-side torch ops (sort/unique) for `ivf_candidates`, and no
 device kernel for `lut_maxsim` (the reference runs; `backend_for` says so and
-`PLAIDIndex.search` refuses scorer="lut" on a GPU index). `centroid_scores` is one matmul,
-left to torch's BLAS.
+`PLAIDIndex.search` refuses scorer="lut" on a GPU index). `centroid_scores` is torch's
+BLAS, on the CPU in blocks of centroids written code-major (see its docstring).
 
 Every stage takes `validate`: False skips the checks whose cost grows with the corpus
 (offsets monotonicity, whole-array id ranges; on CUDA the host sync), for arrays already
@@ -34,7 +34,8 @@ from .codec import _packed_and_weights, codec_common
 
 # ivf_candidates: per query, the sorted unique documents listed (ivf: CSR centroid -> doc
 # ids) under the ncells best centroids of each unmasked query token; int64 [nq, width], -1
-# padded. scores: float32 [nq, lq, k] query-centroid scores.
+# padded. scores: float32 [nq, lq, k] query-centroid scores, any strides (the CPU kernels
+# read contiguous and code-major ones, stride(1) == 1, in place; others are copied).
 # approx_scores: centroid-only MaxSim of each candidate (codes int32 per token of the packed
 # documents), ignoring centroids whose best score over the query tokens is below threshold;
 # float32 [nq, n_candidates], -inf for -1.
@@ -216,13 +217,41 @@ def _check_scores(op, scores, query_mask):
                          f"{list(scores.shape[:2])}")
 
 
-def centroid_scores(queries: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+# centroids per matmul of centroid_scores on the CPU: a block of the centroids stays in cache
+# while every query's scores against it are computed
+_CENTROID_BLOCK = 4096
+
+
+def centroid_scores(queries: torch.Tensor, centroids: torch.Tensor, *,
+                    workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Query-token x centroid inner products: queries [nq, Lq, dim], centroids [k, dim] ->
-    float32 [nq, Lq, k]."""
+    float32 [nq, Lq, k]. On the CPU the result is code-major: a view of a contiguous
+    [nq, k, Lq] tensor (each centroid's Lq scores adjacent), the layout that the CPU kernels
+    of ivf_candidates, approx_scores and lut_maxsim read in place; elsewhere it is
+    contiguous. `workspace` (CPU only): a contiguous float32 CPU tensor of at least
+    nq * k * Lq elements that the scores are written into (and the result views), so that
+    repeated searches reuse memory instead of faulting in fresh pages."""
     if queries.dim() != 3 or centroids.dim() != 2 or queries.shape[2] != centroids.shape[1]:
         raise ValueError("centroid_scores: `queries` must be [n_queries, query_len, dim] and `centroids` "
                          "[k, dim] with the same dim")
-    return torch.matmul(queries.float(), centroids.float().T)
+    q, c = queries.float(), centroids.float()
+    if q.device.type != "cpu":
+        return torch.matmul(q, c.T)
+    nq, lq, k = q.shape[0], q.shape[1], c.shape[0]
+    qt = q.transpose(1, 2).contiguous()  # [nq, dim, Lq]
+    if torch.compiler.is_compiling():
+        return torch.matmul(c, qt).transpose(1, 2)
+    if workspace is None:
+        out = torch.empty(nq, k, lq)
+    else:
+        if (workspace.dtype != torch.float32 or workspace.device.type != "cpu" or not workspace.is_contiguous()
+                or workspace.numel() < nq * k * lq):
+            raise ValueError(f"centroid_scores: `workspace` must be a contiguous float32 CPU tensor of at least "
+                             f"n_queries * k * query_len = {nq * k * lq} elements")
+        out = workspace.view(-1)[:nq * k * lq].view(nq, k, lq)
+    for c0 in range(0, k, _CENTROID_BLOCK):
+        torch.matmul(c[c0:c0 + _CENTROID_BLOCK], qt, out=out[:, c0:c0 + _CENTROID_BLOCK])
+    return out.transpose(1, 2)
 
 
 def ivf_candidates(scores: torch.Tensor, ivf_offsets: torch.Tensor, ivf_docs: torch.Tensor, n_docs: int,
@@ -245,7 +274,8 @@ def approx_scores(scores: torch.Tensor, codes: torch.Tensor, doc_offsets: torch.
     centroid pruning) -> float32 [nq, n_candidates] (-inf for -1). NaN in an unmasked row of
     `scores` is refused (the C++ op finds it in its own pass; the reference and GPU paths
     check it here, one host sync on GPU that validate=False skips for scores already known
-    to be NaN-free)."""
+    to be NaN-free; on code-major CPU scores with nothing pruned, validate=False skips that
+    pass)."""
     _check_scores("approx_scores", scores, query_mask)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
         raise ValueError(f"approx_scores: `threshold` must be a number (-inf: no pruning), got {threshold!r}")

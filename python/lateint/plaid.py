@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import threading
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -373,6 +374,24 @@ def _per_segment(segs, best: torch.Tensor, fn) -> torch.Tensor:
     return out
 
 
+_WORKSPACE = threading.local()
+
+
+def _scores_workspace(queries: torch.Tensor, centroids: torch.Tensor) -> Optional[torch.Tensor]:
+    """The calling thread's buffer for the centroid scores of a CPU search (grown to the
+    largest batch it has searched, kept between searches): a batch of 32 queries of 32
+    tokens against 65,536 centroids writes 268 MB of scores, and fresh pages for that much
+    cost as long as the matmul itself."""
+    if queries.device.type != "cpu":
+        return None
+    n = queries.shape[0] * queries.shape[1] * centroids.shape[0]
+    buf = getattr(_WORKSPACE, "scores", None)
+    if buf is None or buf.numel() < n:
+        buf = _WORKSPACE.scores = None  # the old buffer goes before the new one is allocated
+        buf = _WORKSPACE.scores = torch.empty(n)
+    return buf
+
+
 def _search_segments(segs, centroids, bucket_weights, nbits: int, ids: torch.Tensor, allowed, queries, k: int, *,
                      query_mask, ncells, centroid_score_threshold, ndocs, ndocs_exact, scorer):
     """PLAID's search over the segments of one codec (arguments checked by _check_search);
@@ -388,7 +407,7 @@ def _search_segments(segs, centroids, bucket_weights, nbits: int, ids: torch.Ten
     ndocs_exact = max(k, ndocs // 4) if ndocs_exact is None else max(k, min(ndocs_exact, ndocs))
     q = queries.float()
     nq = q.shape[0]
-    s = lk.centroid_scores(q, centroids)
+    s = lk.centroid_scores(q, centroids, workspace=_scores_workspace(q, centroids))
     # the arrays were validated when the index came to be, the queries by _check_search:
     # the stages run with validation off
     bests, vals = [], []
