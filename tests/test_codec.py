@@ -34,13 +34,13 @@ def test_compress_bit_exact_and_decompress(nbits, dim):
     torch.testing.assert_close(xh.double(), want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("nbits", [1, 2, 4])
-@pytest.mark.parametrize("dim", [16, 128, 384])
+@pytest.mark.parametrize("nbits, dim", [(n, d) for n in (1, 2, 4) for d in (16, 40, 128, 384)] + [(2, 12), (4, 6)])
 def test_decompress_fast_path_is_bit_identical(nbits, dim):
-    """With AVX-512 (cpu_isa avx512 or above) rows of nbits 1/2/4 and dim a multiple of 16
-    decompress through in-register weight lookups, four rows at a time; the byte-table path
-    (cpu_isa "avx2" here) must give the same bits, also through decompress_maxsim, and row
-    counts that leave a short group of four."""
+    """Rows of nbits 1/2/4 decompress through in-register weight lookups with AVX-512 (dim
+    a multiple of 16) and through vector table loads with AVX2 (dim a multiple of 8), four
+    rows at a time; the byte-table loop (cpu_isa "scalar", and any dim off those multiples)
+    must give the same bits, also through decompress_maxsim, and row counts that leave a
+    short group of four."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     x, c, codes = setup(301, dim, 40, seed)
     cut, w = lk.residual_buckets(x - c[codes.long()], nbits)
@@ -50,16 +50,20 @@ def test_decompress_fast_path_is_bit_identical(nbits, dim):
     off = torch.tensor([0, 7, 7, 150, 301])
     cand = torch.tensor([[0, 2, -1], [3, 1, 0], [2, 2, 3]])
     before = lk.cpu_isa()
+    isas = ("scalar", "avx2", "best")
     try:
         out = {}
-        for isa in ("avx2", "best"):
+        for isa in isas:
             lk.cpu_isa(isa)
             out[isa] = (lk.decompress_residuals(codes, packed, c, w, nbits),
                         lk.decompress_maxsim(q, codes, packed, off, c, w, nbits, cand))
     finally:
         lk.cpu_isa(before)
-    assert torch.equal(out["avx2"][0], out["best"][0]), f"seed {seed}"
-    assert torch.equal(out["avx2"][1], out["best"][1]), f"seed {seed}"
+    for isa in isas[1:]:
+        assert torch.equal(out["scalar"][0], out[isa][0]), f"{isa}, seed {seed}"
+    # the scores also go through each ISA's MaxSim kernel: compare at the same ISA
+    docs = out["best"][0]
+    assert torch.equal(out["best"][1], lk.maxsim_candidates(q, docs, off, cand)), f"seed {seed}"
     want = ref.decompress_residuals_ref(codes, packed, c.double(), w.double(), nbits)
     torch.testing.assert_close(out["best"][0].double(), want, rtol=0, atol=1e-5)
 

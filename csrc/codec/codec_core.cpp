@@ -183,6 +183,70 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void decompress_rows_av
   }
 }
 
+// AVX2 rows for nbits 1, 2, 4 (dim a multiple of 8): 8 values are one 32-byte (nbits 1),
+// two 16-byte (nbits 2) or four 8-byte (nbits 4) loads from the byte table. Four rows at a
+// time keep four sum-of-squares chains in flight, and the centroid rows of the next four
+// are fetched ahead (they are scattered over the centroid table). The arithmetic is the
+// byte-table path's: float add, each square exact in float64 added into lane j % 8 in
+// order, the same final combination and scaling, so the bits are the same.
+template <int PB>
+__attribute__((target("avx2"))) inline __m256 table8_avx2(const float* table, const uint8_t* p) {
+  if constexpr (PB == 8) {
+    return _mm256_loadu_ps(table + (int64_t)p[0] * 8);
+  } else if constexpr (PB == 4) {
+    return _mm256_set_m128(_mm_loadu_ps(table + (int64_t)p[1] * 4), _mm_loadu_ps(table + (int64_t)p[0] * 4));
+  } else {
+    const __m128d lo = _mm_loadh_pd(_mm_load_sd((const double*)(table + (int64_t)p[0] * 2)),
+                                    (const double*)(table + (int64_t)p[1] * 2));
+    const __m128d hi = _mm_loadh_pd(_mm_load_sd((const double*)(table + (int64_t)p[2] * 2)),
+                                    (const double*)(table + (int64_t)p[3] * 2));
+    return _mm256_castpd_ps(_mm256_set_m128d(hi, lo));
+  }
+}
+
+template <int PB>
+__attribute__((target("avx2"))) void decompress_rows_avx2(const int32_t* codes, const uint8_t* packed,
+                                                          const float* centroids, const float* table, int64_t dim,
+                                                          int64_t r0, int64_t r1, float* out) {
+  const int64_t row_bytes = dim / PB;
+  constexpr int T = 4;
+  for (int64_t i0 = r0; i0 < r1; i0 += T) {
+    const int nt = (int)std::min<int64_t>(T, r1 - i0);
+    for (int64_t i = i0 + T; i < std::min(r1, i0 + 2 * T); ++i)
+      for (int64_t j = 0; j < dim; j += 16) _mm_prefetch((const char*)(centroids + (int64_t)codes[i] * dim + j), _MM_HINT_T0);
+    const float* cr[T];
+    const uint8_t* p[T];
+    float* o[T];
+    __m256d lo_sum[T], hi_sum[T];  // lanes 0-3 and 4-7
+    for (int t = 0; t < T; ++t) {
+      const int64_t i = i0 + std::min(t, nt - 1);  // a short group repeats its last row
+      cr[t] = centroids + (int64_t)codes[i] * dim;
+      p[t] = packed + i * row_bytes;
+      o[t] = out + i * dim;
+      lo_sum[t] = hi_sum[t] = _mm256_setzero_pd();
+    }
+    for (int64_t j = 0; j < dim; j += 8) {
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(cr[t] + j), table8_avx2<PB>(table, p[t] + j / PB));
+        _mm256_storeu_ps(o[t] + j, v);
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        lo_sum[t] = _mm256_add_pd(lo_sum[t], _mm256_mul_pd(lo, lo));
+        hi_sum[t] = _mm256_add_pd(hi_sum[t], _mm256_mul_pd(hi, hi));
+      }
+    }
+    for (int t = 0; t < nt; ++t) {
+      alignas(32) double lane[8];
+      _mm256_store_pd(lane, lo_sum[t]);
+      _mm256_store_pd(lane + 4, hi_sum[t]);
+      const double ss = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+      const float inv = (float)(1.0 / std::max(std::sqrt(ss), 1e-12));
+      const __m256 iv = _mm256_set1_ps(inv);
+      for (int64_t j = 0; j < dim; j += 8) _mm256_storeu_ps(o[t] + j, _mm256_mul_ps(_mm256_loadu_ps(o[t] + j), iv));
+    }
+  }
+}
+
 #endif
 
 }  // namespace
@@ -194,6 +258,11 @@ void decompress_residuals_range(const int32_t* codes, const uint8_t* packed,
   // the active ISA is capped at what the CPU has (maxsim_core.cpp): avx512 means F/BW/VL/DQ + FMA
   if (nbits < 8 && dim % 16 == 0 && (int)isa_for(Family::Codec) >= (int)Isa::Avx512)
     return decompress_rows_avx512(codes, packed, centroids, table, nbits, dim, r0, r1, out);
+  if (nbits < 8 && dim % 8 == 0 && (int)isa_for(Family::Codec) >= (int)Isa::Avx2) {
+    if (nbits == 1) return decompress_rows_avx2<8>(codes, packed, centroids, table, dim, r0, r1, out);
+    if (nbits == 2) return decompress_rows_avx2<4>(codes, packed, centroids, table, dim, r0, r1, out);
+    return decompress_rows_avx2<2>(codes, packed, centroids, table, dim, r0, r1, out);
+  }
 #endif
   decompress_dispatch(codes, packed, centroids, table, nbits, dim, r0, r1, out);
 }
