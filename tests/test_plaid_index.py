@@ -330,6 +330,25 @@ def test_search_reuses_its_scores_workspace(corpus, index):
     assert done == [True]
 
 
+def test_search_keeps_no_workspace_past_its_cap(corpus, index, monkeypatch):
+    """A batch whose scores exceed the cap gets them for the call only: nothing that size
+    stays allocated after the search, and the answers are the same."""
+    from lateint import plaid
+
+    q, _, _ = corpus
+    k = index.centroids.shape[0]
+    monkeypatch.setattr(plaid, "_WORKSPACE_MAX_BYTES", 4 * 2 * q.shape[1] * k)
+    plaid._WORKSPACE.scores = None
+    small = index.search(q[:2], 10)
+    kept = plaid._WORKSPACE.scores
+    assert kept is not None and kept.numel() == 2 * q.shape[1] * k
+    big = index.search(q[:6], 10)
+    assert plaid._WORKSPACE.scores is kept  # the 6-query scores were not kept
+    one = [index.search(q[i:i + 1], 10) for i in range(6)]
+    assert torch.equal(big[0], torch.cat([o[0] for o in one])) and torch.equal(big[1], torch.cat([o[1] for o in one]))
+    assert torch.equal(small[0], big[0][:2])
+
+
 def test_build_progress_bar(corpus, capsys):
     _, tokens, off = corpus
     PLAIDIndex.build(tokens[: int(off[50])], off[:51], nbits=2, n_centroids=16, kmeans_niter=2,

@@ -375,16 +375,21 @@ def _per_segment(segs, best: torch.Tensor, fn) -> torch.Tensor:
 
 
 _WORKSPACE = threading.local()
+# the largest scores buffer a thread keeps between searches (larger batches allocate theirs
+# for the call only)
+_WORKSPACE_MAX_BYTES = 1 << 29
 
 
 def _scores_workspace(queries: torch.Tensor, centroids: torch.Tensor) -> Optional[torch.Tensor]:
     """The calling thread's buffer for the centroid scores of a CPU search (grown to the
-    largest batch it has searched, kept between searches): a batch of 32 queries of 32
-    tokens against 65,536 centroids writes 268 MB of scores, and fresh pages for that much
-    cost as long as the matmul itself."""
+    largest batch it has searched, up to _WORKSPACE_MAX_BYTES, kept between searches): a
+    batch of 32 queries of 32 tokens against 65,536 centroids writes 268 MB of scores, and
+    fresh pages for that much cost as long as the matmul itself."""
     if queries.device.type != "cpu":
         return None
     n = queries.shape[0] * queries.shape[1] * centroids.shape[0]
+    if 4 * n > _WORKSPACE_MAX_BYTES:
+        return None
     buf = getattr(_WORKSPACE, "scores", None)
     if buf is None or buf.numel() < n:
         buf = _WORKSPACE.scores = None  # the old buffer goes before the new one is allocated
