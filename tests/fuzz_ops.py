@@ -522,6 +522,7 @@ def fam_plaid(rng):
     if nd == 0:
         cand.fill_(-1)
     thr = float(rng.choice([float("-inf"), 0.0, 0.3]))
+    token_major = rng.random() < 0.5  # the CPU kernels read both layouts, by different paths
     which = rng.choice(["ivf_candidates", "approx_scores", "decompress_maxsim", "lut_maxsim"])
     mutation = rng.choice(["none", "none", "cand", "codes", "offsets", "nan", "threshold"])
     must_refuse = False
@@ -544,6 +545,8 @@ def fam_plaid(rng):
     elif mutation == "threshold":
         thr = float("nan")
         must_refuse = which == "approx_scores"
+    if token_major:
+        s = s.contiguous()
     raw = rng.random() < 0.5
     op = which if raw else f"lk.{which}"
     ivf_off = torch.zeros(k + 1, dtype=torch.int64)
