@@ -485,6 +485,8 @@ def main() -> int:
         settings = [("ncells1-ndocs256", {"ncells": 1, "ndocs": 256}),
                     ("ncells2-ndocs1024", {"ncells": 2, "ndocs": 1024}),
                     ("ncells4-ndocs4096", {"ncells": 4, "ndocs": 4096}),
+                    ("ncells4-ndocs4096-exact256", {"ncells": 4, "ndocs": 4096, "ndocs_exact": 256}),
+                    ("ncells4-ndocs3072-exact128", {"ncells": 4, "ndocs": 3072, "ndocs_exact": 128}),
                     ("ncells8-ndocs16384-exact4096", {"ncells": 8, "ndocs": 16384, "ndocs_exact": 4096})]
         r = run_child("search", {**base, "settings": settings})
         for s in r["rows"]:
