@@ -522,7 +522,9 @@ def fam_plaid(rng):
     if nd == 0:
         cand.fill_(-1)
     thr = float(rng.choice([float("-inf"), 0.0, 0.3]))
-    token_major = rng.random() < 0.5  # the CPU kernels read both layouts, by different paths
+    # token-major, code-major per query, or as centroid_scores returns small scores (queries
+    # interleaved): the CPU kernels read them by different paths
+    layout = rng.choice(["token", "query", "interleaved"])
     which = rng.choice(["ivf_candidates", "approx_scores", "decompress_maxsim", "lut_maxsim"])
     mutation = rng.choice(["none", "none", "cand", "codes", "offsets", "nan", "threshold"])
     must_refuse = False
@@ -545,8 +547,10 @@ def fam_plaid(rng):
     elif mutation == "threshold":
         thr = float("nan")
         must_refuse = which == "approx_scores"
-    if token_major:
+    if layout == "token":
         s = s.contiguous()
+    elif layout == "query":
+        s = s.transpose(1, 2).contiguous().transpose(1, 2)
     raw = rng.random() < 0.5
     op = which if raw else f"lk.{which}"
     ivf_off = torch.zeros(k + 1, dtype=torch.int64)

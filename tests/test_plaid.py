@@ -11,12 +11,15 @@ from _data import clustered
 
 
 def laid_out(scores, layout):
-    """The same scores [nq, lq, k] token-major (contiguous) or code-major (each centroid's
-    lq scores adjacent, as centroid_scores returns them on the CPU): the CPU kernels read
-    both, by different paths."""
+    """The same scores [nq, lq, k] token-major (contiguous), code-major per query (storage
+    [nq, k, lq]) or code-major with the queries interleaved (storage [k, nq, lq]), the two
+    layouts centroid_scores returns on the CPU: the CPU kernels read token-major and
+    code-major scores by different paths."""
     if layout == "token":
         return scores.contiguous()
-    return scores.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "code":
+        return scores.transpose(1, 2).contiguous().transpose(1, 2)
+    return scores.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
 def problem(nq=3, lq=8, k=50, nd=40, seed=0):
@@ -41,7 +44,7 @@ def problem(nq=3, lq=8, k=50, nd=40, seed=0):
     return scores, mask, codes, off, ivf_off, ivf_docs, nd
 
 
-@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("layout", ["token", "code", "interleaved"])
 @pytest.mark.parametrize("ncells", [1, 2, 4, 100])
 @pytest.mark.parametrize("masked", [False, True])
 def test_ivf_candidates(ncells, masked, layout):
@@ -55,7 +58,7 @@ def test_ivf_candidates(ncells, masked, layout):
         assert set(got[0][got[0] >= 0].tolist()) == set(torch.unique(ivf_docs).tolist())
 
 
-@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("layout", ["token", "code", "interleaved"])
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "best"])
 @pytest.mark.parametrize("ncells", [1, 3, 16, 17])
 def test_ivf_candidates_many_ties_both_scans(isa, ncells, layout):
@@ -91,7 +94,7 @@ def test_ivf_ties_go_to_the_lower_centroid():
     assert lk.ivf_candidates(scores, ivf_off, ivf_docs, 4, 1).tolist() == [[1]]
 
 
-@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("layout", ["token", "code", "interleaved"])
 @pytest.mark.parametrize("threshold", [float("-inf"), 0.3, 0.6, 2.0])
 @pytest.mark.parametrize("masked", [False, True])
 def test_approx_scores(threshold, masked, layout):
@@ -107,7 +110,7 @@ def test_approx_scores(threshold, masked, layout):
     assert torch.isneginf(got[cand < 0]).all()
 
 
-@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("layout", ["token", "code", "interleaved"])
 @pytest.mark.parametrize("threshold", [float("-inf"), 0.3])
 def test_approx_scores_many_centroids_and_queries(threshold, layout):
     """Large k: the per-query table is built in blocks of 2,048 centroids (k = 4,133 ends
@@ -160,9 +163,10 @@ def test_approx_scores_register_transpose_is_bit_identical(lq):
     torch.testing.assert_close(got["best"][3].double(), want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["code", "interleaved"])
 @pytest.mark.parametrize("lq", [5, 8, 32, 40])
 @pytest.mark.parametrize("isa", ["scalar", "best"])
-def test_approx_scores_code_major_is_bit_identical_to_the_table(lq, isa):
+def test_approx_scores_code_major_is_bit_identical_to_the_table(lq, isa, layout):
     """Code-major scores are read in place (pruned centroids read a -inf row, or, when
     fewer than 1 in 16 survive, are skipped by a branch); token-major ones go through the
     transposed table. Same scores bit for bit, with masks (a query fully masked), pruning
@@ -177,7 +181,7 @@ def test_approx_scores_code_major_is_bit_identical_to_the_table(lq, isa):
     off[1:] = torch.cumsum(lens, 0)
     codes = torch.randint(0, k, (int(off[-1]),), generator=g, dtype=torch.int32)
     cand = torch.randint(-1, nd, (nq, 50), generator=g)
-    cm = laid_out(scores, "code")
+    cm = laid_out(scores, layout)
     kept = scores.amax(1).ge(0.9).float().mean().item()
     assert 0 < kept < 1 / 16  # the threshold 0.9 takes the sparse path
     before = lk.cpu_isa()
@@ -211,9 +215,11 @@ def test_approx_scores_code_major_refuses_nan_in_unmasked_tokens(threshold):
         lk.approx_scores(bad, codes, off, cand, threshold=threshold, query_mask=mask)
 
 
-def test_centroid_scores_layout_blocks_and_workspace(monkeypatch):
-    """On the CPU the scores come code-major, computed in blocks of centroids (a block size
-    of 7 here, so k = 30 ends in a partial block), optionally into a caller's workspace."""
+@pytest.mark.parametrize("one_matmul", [True, False])
+def test_centroid_scores_layout_blocks_and_workspace(monkeypatch, one_matmul):
+    """On the CPU the scores come code-major: from one matmul ([k, nq, lq] storage) when
+    they are small, else per query in blocks of centroids ([nq, k, lq]; a block of 7 here,
+    so k = 30 ends in a partial one), optionally into a caller's workspace."""
     from lateint_kernels.ops import plaid as lkp
 
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
@@ -221,13 +227,16 @@ def test_centroid_scores_layout_blocks_and_workspace(monkeypatch):
     c = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=-1)
     want = q.double() @ c.double().T
     monkeypatch.setattr(lkp, "_CENTROID_BLOCK", 7)
+    monkeypatch.setattr(lkp, "_ONE_MATMUL_BYTES", 4 * 450 if one_matmul else 4 * 449)
     s = lk.centroid_scores(q, c)
-    assert s.dtype == torch.float32 and s.shape == (3, 5, 30) and s.stride() == (150, 1, 5)
+    assert s.dtype == torch.float32 and s.shape == (3, 5, 30)
+    assert s.stride() == ((5, 1, 15) if one_matmul else (150, 1, 5))
     torch.testing.assert_close(s.double(), want, rtol=0, atol=1e-5)
     ws = torch.full((500,), float("nan"))
     s2 = lk.centroid_scores(q, c, workspace=ws)
-    assert s2.data_ptr() == ws.data_ptr() and torch.equal(s2, s)
+    assert s2.data_ptr() == ws.data_ptr() and s2.stride() == s.stride() and torch.equal(s2, s)
     assert torch.isnan(ws[450:]).all()  # past the scores: untouched
+    assert lk.centroid_scores(q[:0], c).shape == (0, 5, 30) and lk.centroid_scores(q, c[:0]).shape == (3, 5, 0)
     with pytest.raises(ValueError, match="workspace"):
         lk.centroid_scores(q, c, workspace=torch.empty(449))
     with pytest.raises(ValueError, match="workspace"):
@@ -386,7 +395,7 @@ def test_final_stage_scorers_compile():
 
 # ---------------------------------------------------------------------------------------
 # lut_maxsim: the final stage in the compressed domain (unnormalized reconstructions)
-@pytest.mark.parametrize("layout", ["token", "code"])
+@pytest.mark.parametrize("layout", ["token", "code", "interleaved"])
 @pytest.mark.parametrize("nbits", [1, 2, 4, 8])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("lq", [6, 32, 37])

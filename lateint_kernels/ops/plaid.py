@@ -220,15 +220,21 @@ def _check_scores(op, scores, query_mask):
 # centroids per matmul of centroid_scores on the CPU: a block of the centroids stays in cache
 # while every query's scores against it are computed
 _CENTROID_BLOCK = 4096
+# scores up to this size come from one matmul, [k, nq * Lq] (its wide output runs at the
+# BLAS's best; per-query products with few columns, e.g. 17 query tokens, run at half of
+# it), read in place with each centroid's row holding every query's scores; larger ones
+# are computed per query in blocks of centroids, so that one query's scores stay together
+_ONE_MATMUL_BYTES = 32 << 20
 
 
 def centroid_scores(queries: torch.Tensor, centroids: torch.Tensor, *,
                     workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Query-token x centroid inner products: queries [nq, Lq, dim], centroids [k, dim] ->
-    float32 [nq, Lq, k]. On the CPU the result is code-major: a view of a contiguous
-    [nq, k, Lq] tensor (each centroid's Lq scores adjacent), the layout that the CPU kernels
-    of ivf_candidates, approx_scores and lut_maxsim read in place; elsewhere it is
-    contiguous. `workspace` (CPU only): a contiguous float32 CPU tensor of at least
+    float32 [nq, Lq, k]. On the CPU the result is code-major (each centroid's Lq scores of a
+    query adjacent: stride(1) == 1), the layout that the CPU kernels of ivf_candidates,
+    approx_scores and lut_maxsim read in place: a view of a contiguous [k, nq, Lq] tensor
+    when the scores fit in _ONE_MATMUL_BYTES, else of a contiguous [nq, k, Lq] one;
+    elsewhere it is contiguous. `workspace` (CPU only): a contiguous float32 CPU tensor of at least
     nq * k * Lq elements that the scores are written into (and the result views), so that
     repeated searches reuse memory instead of faulting in fresh pages."""
     if queries.dim() != 3 or centroids.dim() != 2 or queries.shape[2] != centroids.shape[1]:
@@ -238,17 +244,22 @@ def centroid_scores(queries: torch.Tensor, centroids: torch.Tensor, *,
     if q.device.type != "cpu":
         return torch.matmul(q, c.T)
     nq, lq, k = q.shape[0], q.shape[1], c.shape[0]
+    n = nq * k * lq
+    if torch.compiler.is_compiling():  # the same products, without out=
+        if 4 * n <= _ONE_MATMUL_BYTES:
+            return torch.mm(c, q.reshape(nq * lq, q.shape[2]).T).view(k, nq, lq).permute(1, 2, 0)
+        return torch.matmul(c, q.transpose(1, 2)).transpose(1, 2)
+    if workspace is not None and (workspace.dtype != torch.float32 or workspace.device.type != "cpu"
+                                  or not workspace.is_contiguous() or workspace.numel() < n):
+        raise ValueError(f"centroid_scores: `workspace` must be a contiguous float32 CPU tensor of at least "
+                         f"n_queries * k * query_len = {n} elements")
+    buf = torch.empty(n) if workspace is None else workspace.view(-1)[:n]
+    if 4 * n <= _ONE_MATMUL_BYTES:  # [k, nq, Lq]
+        out = buf.view(k, nq * lq)
+        torch.mm(c, q.reshape(nq * lq, q.shape[2]).T, out=out)
+        return out.view(k, nq, lq).permute(1, 2, 0)
+    out = buf.view(nq, k, lq)
     qt = q.transpose(1, 2).contiguous()  # [nq, dim, Lq]
-    if torch.compiler.is_compiling():
-        return torch.matmul(c, qt).transpose(1, 2)
-    if workspace is None:
-        out = torch.empty(nq, k, lq)
-    else:
-        if (workspace.dtype != torch.float32 or workspace.device.type != "cpu" or not workspace.is_contiguous()
-                or workspace.numel() < nq * k * lq):
-            raise ValueError(f"centroid_scores: `workspace` must be a contiguous float32 CPU tensor of at least "
-                             f"n_queries * k * query_len = {nq * k * lq} elements")
-        out = workspace.view(-1)[:nq * k * lq].view(nq, k, lq)
     for c0 in range(0, k, _CENTROID_BLOCK):
         torch.matmul(c[c0:c0 + _CENTROID_BLOCK], qt, out=out[:, c0:c0 + _CENTROID_BLOCK])
     return out.transpose(1, 2)
