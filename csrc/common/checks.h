@@ -57,6 +57,30 @@ inline void check_bucket_weights(const at::Tensor& w, int64_t nbits, const char*
            " values, got shape ", w.sizes());
 }
 
+// The layout the PLAID CPU kernels read query-centroid `scores` [nq, lq, k] in: token-major (contiguous, token i's
+// scores one row of k) or code-major (stride(1) == 1: centroid c's lq scores adjacent, at
+// stride(2) from the next centroid's, as centroid_scores lays them out on the CPU), read in
+// place; any other strides are copied to token-major.
+struct ScoreLayout {
+  at::Tensor s;
+  bool code_major = false;
+  int64_t sq = 0, si = 0, sc = 0;  // element strides of query, token, centroid
+};
+
+inline ScoreLayout score_layout(const at::Tensor& scores) {
+  ScoreLayout l;
+  if (!scores.is_contiguous() && scores.stride(1) == 1 && scores.size(1) > 1) {
+    l.s = scores;
+    l.code_major = true;
+  } else {
+    l.s = scores.contiguous();
+  }
+  l.sq = l.s.stride(0);
+  l.si = l.s.stride(1);
+  l.sc = l.s.stride(2);
+  return l;
+}
+
 // The inputs the PLAID final-stage scorers share (decompress_maxsim, lut_maxsim): queries
 // float32 [nq, lq, dim], optional bool query_mask [nq, lq], codes int32 [T], packed uint8
 // [T, dim * nbits / 8], doc_offsets (CSR over T), bucket_weights [2^nbits], candidates int64

@@ -257,38 +257,6 @@ bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int
   return ok;
 }
 
-bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
-                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
-  const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> best(std::max<int64_t>(lq, 1));
-  for (int64_t c = 0; c < ncand; ++c) {
-    const int64_t d = cand[c];
-    if (d < 0) {
-      out[c] = ninf;
-      continue;
-    }
-    std::fill(best.begin(), best.end(), ninf);
-    // Pruned centroids have -inf rows: no branch on the pruning (it mispredicted), and
-    // max with -inf leaves `best` as it was, which is what skipping them did.
-    const int64_t t1 = doc_offsets[d + 1];
-    for (int64_t t = doc_offsets[d]; t < t1; ++t) {
-      // the rows are scattered over a table of k * lq floats (MBs at large k): fetch ahead
-      if (t + 8 < t1) {
-        const int32_t ahead = codes[t + 8];
-        if ((uint64_t)(int64_t)ahead < (uint64_t)k)
-          for (int64_t o = 0; o < lq; o += 16) __builtin_prefetch(scores_t + (int64_t)ahead * lq + o);
-      }
-      const int32_t code = codes[t];
-      if ((uint64_t)(int64_t)code >= (uint64_t)k) return false;
-      max_into(best.data(), scores_t + (int64_t)code * lq, lq);
-    }
-    float s = 0.f;
-    for (int64_t i = 0; i < lq; ++i) s += best[i] == ninf ? 0.f : best[i];
-    out[c] = s;
-  }
-  return true;
-}
-
 namespace {
 
 // max over the used (use[i] != 0) entries of row[0, n), -inf if none; *nan set when one of
@@ -349,9 +317,9 @@ bool approx_keep_rows(const float* scores, int64_t sc, const uint32_t* use, int6
   return !nan;
 }
 
-bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
-                            const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
-                            const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
+bool approx_scores_query(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
+                         const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
+                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out) {
   sparse = sparse && keep;
   const float ninf = -std::numeric_limits<float>::infinity();
   std::vector<float> best(std::max<int64_t>(lq, 1));
@@ -371,6 +339,7 @@ bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t
       }
     } else {
       for (int64_t t = doc_offsets[d]; t < t1; ++t) {
+        // the rows are scattered over k * sc floats (MBs at large k): fetch ahead
         if (t + 8 < t1) {
           const int32_t ahead = codes[t + 8];
           if ((uint64_t)(int64_t)ahead < (uint64_t)k)
@@ -386,7 +355,7 @@ bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t
     }
     float s = 0.f;
     for (int64_t i = 0; i < lq; ++i)
-      if (use[i]) s += best[i] == ninf ? 0.f : best[i];
+      if (!use || use[i]) s += best[i] == ninf ? 0.f : best[i];
     out[c] = s;
   }
   return true;

@@ -16,13 +16,6 @@ bool ivf_candidates_query(const float* scores, int64_t si, int64_t sc, const uin
                           int64_t ncells, std::vector<int64_t>* out, std::vector<uint8_t>* seen,
                           std::vector<int32_t>* order);
 
-// Approximate (centroid-only) MaxSim of one query against its candidates, with centroid
-// pruning: centroids whose best score over the query tokens is below the threshold take
-// no part. scores_t: [k, lq] transposed scores of the query (masked tokens already removed:
-// lq = unmasked rows), the rows of pruned centroids set to -inf by the caller; codes: int32
-// per token of the packed documents; out[c] = sum over query tokens of the max over the
-// candidate's kept tokens (0 for a token with none); -inf for candidate -1. Returns false
-// if a candidate holds a code outside [0, k) (out is then incomplete).
 // Rows [c0, c1) of one query's table for approx_scores_query: table[(c - c0) * stride + r]
 // = scores[rows[r] * k + c] for the l2 unmasked query tokens `rows` of scores [lq, k],
 // -inf for l2 <= r < stride (padding: a -inf column adds 0 to the approximate score), and
@@ -33,22 +26,25 @@ bool ivf_candidates_query(const float* scores, int64_t si, int64_t sc, const uin
 bool approx_table_rows(const float* scores, const int64_t* rows, int64_t l2, int64_t stride, int64_t k, int64_t c0,
                        int64_t c1, double threshold, float* table);
 
-bool approx_scores_query(const float* scores_t, int64_t lq, int64_t k, const int32_t* codes,
-                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
-
-// The same on code-major scores, read in place (no table): centroid c's lq scores are the
-// row scores + c * sc. use[i] != 0 for the unmasked tokens. approx_keep_rows sets keep[c]
-// for c in [c0, c1): the row's maximum over the used tokens (-inf when none) >= threshold,
-// counts the kept rows in *kept, and returns false when one of the used scores is NaN.
-// approx_scores_query_cm reads ninf_row (lq times -inf) in place of the rows of centroids
-// with !keep[c] (keep null: none pruned), or with `sparse` (for few kept centroids) skips
-// them, and sums the used tokens' maxima in token order, so that it returns what
-// approx_scores_query returns on the table of the same scores.
+// Approximate (centroid-only) MaxSim of one query against its candidates, with centroid
+// pruning: centroids whose best score over the query tokens is below the threshold take
+// no part. Centroid c's lq scores are the row scores + c * sc: a table from
+// approx_table_rows (sc = lq = its stride, use and keep null: masked tokens and pruned
+// centroids are already -inf there) or code-major scores read in place (use[i] != 0 for
+// the unmasked tokens). approx_keep_rows sets keep[c] for c in [c0, c1): the row's maximum
+// over the used tokens (-inf when none) >= threshold, counts the kept rows in *kept, and
+// returns false when one of the used scores is NaN. approx_scores_query reads ninf_row
+// (lq times -inf) in place of the rows of centroids with !keep[c] (keep null: none
+// pruned), or with `sparse` (for few kept centroids) skips them; codes: int32 per token of
+// the packed documents; out[c] = sum over the used query tokens, in order, of the max over
+// the candidate's kept tokens (0 for a token with none); -inf for candidate -1. Both
+// inputs of the same scores give the same bits. Returns false if a candidate holds a code
+// outside [0, k) (out is then incomplete).
 bool approx_keep_rows(const float* scores, int64_t sc, const uint32_t* use, int64_t lq, int64_t c0, int64_t c1,
                       double threshold, uint8_t* keep, int64_t* kept);
-bool approx_scores_query_cm(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
-                            const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
-                            const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
+bool approx_scores_query(const float* scores, int64_t sc, int64_t lq, int64_t k, const uint32_t* use,
+                         const uint8_t* keep, bool sparse, const float* ninf_row, const int32_t* codes,
+                         const int64_t* doc_offsets, const int64_t* cand, int64_t ncand, float* out);
 
 }  // namespace lateint
 

@@ -26,30 +26,6 @@ void check_scores(const at::Tensor& s, const std::optional<at::Tensor>& qmask, c
   }
 }
 
-// The layout the kernels read `scores` [nq, lq, k] in: token-major (contiguous, token i's
-// scores one row of k) or code-major (stride(1) == 1: centroid c's lq scores adjacent, at
-// stride(2) from the next centroid's, as centroid_scores lays them out on the CPU), read in
-// place; any other strides are copied to token-major.
-struct ScoreLayout {
-  at::Tensor s;
-  bool code_major = false;
-  int64_t sq = 0, si = 0, sc = 0;  // element strides of query, token, centroid
-};
-
-ScoreLayout score_layout(const at::Tensor& scores) {
-  ScoreLayout l;
-  if (!scores.is_contiguous() && scores.stride(1) == 1 && scores.size(1) > 1) {
-    l.s = scores;
-    l.code_major = true;
-  } else {
-    l.s = scores.contiguous();
-  }
-  l.sq = l.s.stride(0);
-  l.si = l.s.stride(1);
-  l.sc = l.s.stride(2);
-  return l;
-}
-
 at::Tensor ivf_candidates_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& query_mask,
                               const at::Tensor& ivf_offsets, const at::Tensor& ivf_docs,
                               int64_t n_docs, int64_t ncells, bool validate) {
@@ -167,7 +143,7 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
     at::parallel_for(0, nq * nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
-        if (!lateint::approx_scores_query_cm(sp + q * sl.sq, sl.sc, lq, k, use.data() + q * lq,
+        if (!lateint::approx_scores_query(sp + q * sl.sq, sl.sc, lq, k, use.data() + q * lq,
                                              prune ? keep.data() + q * k : nullptr, sparse[q] != 0,
                                              ninf_row.data(), cp,
                                              off.data_ptr<int64_t>(), ca + q * nc + c0, c1 - c0,
@@ -219,8 +195,10 @@ at::Tensor approx_scores_cpu(const at::Tensor& scores, const std::optional<at::T
     at::parallel_for(0, (q1 - q0) * nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t it = b; it < e; ++it) {
         const int64_t q = q0 + it / nb, c0 = (it % nb) * cb, c1 = std::min(nc, c0 + cb);
-        if (!lateint::approx_scores_query(tables.get() + (q - q0) * row_floats, strides[q - q0], k, cp, off.data_ptr<int64_t>(),
-                                          ca + q * nc + c0, c1 - c0, out.data_ptr<float>() + q * nc + c0))
+        const int64_t st = strides[q - q0];
+        if (!lateint::approx_scores_query(tables.get() + (q - q0) * row_floats, st, st, k, nullptr, nullptr, false,
+                                          nullptr, cp, off.data_ptr<int64_t>(), ca + q * nc + c0, c1 - c0,
+                                          out.data_ptr<float>() + q * nc + c0))
           codes_ok = false;
       }
     });

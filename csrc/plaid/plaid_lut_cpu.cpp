@@ -36,8 +36,8 @@ at::Tensor lut_maxsim_cpu(const at::Tensor& queries, const std::optional<at::Ten
   at::Tensor out = at::empty({nq, nc}, queries.options());
   if (nq == 0 || nc == 0) return out;
   const at::Tensor q = queries.contiguous(), cd = codes.contiguous();
-  // code-major scores (stride(1) == 1, as centroid_scores lays them out) are read in place
-  const at::Tensor sc = !scores.is_contiguous() && scores.stride(1) == 1 ? scores : scores.contiguous();
+  const ScoreLayout sl = score_layout(scores);
+  const at::Tensor& sc = sl.s;
   const at::Tensor pk = packed.contiguous();
   const at::Tensor w = bucket_weights.to(at::kFloat).contiguous();
   const int per_byte = 8 / (int)nbits;
@@ -66,7 +66,7 @@ at::Tensor lut_maxsim_cpu(const at::Tensor& queries, const std::optional<at::Ten
       const uint8_t* qmask = mp ? mp + qi * lq : nullptr;
       if (built != qi) {
         lateint::lut_build(qp + qi * lq * dim, qmask, lq, LQ, dim, table.data(), (int)nbits, lut.data());
-        lateint::lut_scores_transpose(sp + qi * sc.stride(0), sc.stride(1), sc.stride(2), lq, LQ, k, scores_t.data());
+        lateint::lut_scores_transpose(sp + qi * sl.sq, sl.si, sl.sc, lq, LQ, k, scores_t.data());
         built = qi;
       }
       for (int64_t j = c0; j < c1; ++j) {
