@@ -2,6 +2,8 @@
 out here on torch + scipy (the libraries themselves: tests/adapters/, in the adapters'
 environment), the reference backend, every CPU ISA path, fractional pool factors, the
 cascade order of colpali-engine's means, and bad input."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,41 @@ def test_kernel_row_norm_is_torch_normalize(level):
     print("dims served by the kernel's own summation:", [d for d, o in own.items() if o])
 
 
+_CAPABILITY_CHECK = """
+import torch, torch.nn.functional as F
+import lateint_kernels as lk
+g = torch.Generator().manual_seed(3)
+bad = []
+for dim in (48, 100, 120, 128):
+    x = F.normalize(torch.randn(200, dim, generator=g), dim=-1)
+    off = torch.tensor([0, 200])
+    rows, _ = lk.token_pool_labels(x, off, 8, variant="colpali")
+    got, _ = lk.token_pool(x, off, 8, variant="colpali")
+    for r in range(got.shape[0]):
+        if not torch.equal(got[r], F.normalize(x[rows == r].mean(0), dim=-1)):
+            bad.append((dim, r))
+print(torch.backends.cpu.get_cpu_capability(), "differ:", bad)
+assert not bad
+"""
+
+
+@pytest.mark.parametrize("capability", [None, "avx2", "default"])
+def test_colpali_means_follow_the_capability_torch_dispatched(capability):
+    """torch picks its kernels by CPU capability (ATEN_CPU_CAPABILITY overrides it); its dim-0
+    sum need not run at that capability's vector width (on AVX-512 CPUs it runs 8 wide).
+    Under each capability this CPU offers, a fresh process's colpali means are torch's."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    r = subprocess.run([sys.executable, "-c", _CAPABILITY_CHECK], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
 @pytest.mark.parametrize("pool_factor", [2, 3, 4])
 @pytest.mark.parametrize("dim", [3, 64, 130])
 def test_colpali_variant_bit_identical_to_formula(pool_factor, dim):
@@ -138,11 +175,13 @@ def test_colpali_variant_bit_identical_to_formula(pool_factor, dim):
         assert torch.equal(a, colpali_formula(d, pool_factor))
 
 
-def test_colpali_means_follow_torch_sum_order_on_large_clusters():
+@pytest.mark.parametrize("dim", [100, 120])
+def test_colpali_means_follow_torch_sum_order_on_large_clusters(dim):
     """Clusters of 16 to ~200 rows (where torch's cascaded sum departs from a running sum;
-    below the 32,768 values past which torch may split a sum over threads), dim 100 (column
-    blocks and leftover columns): the kernel's means are torch's `rows.mean(0)` bit for bit."""
-    tokens, off = docs_packed([500], 100, seed=11, n_topics=3, noise=0.3)
+    below the 32,768 values past which torch may split a sum over threads), dims with blocks
+    of four vectors, single vectors (at 8 and at 16 floats per vector) and leftover columns,
+    each summed in its own order: the kernel's means are torch's `rows.mean(0)` bit for bit."""
+    tokens, off = docs_packed([500], dim, seed=11, n_topics=3, noise=0.3)
     rows, new_off = lk.token_pool_labels(tokens, off, 50, variant="colpali")
     sizes = torch.bincount(rows)
     assert int(sizes.max()) > 64 and int((sizes > 16).sum()) >= 3  # the cascade's levels are exercised

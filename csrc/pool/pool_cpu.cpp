@@ -35,7 +35,7 @@ struct PoolInputs {
   DType dt = DType::F32;
   PoolDistance dist = PoolDistance::Cosine;
   lateint::PoolMeans means = lateint::PoolMeans::Sequential;
-  int torch_width = 8;  // floats per vector of torch's CPU kernels (cascade means)
+  int torch_width = 8;  // floats per vector of torch's dim-0 sum kernel (cascade means)
   bool pylate = true;   // PyLate's variant: `normalize` L2-normalizes the means only
   bool l2_rows = false; // every output row L2-normalized as torch.nn.functional.normalize
   // l2_rows: the kernel's own summation when it is torch's (row_norm_own), else torch's ops
@@ -53,12 +53,7 @@ PoolDistance distance_of(c10::string_view d, const char* op) {
               std::string(d), "\"");
 }
 
-// Floats per vector in torch's CPU kernels (the width of its Vectorized<float> at the
-// capability it dispatched to).
-int torch_vector_width() {
-  static const int width = at::get_cpu_capability() == "AVX512" ? 16 : 8;
-  return width;
-}
+int torch_sum_width();
 
 // The library whose pooling is reproduced: its distance (from `distance`, the PyLate
 // variant's choice) and how its means sum.
@@ -72,7 +67,7 @@ void apply_variant(c10::string_view variant, const char* op, PoolInputs& in) {
   in.pylate = false;
   in.dist = st ? PoolDistance::CosineClamped : PoolDistance::CosineRows;
   in.means = st ? lateint::PoolMeans::SequentialRounded : lateint::PoolMeans::Cascade;
-  in.torch_width = torch_vector_width();
+  in.torch_width = torch_sum_width();
 }
 
 void prepare_scalars(const char* op, double pool_factor, int64_t protected_tokens,
@@ -200,6 +195,37 @@ float probe_uniform(uint64_t& state) {
   return (float)((double)(state >> 11) / 9007199254740992.0 - 0.5);
 }
 
+// The vector width (floats) of torch's float32 sum over dim 0, which the cascade means
+// reproduce: found once against at::mean on pseudo-random rows of a dim (48) where the
+// two widths give other column blocks. The width of torch's Vectorized<float> at its
+// dispatched capability is not the answer: torch registers its AVX2 reduction kernels
+// for AVX-512 CPUs too, so the sum runs 8 wide there. If neither width matches (a torch
+// with yet another order), 8; the bit-identity tests then say so.
+int torch_sum_width() {
+  static const int width = [] {
+    constexpr int64_t rows = 200, dim = 48;
+    at::Tensor x = at::empty({rows, dim}, at::kFloat);
+    float* p = x.data_ptr<float>();
+    uint64_t state = 0x2545F4914F6CDD1Dull;
+    for (int64_t i = 0; i < rows * dim; ++i) p[i] = probe_uniform(state);
+    const at::Tensor want = x.mean(0).contiguous();
+    std::vector<int32_t> labels(rows, 0);
+    std::vector<float> got(dim);
+    int found = 0, matches = 0;
+    for (const int w : {8, 16}) {
+      lateint::PoolScratch s;
+      lateint::pool_doc_means(p, DType::F32, rows, 0, labels.data(), 1, dim, false, lateint::PoolMeans::Cascade, w,
+                              got.data(), s);
+      if (std::memcmp(got.data(), want.data_ptr<float>(), dim * sizeof(float)) == 0) {
+        found = w;
+        ++matches;
+      }
+    }
+    return matches == 1 ? found : 8;
+  }();
+  return width;
+}
+
 // Whether the cosine distances come from torch.mm, as the reproduced library computes
 // them: x x^T in float32 (sentence-transformers and colpali-engine cast to float32 first;
 // PyLate multiplies float32 tokens as they are). torch's matrix product gives the same
@@ -271,18 +297,26 @@ void l2_rows_torch(at::Tensor x) {
   x.copy_(f);
 }
 
+// Whether two summations are the same arithmetic for rows of `dim` values: only when
+// neither has a vector step (dim below both widths) and their tails fuse alike.
+bool same_norm(const lateint::TorchRowNorm& a, const lateint::TorchRowNorm& b, int64_t dim) {
+  return dim < a.width && dim < b.width && a.tail_fma == b.tail_fma;
+}
+
 // Which summation of lateint::TorchRowNorm torch's own float32 row norm is, for rows of
 // `dim` values: found once per dimension against torch on 4,096 pseudo-random rows of
-// varied scales. Only the choices that matter for `dim` are tried (the FMA of the vector
-// steps when dim >= width, of the tail when width does not divide dim), and one is used
-// only when it alone agrees with torch on every row (the output rows of
-// sentence-transformers and colpali-engine are exactly torch.nn.functional.normalize's).
-// False otherwise; the rows then go through torch's own ops.
-bool own_row_norm_is_torch(int64_t dim, int width, lateint::Isa isa, lateint::TorchRowNorm* how) {
+// varied scales. Both widths are tried (torch's norm kernel need not run at the width of
+// its dispatched capability: on AVX-512 CPUs it runs its AVX2 kernel), and per width only
+// the choices that matter for `dim` (the FMA of the vector steps when dim >= width, of the
+// tail when width does not divide dim). One is used only when it alone, up to the same
+// arithmetic, agrees with torch on every row (the output rows of sentence-transformers and
+// colpali-engine are exactly torch.nn.functional.normalize's). False otherwise; the rows
+// then go through torch's own ops.
+bool own_row_norm_is_torch(int64_t dim, lateint::Isa isa, lateint::TorchRowNorm* how) {
   static std::mutex mu;
-  static std::map<std::tuple<int64_t, int, int>, std::pair<bool, lateint::TorchRowNorm>> known;
+  static std::map<std::pair<int64_t, int>, std::pair<bool, lateint::TorchRowNorm>> known;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(dim, width, (int)isa);
+  const auto key = std::make_pair(dim, (int)isa);
   auto it = known.find(key);
   if (it == known.end()) {
     constexpr int64_t rows = 4096;
@@ -297,19 +331,21 @@ bool own_row_norm_is_torch(int64_t dim, int width, lateint::Isa isa, lateint::To
     l2_rows_torch(want);
     std::pair<bool, lateint::TorchRowNorm> found{false, {}};
     int matches = 0;
-    for (const bool vf : {false, true}) {
-      if (vf && dim < width) break;
-      for (const bool tf : {false, true}) {
-        if (tf && dim % width == 0) break;
-        lateint::TorchRowNorm c;
-        c.width = width;
-        c.vec_fma = vf;
-        c.tail_fma = tf;
-        at::Tensor got = x.clone();
-        lateint::l2_rows_like_torch(got.data_ptr<float>(), rows, dim, c, isa);
-        if (std::memcmp(got.data_ptr<float>(), want.data_ptr<float>(), rows * dim * sizeof(float)) == 0) {
-          found.second = c;
-          ++matches;
+    for (const int width : {8, 16}) {
+      for (const bool vf : {false, true}) {
+        if (vf && dim < width) break;
+        for (const bool tf : {false, true}) {
+          if (tf && dim % width == 0) break;
+          lateint::TorchRowNorm c;
+          c.width = width;
+          c.vec_fma = vf;
+          c.tail_fma = tf;
+          at::Tensor got = x.clone();
+          lateint::l2_rows_like_torch(got.data_ptr<float>(), rows, dim, c, isa);
+          if (std::memcmp(got.data_ptr<float>(), want.data_ptr<float>(), rows * dim * sizeof(float)) == 0) {
+            if (matches == 0 || !same_norm(found.second, c, dim)) ++matches;
+            found.second = c;
+          }
         }
       }
     }
@@ -325,8 +361,7 @@ bool own_row_norm_is_torch(int64_t dim, int width, lateint::Isa isa, lateint::To
 void decide_rows_l2(PoolInputs& in, bool normalize) {
   in.l2_rows = normalize && !in.pylate;
   if (in.l2_rows && in.dt != DType::F64)
-    in.row_norm_own = own_row_norm_is_torch(in.dim, in.torch_width, lateint::isa_for(lateint::Family::Pool),
-                                            &in.row_norm);
+    in.row_norm_own = own_row_norm_is_torch(in.dim, lateint::isa_for(lateint::Family::Pool), &in.row_norm);
 }
 
 // Document rows dst [count, dim] of T normalized in place as torch.nn.functional.normalize
@@ -762,7 +797,6 @@ std::tuple<at::Tensor, bool> l2_rows_cpu(const at::Tensor& x) {
   in.dim = x.size(1);
   in.opts = x.options();
   in.pylate = false;
-  in.torch_width = torch_vector_width();
   decide_rows_l2(in, true);
   at::Tensor out = x.contiguous().clone();
   std::vector<float> buf;
