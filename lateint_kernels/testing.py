@@ -43,6 +43,8 @@ SCHEMAS = {
     # kernel's own summation served it (it does where it reproduces torch's norm bit for bit
     # for this dim; torch's ops otherwise).
     "l2_rows": "(Tensor x) -> (Tensor, bool)",
+    # kmeans_assign's float32 kernel alone at the active ISA (the int8 screen off): codes, scores.
+    "kmeans_assign_float32": "(Tensor x, Tensor centroids) -> (Tensor, Tensor)",
 }
 
 

@@ -66,7 +66,7 @@ bool kmeans_int8_screen() {
   return cpu_has_avx512_vnni() && (int)isa_for(Family::KMeans) >= (int)Isa::Avx512;
 }
 
-bool pack_centroids(const void* c, DType dt, int64_t k, int64_t dim, PackedCentroids* out) {
+bool pack_centroids(const void* c, DType dt, int64_t k, int64_t dim, PackedCentroids* out, bool screen) {
   out->k = k;
   out->dim = dim;
   out->k_pad = (k + W - 1) / W * W;
@@ -78,7 +78,7 @@ bool pack_centroids(const void* c, DType dt, int64_t k, int64_t dim, PackedCentr
       finite &= std::isfinite(v);
       out->t[kk * out->k_pad + j] = v;
     }
-  out->vnni = finite && kmeans_int8_screen();
+  out->vnni = screen && finite && kmeans_int8_screen();
   if (out->vnni) {
     out->rows.resize(k * dim);
     for (int64_t j = 0; j < k; ++j)

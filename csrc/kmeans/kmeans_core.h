@@ -24,8 +24,9 @@ struct PackedCentroids {
   double cmax = 0, ecmax = 0;  // max |c|, max |c - dequantized c|
 };
 
-// Returns false if a centroid value is NaN or Inf.
-bool pack_centroids(const void* c, DType dt, int64_t k, int64_t dim, PackedCentroids* out);
+// Returns false if a centroid value is NaN or Inf. `screen` false keeps the int8 screen off
+// even where kmeans_int8_screen() allows it.
+bool pack_centroids(const void* c, DType dt, int64_t k, int64_t dim, PackedCentroids* out, bool screen = true);
 
 // Rows [r0, r1) of x ([n, dim] of dt): codes[i] = argmax_c <x_i, c>, scores[i] = the max.
 // Returns false if a row's products were not finite (NaN/Inf in x or in the centroids).

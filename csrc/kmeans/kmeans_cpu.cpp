@@ -13,8 +13,9 @@ namespace {
 
 using lateint::DType;
 
-std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,
-                                                     const at::Tensor& centroids) {
+// `screen`: whether the int8 screen may run (where kmeans_int8_screen() allows it).
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_impl(const at::Tensor& x, const at::Tensor& centroids,
+                                                      bool screen) {
   const char* op = "kmeans_assign";
   LK_CHECK_DIM(x, 2, op, "x", "[n, dim]");
   LK_CHECK_DIM(centroids, 2, op, "centroids", "[k, dim]");
@@ -32,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,
   const at::Tensor xc = x.contiguous(), cc = centroids.contiguous();
   const int64_t n = x.size(0), dim = x.size(1), k = centroids.size(0);
   lateint::PackedCentroids pc;
-  LK_CHECK(lateint::pack_centroids(cc.data_ptr(), dt, k, dim, &pc), op,
+  LK_CHECK(lateint::pack_centroids(cc.data_ptr(), dt, k, dim, &pc, screen), op,
            "`centroids` contains NaN or Inf");
   at::Tensor codes = at::empty({n}, x.options().dtype(at::kInt));
   at::Tensor scores = at::empty({n}, x.options().dtype(at::kFloat));
@@ -48,6 +49,18 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,
   return {codes, scores};
 }
 
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x, const at::Tensor& centroids) {
+  return kmeans_assign_impl(x, centroids, true);
+}
+
+// Testing hook: the float32 kernel alone at the active ISA (the int8 screen off), the
+// reference the screen's answers must equal bit for bit.
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_float32_cpu(const at::Tensor& x, const at::Tensor& centroids) {
+  return kmeans_assign_impl(x, centroids, false);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lateint_kernels, CPU, m) { m.impl("kmeans_assign", &kmeans_assign_cpu); }
+
+TORCH_LIBRARY_IMPL(lateint_testing, CPU, m) { m.impl("kmeans_assign_float32", &kmeans_assign_float32_cpu); }
