@@ -255,7 +255,12 @@ __attribute__((target("avx512f"))) int32_t argmin_avx512(const double* row, cons
   return (int32_t)_mm512_mask_reduce_min_epi64(eq, i0);
 }
 
-__attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry,
+// The Ward update of row y (ry = D + y * ld) and its mirror into column y in one pass: each
+// block of 8 updated values is stored to the row and scattered from the register to the
+// column, at the rows of live clusters other than y (rows of dead clusters are never read
+// again; (y, y) is row y's own entry). No written entry is read later in the pass: column
+// y's rows are live clusters, and row x, the other row read, is dead by now.
+__attribute__((target("avx512f"))) void ward_update_avx512(double* D, int64_t ld, double* ry,
                                                            const double* __restrict rx,
                                                            double dxy, double nx, double ny,
                                                            const double* __restrict size,
@@ -264,7 +269,7 @@ __attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry
   const int64_t np = round_up(n, 8);
   const __m512d vnx = _mm512_set1_pd(nx), vny = _mm512_set1_pd(ny), vnxy = _mm512_set1_pd(nx + ny);
   const __m512d vdxy = _mm512_set1_pd(dxy), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
-  (void)one;
+  const __m512i rows = _mm512_setr_epi64(0, ld, 2 * ld, 3 * ld, 4 * ld, 5 * ld, 6 * ld, 7 * ld);
   for (int64_t i = 0; i < np; i += 8) {
     const __m512d ni = _mm512_loadu_pd(size + i);
     __mmask8 act = _mm512_cmp_pd_mask(ni, zero, _CMP_NEQ_UQ);
@@ -279,26 +284,9 @@ __attribute__((target("avx512f"))) void ward_update_avx512(double* __restrict ry
     __m512d c = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(ni, t), vdxy), vdxy);
     __m512d r = _mm512_sub_pd(_mm512_add_pd(a, b), c);
     r = _mm512_mask_mov_pd(r, _mm512_cmp_pd_mask(r, zero, _CMP_LT_OQ), zero);
-    _mm512_mask_storeu_pd(ry + i, act, _mm512_sqrt_pd(r));
-  }
-}
-
-// Column y of D set from row y (ry) at the rows of live clusters: one masked scatter per
-// 8 rows. Rows of dead clusters are never read again, so they are skipped rather than
-// written (a store per row, live or dead, each to its own cache line, was what the mirror
-// cost).
-__attribute__((target("avx512f"))) void mirror_column_avx512(double* D, int64_t ld, int64_t y,
-                                                            const double* ry,
-                                                            const double* size, int64_t n) {
-  const int64_t np = round_up(n, 8);
-  const __m512d zero = _mm512_setzero_pd();
-  __m512i idx = _mm512_setr_epi64(0, ld, 2 * ld, 3 * ld, 4 * ld, 5 * ld, 6 * ld, 7 * ld);
-  const __m512i step = _mm512_set1_epi64(8 * ld);
-  double* col = D + y;
-  for (int64_t i = 0; i < np; i += 8) {
-    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + i), zero, _CMP_NEQ_UQ);
-    _mm512_mask_i64scatter_pd(col, live, idx, _mm512_loadu_pd(ry + i), 8);
-    idx = _mm512_add_epi64(idx, step);
+    const __m512d out = _mm512_sqrt_pd(r);
+    _mm512_mask_storeu_pd(ry + i, act, out);
+    _mm512_mask_i64scatter_pd(D + y, act, _mm512_add_epi64(rows, _mm512_set1_epi64(i * ld)), out, 8);
   }
 }
 
@@ -384,6 +372,46 @@ __attribute__((target("avx2"))) void ward_update_mirror_avx2(double* D, int64_t 
 }
 #endif
 
+// One row of the compaction: dst[c] = src[keep[c]] for c < a (the live columns, keep
+// increasing), then +inf up to ld2. dst may share memory with src at a lower or equal
+// address: each element is read before any write reaches it.
+void compact_row_scalar(const double* src, double* dst, const int64_t* keep, int64_t a, int64_t ld2) {
+  for (int64_t c = 0; c < a; ++c) dst[c] = src[keep[c]];
+  for (int64_t c = a; c < ld2; ++c) dst[c] = kInf;
+}
+
+#ifdef LATEINT_POOL_X86
+// The live columns of each block of 8 (size != 0) packed down with a compress: the same
+// values in the same order as the scalar loop. Writes only the packed lanes, so nothing
+// past column a - 1 is written before the +inf fill.
+__attribute__((target("avx512f"))) void compact_row_avx512(const double* src, double* dst,
+                                                           const double* size, int64_t m,
+                                                           int64_t a, int64_t ld2) {
+  const __m512d zero = _mm512_setzero_pd();
+  int64_t pos = 0;
+  for (int64_t i = 0; i < m; i += 8) {
+    const __mmask8 live = _mm512_cmp_pd_mask(_mm512_loadu_pd(size + i), zero, _CMP_NEQ_UQ);
+    if (!live) continue;
+    const __m512d v = _mm512_maskz_compress_pd(live, _mm512_loadu_pd(src + i));
+    const int cnt = __builtin_popcount((unsigned)live);
+    _mm512_mask_storeu_pd(dst + pos, (__mmask8)((1u << cnt) - 1), v);
+    pos += cnt;
+  }
+  for (int64_t c = a; c < ld2; ++c) dst[c] = kInf;
+}
+#endif
+
+void compact_row(const double* src, double* dst, const int64_t* keep, const double* size, int64_t m,
+                 int64_t a, int64_t ld2, Isa isa) {
+#ifdef LATEINT_POOL_X86
+  if (isa >= Isa::Avx512) return compact_row_avx512(src, dst, size, m, a, ld2);
+#endif
+  (void)size;
+  (void)m;
+  (void)isa;
+  compact_row_scalar(src, dst, keep, a, ld2);
+}
+
 int32_t row_argmin(const double* row, const double* size, int64_t n, Isa isa, double* m) {
 #ifdef LATEINT_POOL_X86
   if (isa >= Isa::Avx512) return argmin_avx512(row, size, n, m);
@@ -394,13 +422,7 @@ int32_t row_argmin(const double* row, const double* size, int64_t n, Isa isa, do
 }
 
 // Mirror row y into column y (the matrix stays symmetric).
-void mirror_column(double* D, int64_t ld, int64_t y, const double* ry, const double* size,
-                   int64_t n, Isa isa) {
-#ifdef LATEINT_POOL_X86
-  if (isa >= Isa::Avx512) return mirror_column_avx512(D, ld, y, ry, size, n);
-#endif
-  (void)size;
-  (void)isa;
+void mirror_column(double* D, int64_t ld, int64_t y, const double* ry, int64_t n) {
   // Branch-free: rows of dead clusters are never read again, so writing them too is
   // harmless (ry[y] stays +inf; scans skip dead columns).
   for (int64_t i = 0; i < n; ++i) D[i * ld + y] = ry[i];
@@ -411,11 +433,10 @@ void ward_update(double* D, int64_t ld, double* ry, const double* rx, double dxy
                  const double* size, const double* inv, int64_t n, int64_t y, Isa isa) {
 #ifdef LATEINT_POOL_X86
   if (isa == Isa::Avx2) return ward_update_mirror_avx2(D, ld, ry, rx, dxy, nx, ny, size, n, y);
-  if (isa >= Isa::Avx512) ward_update_avx512(ry, rx, dxy, nx, ny, size, inv, n, y);
-  else
+  if (isa >= Isa::Avx512) return ward_update_avx512(D, ld, ry, rx, dxy, nx, ny, size, inv, n, y);
 #endif
-    ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
-  mirror_column(D, ld, y, ry, size, n, isa);
+  ward_update_scalar(ry, rx, dxy, nx, ny, size, inv, n, y);
+  mirror_column(D, ld, y, ry, n);
 }
 
 }  // namespace
@@ -472,12 +493,7 @@ void ward_nn_chain(double* D, int64_t n, int64_t ld, int32_t* mx, int32_t* my, d
           remap[i] = (int32_t)a++;
         }
       const int64_t ld2 = row_stride(a);
-      for (int64_t r = 0; r < a; ++r) {
-        const double* src = D + keep[r] * ld;
-        double* dst = D + r * ld2;
-        for (int64_t c = 0; c < a; ++c) dst[c] = src[keep[c]];
-        for (int64_t c = a; c < ld2; ++c) dst[c] = kInf;
-      }
+      for (int64_t r = 0; r < a; ++r) compact_row(D + keep[r] * ld, D + r * ld2, keep, size, m, a, ld2, isa);
       for (int64_t r = 0; r < a; ++r) {
         orig[r] = orig[keep[r]];
         cid[r] = cid[keep[r]];
