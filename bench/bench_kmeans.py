@@ -1,8 +1,9 @@
 """kmeans_assign on CPU vs plain torch (chunked matmul + max, the way one would write it
 without materializing [n, k]), same data, same run; sgemm ceiling measured alongside. Where
 the CPU has AVX512-VNNI, kmeans_assign screens with int8 dot products: it is timed both ways
-(the float32 kernel alone via cpu_isa("avx2"), so at its AVX2 width), and both answers are
-checked to be equal.
+(the float32 kernel alone at the same ISA level through the testing hook
+lateint_testing::kmeans_assign_float32), and both answers are checked to be equal bit for
+bit.
 
     python bench/bench_kmeans.py [--smoke]
 Appends rows to bench/results/kmeans.csv.
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 import lateint_kernels as lk  # noqa: E402
+import lateint_kernels.testing as lkt  # noqa: E402
 
 
 def torch_assign(x, c, chunk=16384):
@@ -46,13 +48,8 @@ def main(argv=None):
         c = x[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]].contiguous()
         assert torch.equal(lk.kmeans_assign(x, c).long(), torch_assign(x, c)), "different answers"
         reps = dict(repeats=1, min_repeats_slow=1) if args.smoke else dict(repeats=3, min_repeats_slow=3)
-        before = lk.cpu_isa()
-        lk.cpu_isa("avx2")  # the float32 kernel alone (the int8 screen needs the avx512 level)
-        try:
-            fp32 = lk.kmeans_assign(x, c, return_scores=True)
-            t_fp32 = H.time_cpu(lambda: lk.kmeans_assign(x, c), **reps)
-        finally:
-            lk.cpu_isa(before)
+        fp32 = lkt.ops.kmeans_assign_float32(x, c)  # the float32 kernel alone, screen off
+        t_fp32 = H.time_cpu(lambda: lkt.ops.kmeans_assign_float32(x, c), **reps)
         got = lk.kmeans_assign(x, c, return_scores=True)
         assert torch.equal(got[0], fp32[0]) and torch.equal(got[1], fp32[1]), "int8 screen changed the answer"
         t_ours = H.time_cpu(lambda: lk.kmeans_assign(x, c), **reps)
