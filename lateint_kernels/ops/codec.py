@@ -173,12 +173,58 @@ def _quantiles(sorted_values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     return (v_lo + frac * (v_hi - v_lo)).float()
 
 
-def residual_buckets(residuals: torch.Tensor, nbits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Bucket cutoffs (quantiles i / 2^nbits, i = 1 .. 2^nbits - 1) and weights (quantiles
-    (i + 0.5) / 2^nbits, i = 0 .. 2^nbits - 1) of a sample of residual values, as
-    ColBERTv2/PLAID derive them. Sort-based: no torch.quantile size limit (2^24)."""
+_BUCKET_METHODS = ("quantile", "lloyd")
+
+
+_LLOYD_VALUES = 1 << 22
+
+
+def _lloyd(sorted_values: torch.Tensor, weights: torch.Tensor, iters: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's iterations for a scalar quantizer on sorted values, from `weights`: cutoffs at
+    the midpoints of adjacent weights, each weight the mean of the values in its bucket
+    (a bucket left empty keeps its weight), until nothing changes or `iters`. Sums in
+    float64 over prefix sums, of an evenly strided subsample of at most 2^22 values when
+    there are more (a sample of the sorted values is still sorted and keeps its quantiles;
+    the prefix sums stay 32 MB)."""
+    v = sorted_values
+    if v.numel() > _LLOYD_VALUES:
+        stride = -(-v.numel() // _LLOYD_VALUES)
+        v = v[stride // 2::stride]
+    v = v.double()
+    prefix = torch.zeros(v.numel() + 1, dtype=torch.float64, device=v.device)
+    prefix[1:] = torch.cumsum(v, 0)
+    w = weights.double()
+    for _ in range(iters):
+        cut = (w[1:] + w[:-1]) / 2
+        # bucket j holds the values in (cut[j - 1], cut[j]]: compress's bucketize rule
+        edges = torch.cat([torch.zeros(1, dtype=torch.int64, device=v.device),
+                           torch.searchsorted(v, cut, right=True),
+                           torch.full((1,), v.numel(), dtype=torch.int64, device=v.device)])
+        count = (edges[1:] - edges[:-1]).double()
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        new = torch.where(count > 0, sums / count.clamp(min=1), w)
+        if torch.equal(new, w):
+            break
+        w = new
+    return ((w[1:] + w[:-1]) / 2).float(), w.float()
+
+
+def residual_buckets(residuals: torch.Tensor, nbits: int, method: str = "quantile",
+                     iters: int = 1000) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bucket cutoffs [2^nbits - 1] and weights [2^nbits] of a sample of residual values.
+    "quantile": ColBERTv2/PLAID's (cutoffs at the quantiles i / 2^nbits, weights at
+    (i + 0.5) / 2^nbits). "lloyd": the scalar quantizer of least squared error on the sample,
+    Lloyd's iterations (at most `iters`) started from PLAID's weights: the same bytes and
+    kernels, a smaller reconstruction error (on Gaussian-like residuals about 20% less at 2
+    bits). Sort-based: no torch.quantile size limit (2^24)."""
     if nbits not in _NBITS or isinstance(nbits, bool):
         raise ValueError(f"residual_buckets: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
+    if method not in _BUCKET_METHODS:
+        raise ValueError(f"residual_buckets: `method` must be \"quantile\" or \"lloyd\", got {method!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"residual_buckets: `iters` must be a positive int, got {iters!r}")
+    if not isinstance(residuals, torch.Tensor):
+        raise ValueError(f"residual_buckets: `residuals` must be a tensor, got {type(residuals).__name__}")
     v = residuals.detach().reshape(-1).float()
     if v.numel() == 0:
         raise ValueError("residual_buckets: `residuals` is empty")
@@ -188,4 +234,7 @@ def residual_buckets(residuals: torch.Tensor, nbits: int) -> Tuple[torch.Tensor,
     m = 1 << nbits
     cut_q = torch.arange(1, m, dtype=torch.float64) / m
     w_q = (torch.arange(m, dtype=torch.float64) + 0.5) / m
-    return _quantiles(s, cut_q.to(s.device)), _quantiles(s, w_q.to(s.device))
+    cut, w = _quantiles(s, cut_q.to(s.device)), _quantiles(s, w_q.to(s.device))
+    if method == "lloyd":
+        cut, w = _lloyd(s, w, iters)
+    return cut, w

@@ -159,6 +159,8 @@ each command has --help; exit status 0 on success, 2 on bad arguments or input f
                    help="a two-level codec: centroids grouped under N coarse cells, each token compared with "
                         "the centroids of its --nprobe nearest cells (for 16k+ centroids; e.g. 256)")
     b.add_argument("--nprobe", type=_POS, default=8, help="cells probed per token with --coarse-cells (default 8)")
+    b.add_argument("--buckets", choices=("lloyd", "quantile"), default="lloyd",
+                   help="residual buckets: least squared error (default) or PLAID's quantiles")
     b.add_argument("--shards", type=_POS, help="build N shards of one codec on Ray (see --ray)")
     b.add_argument("--ray", metavar="ADDRESS", help="a Ray cluster's address (default with --shards: a local one)")
     a_ = ixs.add_parser("add", help="add documents (new ids) without a rebuild")

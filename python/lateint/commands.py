@@ -373,7 +373,7 @@ def _index_build(args) -> int:
         source = [(pooled[0], pooled[1])]
     del tokens
     budget = {"kmeans_niter": args.kmeans_niter, "max_points_per_centroid": args.max_points_per_centroid,
-              "coarse_cells": args.coarse_cells, "nprobe": args.nprobe}
+              "coarse_cells": args.coarse_cells, "nprobe": args.nprobe, "buckets": args.buckets}
     t = time.perf_counter()
     try:
         with atomic_directory(os.path.abspath(args.index), replace_if=_is_our_index) as tmp:

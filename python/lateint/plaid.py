@@ -552,12 +552,15 @@ class PLAIDIndex:
     def build(cls, doc_tokens: torch.Tensor, doc_offsets: torch.Tensor, ids: Optional[Sequence[int]] = None, *,
               nbits: int = 4, seed: int = 0, n_centroids: Optional[int] = None, kmeans_niter: int = 20,
               sample_docs: Optional[int] = None, show_progress_bar: bool = False,
-              pool_factor: int = 1, max_points_per_centroid: Optional[int] = 256) -> "PLAIDIndex":
+              pool_factor: int = 1, max_points_per_centroid: Optional[int] = 256,
+              buckets: str = "lloyd") -> "PLAIDIndex":
         """Index packed documents (doc_tokens [T, dim] float, L2-normalized; doc_offsets
         int64 [n + 1]). Centroid count and k-means sample follow PLAID's rules unless given:
         sample = min(n, 1 + 16 * sqrt(120 * n)) documents, centroids =
         2 ** floor(log2(16 * sqrt(tokens of the sample scaled to the corpus))). pool_factor > 1
-        first pools each document's tokens (lk.token_pool, PyLate's hierarchical pooling)."""
+        first pools each document's tokens (lk.token_pool, PyLate's hierarchical pooling).
+        buckets: "lloyd" (default) fits the residual buckets for the least squared error,
+        "quantile" as PLAID does (lk.residual_buckets); same bytes and search either way."""
         op = "PLAIDIndex.build"
         _check_tokens(op, doc_tokens, doc_offsets)
         n = doc_offsets.shape[0] - 1
@@ -569,6 +572,7 @@ class PLAIDIndex:
             raise ValueError(f"{op}: dim * nbits must be a multiple of 8")
         _positive_int(op, "pool_factor", pool_factor)
         _positive_int(op, "kmeans_niter", kmeans_niter)
+        _source.check_buckets(op, buckets)
         for arg, v in (("n_centroids", n_centroids), ("sample_docs", sample_docs),
                        ("max_points_per_centroid", max_points_per_centroid)):
             if v is not None:
@@ -587,7 +591,7 @@ class PLAIDIndex:
         codec = _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
                                     kmeans_niter=kmeans_niter, sample_docs=sample_docs,
                                     max_points_per_centroid=max_points_per_centroid,
-                                    progress=show_progress_bar)
+                                    progress=show_progress_bar, buckets=buckets)
         centroids, cutoffs, weights = codec.centroids, codec.bucket_cutoffs, codec.bucket_weights
         codes = torch.empty(doc_tokens.shape[0], dtype=torch.int32)
         packed = torch.empty(doc_tokens.shape[0], doc_tokens.shape[1] * nbits // 8, dtype=torch.uint8)
@@ -768,7 +772,8 @@ class PLAIDIndex:
         time, and never copied whole. Peak memory is set by `chunk_tokens` (default 2^18),
         the k-means sample and the centroids, not by the corpus. Keywords: nbits, seed,
         n_centroids, kmeans_niter (20), max_points_per_centroid (256: at most that many
-        k-means points per centroid), sample_docs, chunk_tokens, show_progress_bar,
+        k-means points per centroid), buckets ("lloyd" or "quantile", as `build`),
+        sample_docs, chunk_tokens, show_progress_bar,
         metadata, verify, coarse_cells and nprobe (a two-level codec: centroids grouped
         under `coarse_cells` coarse centres, each token compared with the centroids of its
         `nprobe` nearest cells only), codec_from (the path of an index whose codec to

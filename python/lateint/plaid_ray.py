@@ -252,7 +252,8 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
                    kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256,
                    sample_docs: Optional[int] = None, chunk_tokens: int = 1 << 18,
                    show_progress_bar: bool = False, metadata: Optional[dict] = None,
-                   coarse_cells: Optional[int] = None, nprobe: int = 8, codec_from: Optional[str] = None) -> None:
+                   coarse_cells: Optional[int] = None, nprobe: int = 8, codec_from: Optional[str] = None,
+                   buckets: str = "lloyd") -> None:
     """Builds `n_shards` shards of one codec under `path` (new or empty): the codec from a
     sample of the whole source (as PLAIDIndex.create), then each shard's run of chunks
     compressed by a Ray task. Shard i holds chunks [i*C/n, (i+1)*C/n) of the C chunks.
@@ -260,6 +261,7 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
     an index path whose codec the shards share, instead of training one."""
     op = "create_sharded"
     n_shards = _positive_int(op, "n_shards", n_shards)
+    _source.check_buckets(op, buckets)
     path = os.fspath(path)
     if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise FileExistsError(f"{op}: {path} exists and is not an empty directory; nothing was changed")
@@ -271,7 +273,7 @@ def create_sharded(path: str, source, n_shards: int, *, ray_address: Optional[st
              _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
                                  kmeans_niter=kmeans_niter, sample_docs=sample_docs,
                                  max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
-                                 coarse_cells=coarse_cells, nprobe=nprobe))
+                                 coarse_cells=coarse_cells, nprobe=nprobe, buckets=buckets))
     n_chunks = len(src._shape)
     if n_chunks < n_shards:
         raise ValueError(f"{op}: the source has {n_chunks} chunks for {n_shards} shards; cut it finer "

@@ -269,15 +269,26 @@ def scan(src: Source, ids_wanted: bool, progress: bool) -> Tuple[np.ndarray, Opt
     return lengths, ids
 
 
+BUCKET_METHODS = ("lloyd", "quantile")
+
+
+def check_buckets(op: str, buckets) -> None:
+    if not isinstance(buckets, str) or buckets not in BUCKET_METHODS:
+        raise ValueError(f"{op}: `buckets` must be \"lloyd\" or \"quantile\", got {buckets!r}")
+
+
 def train_codec(src: Source, lengths: np.ndarray, *, nbits: int, seed: int, n_centroids: Optional[int],
                 kmeans_niter: int, sample_docs: Optional[int], max_points_per_centroid: Optional[int],
-                progress: bool, coarse_cells: Optional[int] = None, nprobe: int = 8) -> Codec:
+                progress: bool, coarse_cells: Optional[int] = None, nprobe: int = 8,
+                buckets: str = "lloyd") -> Codec:
     """Sample -> k-means -> residual buckets, reading only the sampled documents' rows (one
     pass). The sample: min(n, 1 + 16 sqrt(120 n)) documents (or `sample_docs`), as PLAID
     draws it; 5% of its tokens held out for the buckets; k-means on at most
     n_centroids * max_points_per_centroid of the others. coarse_cells: a two-level codec
     (kmeans.fit_two_level; tokens coded through their `nprobe` best cells), for centroid
-    counts where the flat k-means and assignment cost too much."""
+    counts where the flat k-means and assignment cost too much. buckets: how the residual
+    buckets are fit on the held-out residuals (lk.residual_buckets' method: "lloyd", the
+    least squared error, or "quantile", PLAID's)."""
     n = lengths.shape[0]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -330,7 +341,8 @@ def train_codec(src: Source, lengths: np.ndarray, *, nbits: int, seed: int, n_ce
     codec = Codec(centroids, None, None, nbits, None, coarse, cell_offsets, None if coarse is None else nprobe)
     ref = held if n_held else train
     ref_codes, ref_scores = codec.assign(ref)
-    codec.bucket_cutoffs, codec.bucket_weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits)
+    codec.bucket_cutoffs, codec.bucket_weights = lk.residual_buckets(ref - centroids[ref_codes.long()], nbits,
+                                                                     buckets)
     codec.outlier_score = float(ref_scores.kthvalue(max(1, math.ceil(OUTLIER_QUANTILE * ref_scores.shape[0]))).values)
     return codec
 

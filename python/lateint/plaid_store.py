@@ -775,7 +775,7 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
            kmeans_niter: int = 20, max_points_per_centroid: Optional[int] = 256, sample_docs: Optional[int] = None,
            chunk_tokens: int = 1 << 18, show_progress_bar: bool = False, metadata: Optional[dict] = None,
            verify: bool = True, coarse_cells: Optional[int] = None, nprobe: int = 8,
-           codec_from: Optional[str] = None) -> SegmentedIndex:
+           codec_from: Optional[str] = None, buckets: str = "lloyd") -> SegmentedIndex:
     """See PLAIDIndex.create."""
     op = "PLAIDIndex.create"
     if nbits not in (1, 2, 4, 8) or isinstance(nbits, bool):
@@ -787,6 +787,7 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
         if v is not None:
             _positive_int(op, arg, v)
     _positive_int(op, "nprobe", nprobe)
+    _source.check_buckets(op, buckets)
     path = os.fspath(path)
     if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise FileExistsError(f"{op}: {path} exists and is not an empty directory; nothing was changed (create "
@@ -800,7 +801,7 @@ def create(path: str, source, *, nbits: int = 4, seed: int = 0, n_centroids: Opt
              _source.train_codec(src, lengths, nbits=nbits, seed=seed, n_centroids=n_centroids,
                                  kmeans_niter=kmeans_niter, sample_docs=sample_docs,
                                  max_points_per_centroid=max_points_per_centroid, progress=show_progress_bar,
-                                 coarse_cells=coarse_cells, nprobe=nprobe))
+                                 coarse_cells=coarse_cells, nprobe=nprobe, buckets=buckets))
     create_from_codec(path, src, codec, src.dim, ids=ids, metadata=user, progress=show_progress_bar)
     return SegmentedIndex.open(path, verify=verify)
 
