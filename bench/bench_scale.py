@@ -145,7 +145,8 @@ def child_build(a):
         t = time.perf_counter()
         idx = PLAIDIndex.create(a["index"], src, nbits=a["nbits"], n_centroids=a["centroids"],
                                 coarse_cells=a["coarse_cells"], nprobe=a["nprobe"], kmeans_niter=a["niter"],
-                                max_points_per_centroid=a["mppc"], show_progress_bar=a["progress"])
+                                max_points_per_centroid=a["mppc"], show_progress_bar=a["progress"],
+                                buckets=a["buckets"])
         wall = time.perf_counter() - t
     return {"wall_s": wall, "peak_anon": m.peak, "bytes_per_token": idx.bytes_per_token(),
             "n_docs": idx.n_docs, "n_tokens": idx.n_tokens, "centroids": int(idx._state.centroids.shape[0])}
@@ -419,6 +420,8 @@ def main() -> int:
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--niter", type=int, default=10)
     p.add_argument("--mppc", type=int, default=48, help="max_points_per_centroid of the build")
+    p.add_argument("--buckets", choices=("lloyd", "quantile"), default="lloyd",
+                   help="residual buckets of the build (quantile: PLAID's; its own index folder and rows)")
     p.add_argument("--drift-docs", type=int, default=100_000, help="base documents of the drift run (+50%% new)")
     p.add_argument("--wordnet-queries", type=int, default=2000)
     p.add_argument("--budget-docs", type=int, default=50_000, help="documents of the k-means budget sweep")
@@ -441,7 +444,7 @@ def main() -> int:
         work = args.work
     tag = "smoke" if args.smoke else f"{args.docs // 1000}k"
     corpus = os.path.join(work, "scale1m" if not args.smoke else "corpus")
-    index = os.path.join(work, f"scale-index-{tag}")
+    index = os.path.join(work, f"scale-index-{tag}" + ("" if args.buckets == "lloyd" else f"-{args.buckets}"))
     truth_path = os.path.join(work, f"scale-truth-{tag}-{args.queries}.pt")
     print(f"# bench_scale: {H.cpu_model()}, isa {lk.cpu_isa()}, torch {torch.__version__}, commit {H.git_commit()}, "
           f"{args.docs:,} documents, work {work}", flush=True)
@@ -462,13 +465,14 @@ def main() -> int:
         print(f"# corpus written in {time.perf_counter() - t:.0f} s")
     n_total = int(np.load(os.path.join(corpus, "offsets.npy"), mmap_mode="r").shape[0] - 1)
     n_docs = min(args.docs, n_total)
-    shape = f"{n_docs} docs nbits2"
+    shape = f"{n_docs} docs nbits2" + ("" if args.buckets == "lloyd" else f" {args.buckets}")
     base = {"corpus": corpus, "n_docs": n_docs, "index": index, "truth": truth_path, "nbits": 2,
             "progress": not args.smoke, "threads": os.cpu_count() or 1}
 
     if "build" in steps:
         r = run_child("build", {**base, "centroids": args.centroids, "coarse_cells": args.coarse_cells,
-                                "nprobe": args.nprobe, "niter": args.niter, "mppc": args.mppc})
+                                "nprobe": args.nprobe, "niter": args.niter, "mppc": args.mppc,
+                                "buckets": args.buckets})
         bshape = f"{shape} k{r['centroids']} cells{args.coarse_cells} mppc{args.mppc} it{args.niter}"
         row(bshape, "build_wall", r["wall_s"] / 60, "min")
         row(bshape, "build_peak_anon", gib(r["peak_anon"]), "GiB")
