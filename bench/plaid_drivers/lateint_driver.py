@@ -9,11 +9,12 @@ from lateint.plaid import PLAIDIndex  # noqa: E402
 corpus, work, nbits, report = common.args()
 tokens, offsets, queries = common.load_corpus(corpus)
 niter = int(os.environ.get("LATEINT_BENCH_KMEANS_NITER", "4"))  # fast-plaid's default: 4
+buckets = os.environ.get("LATEINT_BENCH_BUCKETS", "lloyd")  # "quantile": PLAID's residual buckets
 path = os.path.join(work, f"lateint-{nbits}")
 
 
 def make():
-    index = PLAIDIndex.build(tokens, offsets, nbits=nbits, kmeans_niter=niter)
+    index = PLAIDIndex.build(tokens, offsets, nbits=nbits, kmeans_niter=niter, buckets=buckets)
     index.save(common.fresh_dir(work, f"lateint-{nbits}"))  # on disk, like the others' build
     return index
 
