@@ -174,9 +174,7 @@ def _quantiles(sorted_values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
 
 
 _BUCKET_METHODS = ("quantile", "lloyd")
-
-
-_LLOYD_VALUES = 1 << 22
+_LLOYD_VALUES = 1 << 22  # values Lloyd's iterations run on at most (see _lloyd)
 
 
 def _lloyd(sorted_values: torch.Tensor, weights: torch.Tensor, iters: int) -> Tuple[torch.Tensor, torch.Tensor]:
