@@ -143,6 +143,8 @@ def test_bad_input_files(work, capsys, tmp_path):
     _bad(capsys, ["index", "build", "--embeddings", work / "queries", "--index", tmp_path / "i3"], "queries")
     _bad(capsys, ["index", "build", "--embeddings", work / "docs", "--index", tmp_path / "i4", "--pool-factor", "0"],
          "--pool-factor")
+    _bad(capsys, ["index", "build", "--embeddings", work / "docs", "--index", tmp_path / "i4", "--buckets", "kmeans"],
+         "--buckets", "lloyd", "quantile")
     assert not os.path.exists(tmp_path / "i2") and not os.path.exists(tmp_path / "i4")
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 try:
@@ -113,6 +114,14 @@ def test_index_is_segmented_add_writes_a_segment_and_merge_joins_them(work):
 
     assert lateint("index", "build", "--embeddings", "doc_emb", "--index", "seg", "--nbits", "2",
                    "--chunk-tokens", "100", cwd=work).returncode == 0
+    # PLAID's quantile buckets on request: same codes, other bucket weights than the default
+    assert lateint("index", "build", "--embeddings", "doc_emb", "--index", "segq", "--nbits", "2",
+                   "--chunk-tokens", "100", "--buckets", "quantile", cwd=work).returncode == 0
+    lloyd, quant = SegmentedIndex.open(str(work / "seg")), SegmentedIndex.open(str(work / "segq"))
+    assert not torch.equal(lloyd._state.bucket_weights, quant._state.bucket_weights)
+    w = lloyd._state.bucket_weights
+    torch.testing.assert_close(lloyd._state.bucket_cutoffs, (w[1:] + w[:-1]) / 2)
+    del lloyd, quant
     before = SegmentedIndex.open(str(work / "seg"))
     assert before.n_segments == 1 and before.n_docs == 12
     seg_files = sorted(os.listdir(work / "seg" / "seg-1"))
