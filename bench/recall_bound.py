@@ -41,6 +41,7 @@ import _harness as H  # noqa: E402
 import lateint_kernels as lk  # noqa: E402
 from lateint import synthetic  # noqa: E402
 from lateint.plaid import PLAIDIndex  # noqa: E402
+from bench_scale import recall_vs  # noqa: E402
 
 
 def topk_ids(q, tokens, offsets, k=10, chunk=4096):
@@ -52,10 +53,6 @@ def topk_ids(q, tokens, offsets, k=10, chunk=4096):
         t0, t1 = int(offsets[d0]), int(offsets[d1])
         scores[:, d0:d1] = lk.maxsim(q, tokens[t0:t1], offsets[d0:d1 + 1] - t0)
     return scores.topk(k, dim=1).indices
-
-
-def recall(got, want):
-    return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want)) / want.numel()
 
 
 def main(argv=None):
@@ -76,7 +73,7 @@ def main(argv=None):
     idx = PLAIDIndex.build(tokens, offsets, nbits=2, n_centroids=k, seed=0, buckets="quantile")
     centroids, codes = idx.centroids, idx.codes
     rec = lk.decompress_residuals(codes, idx.packed, centroids, idx.bucket_weights, 2)
-    rows.append(("nbits 2 quantile (the index)", 2, recall(topk_ids(q, rec, offsets), want),
+    rows.append(("nbits 2 quantile (the index)", 2, recall_vs(topk_ids(q, rec, offsets), want),
                  float(((tokens - rec) ** 2).sum(1).mean())))
     print(rows[-1], flush=True)
     del idx, rec
@@ -89,7 +86,7 @@ def main(argv=None):
             cut, w = lk.residual_buckets(held, nbits, method)
             packed = lk.compress_residuals(tokens, centroids, codes, cut, nbits)
             rec = lk.decompress_residuals(codes, packed, centroids, w, nbits)
-            rows.append((f"nbits {nbits} {method}", nbits, recall(topk_ids(q, rec, offsets), want),
+            rows.append((f"nbits {nbits} {method}", nbits, recall_vs(topk_ids(q, rec, offsets), want),
                          float(((tokens - rec) ** 2).sum(1).mean())))
             print(rows[-1], flush=True)
             del packed, rec
@@ -100,7 +97,7 @@ def main(argv=None):
         g = torch.Generator().manual_seed(bits)
         rp = a * resid + math.sqrt(a * d) * torch.randn(resid.shape, generator=g)
         rec = torch.nn.functional.normalize(centroids[codes] + rp, dim=-1)
-        rows.append((f"bound {bits} (rate-distortion)", bits, recall(topk_ids(q, rec, offsets), want),
+        rows.append((f"bound {bits} (rate-distortion)", bits, recall_vs(topk_ids(q, rec, offsets), want),
                      float(((tokens - rec) ** 2).sum(1).mean())))
         print(rows[-1])
     print(f"\nresidual variance per value {var:.5f} (norm^2 {var * 128:.3f})")

@@ -173,7 +173,8 @@ def _quantiles(sorted_values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     return (v_lo + frac * (v_hi - v_lo)).float()
 
 
-_BUCKET_METHODS = ("quantile", "lloyd")
+# the ways residual_buckets fits the buckets (its `method`; index builds take it as `buckets`)
+BUCKET_METHODS = ("quantile", "lloyd")
 _LLOYD_VALUES = 1 << 22  # values Lloyd's iterations run on at most (see _lloyd)
 
 
@@ -217,7 +218,7 @@ def residual_buckets(residuals: torch.Tensor, nbits: int, method: str = "quantil
     bits). Sort-based: no torch.quantile size limit (2^24)."""
     if nbits not in _NBITS or isinstance(nbits, bool):
         raise ValueError(f"residual_buckets: `nbits` must be 1, 2, 4 or 8, got {nbits!r}")
-    if method not in _BUCKET_METHODS:
+    if method not in BUCKET_METHODS:
         raise ValueError(f"residual_buckets: `method` must be \"quantile\" or \"lloyd\", got {method!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f"residual_buckets: `iters` must be a positive int, got {iters!r}")

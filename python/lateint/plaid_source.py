@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import lateint_kernels as lk
+from lateint_kernels.ops.codec import BUCKET_METHODS
 
 from . import kmeans as _kmeans
 
@@ -269,10 +270,9 @@ def scan(src: Source, ids_wanted: bool, progress: bool) -> Tuple[np.ndarray, Opt
     return lengths, ids
 
 
-BUCKET_METHODS = ("lloyd", "quantile")
-
-
 def check_buckets(op: str, buckets) -> None:
+    """`buckets` of an index build: one of lk.residual_buckets' methods, checked before any
+    work."""
     if not isinstance(buckets, str) or buckets not in BUCKET_METHODS:
         raise ValueError(f"{op}: `buckets` must be \"lloyd\" or \"quantile\", got {buckets!r}")
 
