@@ -23,7 +23,15 @@ L2-normalized as the decompression does; centroids and codes from one PLAIDIndex
 Recall@10 of each against the exact top-10 of the original tokens, and the residuals'
 mean squared error.
 
+With --index, the same measure at full size on bench_scale's 1 M-document index (one
+segment, built from --corpus): every document scored exhaustively through the index's own
+reconstruction, and through the test channel at each rate of --bits (fractional rates
+allowed) on the index's centroids, against bench_scale's exact top-10 of its queries;
+the corpus is read memory-mapped, 2 M tokens at a time (one MaxSim pass over all 60 M
+tokens per reconstruction, ~5 min each on 2 cores).
+
     python bench/recall_bound.py [--docs 31250] [--queries 100]
+    python bench/recall_bound.py --index ~/.cache/lateint/scale-index-1000k [--bits 2,2.5]
 """
 from __future__ import annotations
 
@@ -43,6 +51,71 @@ from lateint import synthetic  # noqa: E402
 from lateint.plaid import PLAIDIndex  # noqa: E402
 from bench_scale import recall_vs  # noqa: E402
 
+CHANNEL_SEED = 1
+
+
+def channel(c, resid, var: float, bits: float, g: torch.Generator) -> torch.Tensor:
+    """normalize(c + r') with r' the Gaussian test channel's output at `bits` per dimension
+    for residuals of per-value variance `var` (see the module docstring)."""
+    d = var * 2.0 ** (-2 * bits)
+    a = 1 - d / var
+    return torch.nn.functional.normalize(c + a * resid + math.sqrt(a * d) * torch.randn(resid.shape, generator=g),
+                                         dim=-1)
+
+
+def at_scale(args) -> None:
+    import numpy as np
+
+    from lateint.plaid import PLAIDIndex
+
+    idx = PLAIDIndex.open(args.index, verify=False)
+    st = idx._state
+    if len(st.segments) != 1:
+        raise SystemExit(f"--index: expected bench_scale's one-segment index, {args.index} has {len(st.segments)}")
+    seg = st.segments[0]
+    offsets = np.load(os.path.join(args.corpus, "offsets.npy"))
+    tokens = np.load(os.path.join(args.corpus, "tokens.npy"), mmap_mode="r")
+    if offsets.shape[0] - 1 != idx.n_docs or not np.array_equal(seg.doc_offsets.numpy(), offsets):
+        raise SystemExit(f"--corpus: {args.corpus} is not the corpus {args.index} was built from "
+                         "(document offsets differ)")
+    if not torch.equal(idx.ids, torch.arange(idx.n_docs)):
+        raise SystemExit(f"--index: {args.index} does not number its documents 0..n-1")
+    truth = torch.load(args.truth)
+    q, want = truth["queries"].float(), truth["exact"]
+    bits = [float(b) for b in args.bits.split(",")]
+    names = ["the index's reconstruction"] + [f"test channel, {b:g} bits per dimension" for b in bits]
+    nq, k, n = q.shape[0], want.shape[1], idx.n_docs
+    best = {m: (torch.full((nq, k), -float("inf")), torch.full((nq, k), -1, dtype=torch.int64)) for m in names}
+    cent, w = st.centroids, st.bucket_weights
+    print(f"{n:,} documents, {idx.n_tokens:,} tokens, {cent.shape[0]:,} centroids, nbits {st.nbits}, {nq} queries; "
+          f"{H.cpu_model()}, cpu isa {lk.cpu_isa()}", flush=True)
+    g = torch.Generator().manual_seed(CHANNEL_SEED)
+    var, t_start, d0 = None, time.perf_counter(), 0
+    while d0 < n:
+        d1 = min(n, max(d0 + 1, int(np.searchsorted(offsets, offsets[d0] + (1 << 21), side="right")) - 1))
+        t0, t1 = int(offsets[d0]), int(offsets[d1])
+        x = torch.from_numpy(np.asarray(tokens[t0:t1], dtype=np.float32))
+        codes = seg.codes[t0:t1]
+        c = cent[codes.long()]
+        resid = x - c
+        if var is None:  # the channel's variance: the first chunk's residuals (2 M tokens)
+            var = float(resid.var())
+        recs = [lk.decompress_residuals(codes, seg.packed[t0:t1], cent, w, st.nbits)]
+        recs += [channel(c, resid, var, b, g) for b in bits]
+        off = torch.from_numpy(offsets[d0:d1 + 1] - t0)
+        for m, rec in zip(names, recs):
+            sc = lk.maxsim(q, rec, off)
+            bs, bi = best[m]
+            s = torch.cat([bs, sc], 1)
+            i = torch.cat([bi, torch.arange(d0, d1).expand(nq, -1)], 1)
+            order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
+            best[m] = (s.gather(1, order), i.gather(1, order))
+        d0 = d1
+        print(f"  {d0:,} documents, {time.perf_counter() - t_start:.0f} s", flush=True)
+    print(f"\nresidual variance per value {var:.5f}; recall@{k} against the exact top-{k}, every document scored")
+    for m in names:
+        print(f"{m:<40} {recall_vs(best[m][1], want, k):.4f}")
+
 
 def topk_ids(q, tokens, offsets, k=10, chunk=4096):
     """Exact MaxSim top-k document ids, documents in chunks (bounded memory)."""
@@ -59,7 +132,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=31250)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--index", help="bench_scale's index to score at full size instead of the proxy")
+    ap.add_argument("--corpus", default=os.path.expanduser("~/.cache/lateint/scale1m"),
+                    help="with --index: the embeddings directory it was built from")
+    ap.add_argument("--truth", default=os.path.expanduser("~/.cache/lateint/scale-truth-1000k-128.pt"),
+                    help="with --index: bench_scale's exact top-10 file (queries and ids)")
+    ap.add_argument("--bits", default="2,2.5", help="with --index: test-channel rates, bits per dimension")
     args = ap.parse_args(argv)
+    if args.index:
+        return at_scale(args)
     n_topics = max(1, round(4096 * args.docs / 1_000_000))
     q, tokens, offsets, _ = synthetic.clustered_corpus(args.docs, 20, 100, 128, nq=args.queries, lq=32,
                                                        n_topics=n_topics, noise=0.7, seed=0)
@@ -92,11 +173,7 @@ def main(argv=None):
             del packed, rec
     codes = codes.long()
     for bits in (1, 2, 3):
-        d = var * 2.0 ** (-2 * bits)
-        a = 1 - d / var
-        g = torch.Generator().manual_seed(bits)
-        rp = a * resid + math.sqrt(a * d) * torch.randn(resid.shape, generator=g)
-        rec = torch.nn.functional.normalize(centroids[codes] + rp, dim=-1)
+        rec = channel(centroids[codes], resid, var, bits, torch.Generator().manual_seed(bits))
         rows.append((f"bound {bits} (rate-distortion)", bits, recall_vs(topk_ids(q, rec, offsets), want),
                      float(((tokens - rec) ** 2).sum(1).mean())))
         print(rows[-1])
