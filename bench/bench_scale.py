@@ -3,6 +3,7 @@ its search, appends, merges, 4 Ray shards, drift, and WordNet as real text at sc
 
     python bench/bench_scale.py                     # everything, ~1.5 h on 2 cores
     python bench/bench_scale.py --steps build,search
+    python bench/bench_scale.py --steps build,search --nbits 4   # 4 bits per dimension
     python bench/bench_scale.py --smoke             # tiny shapes, every step, for CI
 
 Each measured step runs in a child process of its own, so that its peak anonymous memory
@@ -420,6 +421,8 @@ def main() -> int:
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--niter", type=int, default=10)
     p.add_argument("--mppc", type=int, default=48, help="max_points_per_centroid of the build")
+    p.add_argument("--nbits", type=int, choices=(2, 4), default=2,
+                   help="residual bits per dimension (4: its own index folder and rows)")
     p.add_argument("--buckets", choices=("lloyd", "quantile"), default="lloyd",
                    help="residual buckets of the build (quantile: PLAID's; its own index folder and rows)")
     p.add_argument("--drift-docs", type=int, default=100_000, help="base documents of the drift run (+50%% new)")
@@ -444,7 +447,8 @@ def main() -> int:
         work = args.work
     tag = "smoke" if args.smoke else f"{args.docs // 1000}k"
     corpus = os.path.join(work, "scale1m" if not args.smoke else "corpus")
-    index = os.path.join(work, f"scale-index-{tag}" + ("" if args.buckets == "lloyd" else f"-{args.buckets}"))
+    index = os.path.join(work, f"scale-index-{tag}" + ("" if args.nbits == 2 else f"-nbits{args.nbits}")
+                         + ("" if args.buckets == "lloyd" else f"-{args.buckets}"))
     truth_path = os.path.join(work, f"scale-truth-{tag}-{args.queries}.pt")
     print(f"# bench_scale: {H.cpu_model()}, isa {lk.cpu_isa()}, torch {torch.__version__}, commit {H.git_commit()}, "
           f"{args.docs:,} documents, work {work}", flush=True)
@@ -465,8 +469,8 @@ def main() -> int:
         print(f"# corpus written in {time.perf_counter() - t:.0f} s")
     n_total = int(np.load(os.path.join(corpus, "offsets.npy"), mmap_mode="r").shape[0] - 1)
     n_docs = min(args.docs, n_total)
-    shape = f"{n_docs} docs nbits2" + ("" if args.buckets == "lloyd" else f" {args.buckets}")
-    base = {"corpus": corpus, "n_docs": n_docs, "index": index, "truth": truth_path, "nbits": 2,
+    shape = f"{n_docs} docs nbits{args.nbits}" + ("" if args.buckets == "lloyd" else f" {args.buckets}")
+    base = {"corpus": corpus, "n_docs": n_docs, "index": index, "truth": truth_path, "nbits": args.nbits,
             "progress": not args.smoke, "threads": os.cpu_count() or 1}
 
     if "build" in steps:
