@@ -275,7 +275,9 @@ def child_drift(a):
         shutil.copytree(base, path)
         idx = PLAIDIndex.open(path)
         t = time.perf_counter()
-        rep = idx.add(new_tok, torch.from_numpy(new_off), new_ids, expand=expand)
+        # the new centroids' k-means under the build's budget
+        rep = idx.add(new_tok, torch.from_numpy(new_off), new_ids, expand=expand, kmeans_niter=a["niter"],
+                      max_points_per_centroid=a["mppc"])
         out[name] = {"add_s": time.perf_counter() - t, **rep, **measure(idx)}
     rebuilt = os.path.join(root, "drift-rebuilt")
     shutil.rmtree(rebuilt, ignore_errors=True)
