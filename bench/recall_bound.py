@@ -66,8 +66,6 @@ def channel(c, resid, var: float, bits: float, g: torch.Generator) -> torch.Tens
 def at_scale(args) -> None:
     import numpy as np
 
-    from lateint.plaid import PLAIDIndex
-
     idx = PLAIDIndex.open(args.index, verify=False)
     st = idx._state
     if len(st.segments) != 1:
