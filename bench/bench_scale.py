@@ -34,6 +34,7 @@ import _harness as H  # noqa: E402
 import lateint_kernels as lk  # noqa: E402
 from lateint import synthetic  # noqa: E402
 from lateint.plaid import PLAIDIndex  # noqa: E402
+from lateint_kernels.ops.codec import BUCKET_METHODS  # noqa: E402
 
 STEPS = ("build", "search", "add", "merge", "ray", "drift", "wordnet", "budget")
 K = 10
@@ -107,6 +108,26 @@ def docs_slice(corpus: str, d0: int, d1: int):
     return torch.from_numpy(np.asarray(tokens[t0:t1], dtype=np.float32)), torch.from_numpy(offsets[d0:d1 + 1] - t0)
 
 
+def doc_ranges(offsets: np.ndarray, n: int, chunk_tokens: int):
+    """Document ranges [d0, d1) covering the first n documents, each of about chunk_tokens
+    tokens (at least one document)."""
+    d0 = 0
+    while d0 < n:
+        d1 = int(np.searchsorted(offsets, offsets[d0] + chunk_tokens, side="right")) - 1
+        d1 = min(n, max(d1, d0 + 1))
+        yield d0, d1
+        d0 = d1
+
+
+def merge_top(best_s: torch.Tensor, best_i: torch.Tensor, scores: torch.Tensor, d0: int, k: int = K):
+    """The running top-k (scores, ids) [nq, k] merged with `scores` [nq, m] of documents
+    d0 .. d0 + m - 1; ties to the lower id, as the index does."""
+    s = torch.cat([best_s, scores], 1)
+    i = torch.cat([best_i, torch.arange(d0, d0 + scores.shape[1]).expand(scores.shape[0], -1)], 1)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
+    return s.gather(1, order), i.gather(1, order)
+
+
 def exact_top(corpora, queries: torch.Tensor, k: int = K, chunk_tokens: int = 1 << 21,
               query_mask=None) -> torch.Tensor:
     """Exact MaxSim top-k ids over the concatenation of embeddings directories (each a path
@@ -120,19 +141,11 @@ def exact_top(corpora, queries: torch.Tensor, k: int = K, chunk_tokens: int = 1 
         offsets = np.load(os.path.join(path, "offsets.npy"))
         tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r")
         n = offsets.shape[0] - 1 if n_docs is None else n_docs
-        d0 = 0
-        while d0 < n:
-            d1 = int(np.searchsorted(offsets, offsets[d0] + chunk_tokens, side="right")) - 1
-            d1 = min(n, max(d1, d0 + 1))
+        for d0, d1 in doc_ranges(offsets, n, chunk_tokens):
             t0, t1 = int(offsets[d0]), int(offsets[d1])
             tok = torch.from_numpy(np.asarray(tokens[t0:t1], dtype=np.float32))
             sc = lk.maxsim(queries, tok, torch.from_numpy(offsets[d0:d1 + 1] - t0), query_mask=query_mask)
-            s = torch.cat([best_s, sc], 1)
-            i = torch.cat([best_i, torch.arange(base + d0, base + d1).expand(nq, -1)], 1)
-            # ties to the lower id, as the index does
-            order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
-            best_s, best_i = s.gather(1, order), i.gather(1, order)
-            d0 = d1
+            best_s, best_i = merge_top(best_s, best_i, sc, base + d0, k)
         base += n
     return best_i
 
@@ -425,7 +438,7 @@ def main() -> int:
     p.add_argument("--mppc", type=int, default=48, help="max_points_per_centroid of the build")
     p.add_argument("--nbits", type=int, choices=(2, 4), default=2,
                    help="residual bits per dimension (4: its own index folder and rows)")
-    p.add_argument("--buckets", choices=("lloyd", "quantile"), default="lloyd",
+    p.add_argument("--buckets", choices=BUCKET_METHODS, default="lloyd",
                    help="residual buckets of the build (quantile: PLAID's; its own index folder and rows)")
     p.add_argument("--drift-docs", type=int, default=100_000, help="base documents of the drift run (+50%% new)")
     p.add_argument("--wordnet-queries", type=int, default=2000)

@@ -49,7 +49,7 @@ import _harness as H  # noqa: E402
 import lateint_kernels as lk  # noqa: E402
 from lateint import synthetic  # noqa: E402
 from lateint.plaid import PLAIDIndex  # noqa: E402
-from bench_scale import recall_vs  # noqa: E402
+from bench_scale import doc_ranges, merge_top, recall_vs  # noqa: E402
 
 CHANNEL_SEED = 1
 
@@ -88,9 +88,8 @@ def at_scale(args) -> None:
     print(f"{n:,} documents, {idx.n_tokens:,} tokens, {cent.shape[0]:,} centroids, nbits {st.nbits}, {nq} queries; "
           f"{H.cpu_model()}, cpu isa {lk.cpu_isa()}", flush=True)
     g = torch.Generator().manual_seed(CHANNEL_SEED)
-    var, t_start, d0 = None, time.perf_counter(), 0
-    while d0 < n:
-        d1 = min(n, max(d0 + 1, int(np.searchsorted(offsets, offsets[d0] + (1 << 21), side="right")) - 1))
+    var, t_start = None, time.perf_counter()
+    for d0, d1 in doc_ranges(offsets, n, 1 << 21):
         t0, t1 = int(offsets[d0]), int(offsets[d1])
         x = torch.from_numpy(np.asarray(tokens[t0:t1], dtype=np.float32))
         codes = seg.codes[t0:t1]
@@ -102,14 +101,8 @@ def at_scale(args) -> None:
         recs += [channel(c, resid, var, b, g) for b in bits]
         off = torch.from_numpy(offsets[d0:d1 + 1] - t0)
         for m, rec in zip(names, recs):
-            sc = lk.maxsim(q, rec, off)
-            bs, bi = best[m]
-            s = torch.cat([bs, sc], 1)
-            i = torch.cat([bi, torch.arange(d0, d1).expand(nq, -1)], 1)
-            order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
-            best[m] = (s.gather(1, order), i.gather(1, order))
-        d0 = d1
-        print(f"  {d0:,} documents, {time.perf_counter() - t_start:.0f} s", flush=True)
+            best[m] = merge_top(*best[m], lk.maxsim(q, rec, off), d0, k)
+        print(f"  {d1:,} documents, {time.perf_counter() - t_start:.0f} s", flush=True)
     print(f"\nresidual variance per value {var:.5f}; recall@{k} against the exact top-{k}, every document scored")
     for m in names:
         print(f"{m:<40} {recall_vs(best[m][1], want, k):.4f}")
